@@ -1,0 +1,208 @@
+// Package event defines the one envelope in which everything that happens in
+// Garrison travels: identity changes, broker sessions, RADIUS accounting,
+// flow records, device reports, alerts and actions.
+//
+// Producers publish envelopes to the bus; detectors consume them. An [Event]
+// is immutable once published. Attribute values are JSON-compatible
+// (string, float64, bool, []any, map[string]any) so that an event survives a
+// round trip through the wire encoding unchanged; use the typed accessors
+// ([Event.Str], [Event.Float], [Event.Int], [Event.Strings]) to read them.
+package event
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// TenantID names a tenant. It is lower-case kebab (a-z, 0-9, '-'), 1-63
+// characters, and appears in every key, query, subject and route.
+type TenantID string
+
+// DeviceID names a device, unique within its tenant (for example meter-0017).
+type DeviceID string
+
+// Kind is an event kind, `domain.name` in lower case (for example net.session).
+type Kind string
+
+// Event kinds published by the platform. The attribute keys each carries are
+// listed beside it; producers set them and detectors read them.
+const (
+	// Connectivity (RADIUS accounting or provider webhooks):
+	// status (start|interim|stop), session_id, imsi, iccid, imei, msisdn, ip,
+	// apn, nas, cell, lat, lon, accuracy_m, rat, bytes_up, bytes_down (deltas
+	// since the previous record of the session).
+	NetSession Kind = "net.session"
+	// Flow records (IPFIX / NetFlow v9): src_ip, src_port, dst_ip, dst_port,
+	// proto, bytes, packets, exporter.
+	NetFlow Kind = "net.flow"
+	// Positions from any source: lat, lon, accuracy_m, source (device|network).
+	Location Kind = "location"
+
+	// Broker sessions: remote (ip:port), client_id, cert_serial, session_id,
+	// protocol (3.1.1|5).
+	MQTTConnect Kind = "mqtt.connect"
+	// reason, remote, session_id.
+	MQTTDisconnect Kind = "mqtt.disconnect"
+	// A refused connect: reason (bad_password|default_credentials|
+	// revoked_cert|unknown_cert|expired_cert|state|client_id_mismatch|...),
+	// remote, username, cert_serial. Device is the claimed identity if any.
+	MQTTAuthFailed Kind = "mqtt.auth_failed"
+	// Metadata of one publish: topic_class (telemetry|metrics|events|ota),
+	// bytes, qos. Payloads never travel in this kind.
+	MQTTPublish Kind = "mqtt.publish"
+	// ACL denial: topic, action (publish|subscribe).
+	MQTTDenied Kind = "mqtt.denied"
+
+	// The device's own view of itself (agent metrics): listening_ports
+	// ([]port numbers as float64), connections, processes, fw_version,
+	// fw_digest.
+	DeviceMetrics Kind = "device.metrics"
+	// Running firmware reported by the device after boot: version, digest.
+	FirmwareReport Kind = "firmware.report"
+
+	// Identity: serial, reason.
+	CertIssued  Kind = "identity.cert_issued"
+	CertRevoked Kind = "identity.cert_revoked"
+	// Registry state change: from, to, reason.
+	DeviceState Kind = "device.state"
+
+	// An alert raised or updated by detection: alert_id, alert_kind,
+	// severity, count. Consumed by the response engine.
+	AlertRaised Kind = "alert.raised"
+	// An action taken by the response engine: action, alert_id, playbook,
+	// outcome.
+	ActionTaken Kind = "action.taken"
+)
+
+// Event is the envelope.
+type Event struct {
+	ID     string         `json:"id"`
+	Tenant TenantID       `json:"tenant"`
+	Device DeviceID       `json:"device,omitempty"`
+	Kind   Kind           `json:"kind"`
+	Time   time.Time      `json:"time"`
+	Source string         `json:"source"`
+	Attrs  map[string]any `json:"attrs,omitempty"`
+}
+
+// Errors returned by [Event.Validate].
+var (
+	ErrNoTenant = errors.New("event: tenant missing")
+	ErrNoKind   = errors.New("event: kind missing")
+	ErrNoTime   = errors.New("event: time missing")
+)
+
+// Validate reports whether e can be published.
+func (e *Event) Validate() error {
+	var errs []error
+	if e.Tenant == "" {
+		errs = append(errs, ErrNoTenant)
+	}
+	if e.Kind == "" {
+		errs = append(errs, ErrNoKind)
+	}
+	if e.Time.IsZero() {
+		errs = append(errs, ErrNoTime)
+	}
+	return errors.Join(errs...)
+}
+
+// NewID returns a random 128-bit identifier in hex, prefixed by the time so
+// that ids sort roughly by creation.
+func NewID(t time.Time) string {
+	var b [10]byte
+	_, _ = rand.Read(b[:])
+	return strconv.FormatInt(t.UnixMilli(), 36) + "-" + hex.EncodeToString(b[:])
+}
+
+// Str returns the attribute k as a string ("" if absent or not a string).
+func (e *Event) Str(k string) string {
+	switch v := e.Attrs[k].(type) {
+	case string:
+		return v
+	case fmt.Stringer:
+		return v.String()
+	}
+	return ""
+}
+
+// Float returns the attribute k as a float64 and whether it was a number.
+func (e *Event) Float(k string) (float64, bool) {
+	switch v := e.Attrs[k].(type) {
+	case float64:
+		return v, true
+	case float32:
+		return float64(v), true
+	case int:
+		return float64(v), true
+	case int64:
+		return float64(v), true
+	case uint64:
+		return float64(v), true
+	case uint32:
+		return float64(v), true
+	case int32:
+		return float64(v), true
+	case string:
+		f, err := strconv.ParseFloat(v, 64)
+		return f, err == nil
+	}
+	return 0, false
+}
+
+// Int returns the attribute k as an int64 (0 if absent).
+func (e *Event) Int(k string) int64 {
+	f, _ := e.Float(k)
+	return int64(f)
+}
+
+// Strings returns the attribute k as a string slice, accepting []string and
+// []any of strings or numbers (numbers are formatted without a fraction).
+func (e *Event) Strings(k string) []string {
+	switch v := e.Attrs[k].(type) {
+	case []string:
+		return v
+	case []any:
+		out := make([]string, 0, len(v))
+		for _, x := range v {
+			switch y := x.(type) {
+			case string:
+				out = append(out, y)
+			case float64:
+				out = append(out, strconv.FormatFloat(y, 'f', -1, 64))
+			case int:
+				out = append(out, strconv.Itoa(y))
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+// Partitions is the number of device partitions in subjects. Detection work
+// can be split over workers by partition; a device always maps to the same one.
+const Partitions = 64
+
+// Partition returns the partition of a device, in [0, Partitions).
+func Partition(d DeviceID) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(d))
+	return int(h.Sum32() % Partitions)
+}
+
+// SubjectPrefix is the first token of every event subject.
+const SubjectPrefix = "gev"
+
+// Subject returns the bus subject of e: gev.TENANT.KIND.PARTITION, where the
+// dots of the kind become underscores so that the token count is fixed:
+// gev.acme.net_session.17. Consumers filter with wildcards, for example
+// gev.*.*.17 for one partition of every tenant.
+func Subject(e *Event) string {
+	return SubjectPrefix + "." + string(e.Tenant) + "." + strings.ReplaceAll(string(e.Kind), ".", "_") + "." + strconv.Itoa(Partition(e.Device))
+}
