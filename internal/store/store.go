@@ -57,6 +57,9 @@ type Tx interface {
 	Settings() Settings
 	Devices() Devices
 	Alerts() Alerts
+	Actions() Actions
+	CAs() CAs
+	Certificates() Certificates
 }
 
 // Tenant is an isolated customer of the platform.
@@ -265,4 +268,112 @@ type Alerts interface {
 	List(ctx context.Context, tenant event.TenantID, f AlertFilter) ([]alert.Alert, error)
 	// SetState changes the state; ErrNotFound if absent.
 	SetState(ctx context.Context, tenant event.TenantID, id string, s alert.State) error
+}
+
+// ActionState is where a response action is in its life.
+type ActionState string
+
+// Action states.
+const (
+	ActionPending  ActionState = "pending"  // queued, will run
+	ActionApproval ActionState = "approval" // waits for a human
+	ActionDone     ActionState = "done"
+	ActionFailed   ActionState = "failed"
+	ActionRejected ActionState = "rejected" // a human declined it
+	ActionUndone   ActionState = "undone"
+)
+
+// Action is one step a playbook (or a human) takes against one device.
+type Action struct {
+	Tenant    event.TenantID `json:"tenant"`
+	ID        string         `json:"id"`
+	Device    event.DeviceID `json:"device"`
+	Kind      string         `json:"kind"` // quarantine, disconnect, revoke, suspend_sim, notify, ...
+	AlertID   string         `json:"alert_id,omitempty"`
+	Playbook  string         `json:"playbook,omitempty"`
+	Actor     string         `json:"actor"` // "automation" or an operator id
+	State     ActionState    `json:"state"`
+	Reason    string         `json:"reason,omitempty"` // why it waits or failed
+	Undo      []byte         `json:"undo,omitempty"`   // JSON: how to reverse it
+	Attempts  int            `json:"attempts"`
+	CreatedAt time.Time      `json:"created_at"`
+	UpdatedAt time.Time      `json:"updated_at"`
+}
+
+// ActionFilter selects actions; zero fields match everything.
+type ActionFilter struct {
+	Device event.DeviceID
+	Kind   string
+	State  ActionState
+	Since  time.Time // CreatedAt >= Since
+	Limit  int
+}
+
+// Actions stores response actions. Put with an existing id replaces it, so
+// the response engine can advance an action idempotently.
+type Actions interface {
+	Put(ctx context.Context, a Action) error
+	// Get returns the action or ErrNotFound.
+	Get(ctx context.Context, tenant event.TenantID, id string) (Action, error)
+	// List returns matching actions, oldest first.
+	List(ctx context.Context, tenant event.TenantID, f ActionFilter) ([]Action, error)
+	// CountDevices returns the number of distinct devices with an action of
+	// one of kinds in state done or pending created at or after since
+	// (used by the blast-radius guard).
+	CountDevices(ctx context.Context, tenant event.TenantID, kinds []string, since time.Time) (int, error)
+}
+
+// CA is a certificate authority the platform keeps: its own root (Tenant
+// ""), a tenant's issuing CA, or a CA a tenant registered (KeyEnc empty:
+// the platform trusts it but cannot sign with it).
+type CA struct {
+	Tenant    event.TenantID `json:"tenant,omitempty"`
+	ID        string         `json:"id"`   // SHA-256 of the certificate, hex
+	Role      string         `json:"role"` // root, issuing, external, claim
+	CertDER   []byte         `json:"-"`
+	KeyEnc    []byte         `json:"-"`      // private key encrypted at rest; never leaves package identity
+	Active    bool           `json:"active"` // the one used to sign new certificates
+	Trusted   bool           `json:"trusted"`
+	NotAfter  time.Time      `json:"not_after"`
+	CreatedAt time.Time      `json:"created_at"`
+	RevokedAt *time.Time     `json:"revoked_at,omitempty"`
+}
+
+// CAs stores certificate authorities.
+type CAs interface {
+	// Put creates or replaces the CA (matched by tenant and id).
+	Put(ctx context.Context, c CA) error
+	// Get returns the CA or ErrNotFound.
+	Get(ctx context.Context, tenant event.TenantID, id string) (CA, error)
+	// List returns the tenant's CAs ordered by creation.
+	List(ctx context.Context, tenant event.TenantID) ([]CA, error)
+}
+
+// Certificate is an issued device certificate.
+type Certificate struct {
+	Tenant           event.TenantID `json:"tenant"`
+	Serial           string         `json:"serial"` // hex, unique per tenant
+	Device           event.DeviceID `json:"device"`
+	Issuer           string         `json:"issuer"` // CA id
+	DER              []byte         `json:"-"`
+	NotBefore        time.Time      `json:"not_before"`
+	NotAfter         time.Time      `json:"not_after"`
+	RevokedAt        *time.Time     `json:"revoked_at,omitempty"`
+	RevocationReason int            `json:"revocation_reason,omitempty"` // RFC 5280 CRLReason
+}
+
+// Certificates stores issued certificates.
+type Certificates interface {
+	// Create adds c; ErrConflict if the serial exists in the tenant.
+	Create(ctx context.Context, c Certificate) error
+	// Get returns the certificate by serial or ErrNotFound.
+	Get(ctx context.Context, tenant event.TenantID, serial string) (Certificate, error)
+	// ByDevice returns the device's certificates, newest NotBefore first.
+	ByDevice(ctx context.Context, tenant event.TenantID, device event.DeviceID) ([]Certificate, error)
+	// Revoke marks the certificate revoked; ErrNotFound if absent; a second
+	// revocation keeps the first time and reason.
+	Revoke(ctx context.Context, tenant event.TenantID, serial string, at time.Time, reason int) error
+	// Revoked returns every revoked, unexpired certificate of an issuer (for
+	// the CRL), ordered by serial.
+	Revoked(ctx context.Context, tenant event.TenantID, issuer string, now time.Time) ([]Certificate, error)
 }
