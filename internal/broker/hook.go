@@ -1,0 +1,220 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/store"
+)
+
+// hook wires authentication, ACLs, limits and events into mochi-mqtt.
+// Everything not explicitly allowed is denied.
+type hook struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+func (h *hook) ID() string { return "garrison" }
+
+func (h *hook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnectAuthenticate,
+		mqtt.OnACLCheck,
+		mqtt.OnSessionEstablish,
+		mqtt.OnDisconnect,
+		mqtt.OnPublish,
+	}, []byte{b})
+}
+
+// sessionOf returns the broker session of a client, or nil for clients the
+// broker did not authenticate (the inline client).
+func (h *hook) sessionOf(cl *mqtt.Client) *session {
+	c, ok := cl.Net.Conn.(*conn)
+	if !ok {
+		return nil
+	}
+	h.b.mu.Lock()
+	defer h.b.mu.Unlock()
+	s := h.b.sessions[key(c.id.Tenant, c.id.Device)]
+	if s == nil || s.cl != cl {
+		return nil
+	}
+	return s
+}
+
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	if cl.Net.Inline {
+		return true
+	}
+	c, ok := cl.Net.Conn.(*conn)
+	if !ok {
+		return false // default deny: only verified mTLS connections get here
+	}
+	id, remote := c.id, cl.Net.Remote
+	refuse := func(reason string, attrs map[string]any) bool {
+		if attrs == nil {
+			attrs = map[string]any{}
+		}
+		attrs["client_id"] = pk.Connect.ClientIdentifier
+		h.b.authFailed(context.Background(), id, remote, reason, nil, attrs)
+		return false
+	}
+	if pk.Connect.UsernameFlag || pk.Connect.PasswordFlag {
+		user, pass := string(pk.Connect.Username), string(pk.Connect.Password)
+		if h.b.opts.Credentials.Match(user, pass) {
+			return refuse("default_credentials", map[string]any{"username": user})
+		}
+		if pk.Connect.PasswordFlag {
+			// Password login is off on the mTLS listener.
+			return refuse("bad_password", map[string]any{"username": user})
+		}
+	}
+	if pk.Connect.ClientIdentifier != string(id.Device) {
+		return refuse("client_id_mismatch", nil)
+	}
+	st, err := h.b.opts.States.DeviceState(context.Background(), id.Tenant, id.Device)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return refuse("unknown_device", nil)
+		}
+		h.b.log.Warn("mqtt state lookup", "tenant", id.Tenant, "device", id.Device, "err", err)
+		return refuse("state_unavailable", nil)
+	}
+	if st != store.StateActive && st != store.StateQuarantined {
+		return refuse("state_"+string(st), nil)
+	}
+	now := h.b.opts.Clock.Now()
+	s := &session{id: id, remote: remote, sessionID: event.NewID(now), cl: cl,
+		rate: newBucket(h.b.opts.PublishRate, h.b.opts.PublishBurst, now)}
+	s.quarantined.Store(st == store.StateQuarantined)
+	// Sessions are keyed by tenant and device inside the broker.
+	cl.ID = key(id.Tenant, id.Device)
+	h.b.mu.Lock()
+	h.b.sessions[cl.ID] = s
+	h.b.mu.Unlock()
+	return true
+}
+
+// OnSessionEstablish publishes the connect before any takeover of an older
+// session of the same identity, so a clone shows as two concurrent sessions.
+func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	s := h.sessionOf(cl)
+	if s == nil {
+		return
+	}
+	proto := "3.1.1"
+	if cl.Properties.ProtocolVersion == 5 {
+		proto = "5"
+	}
+	h.b.emit(s.id, event.MQTTConnect, map[string]any{
+		"remote": s.remote, "client_id": string(s.id.Device), "cert_serial": s.id.Serial,
+		"session_id": s.sessionID, "protocol": proto,
+	})
+}
+
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	c, ok := cl.Net.Conn.(*conn)
+	if !ok {
+		return
+	}
+	h.b.mu.Lock()
+	s := h.b.sessions[key(c.id.Tenant, c.id.Device)]
+	if s == nil || s.cl != cl {
+		h.b.mu.Unlock()
+		return
+	}
+	delete(h.b.sessions, key(c.id.Tenant, c.id.Device))
+	h.b.mu.Unlock()
+	// The first cause wins: a kick or takeover stops the client before its
+	// read loop fails with a closed connection.
+	if cause := cl.StopCause(); cause != nil {
+		err = cause
+	}
+	reason := "client"
+	var code packets.Code
+	switch {
+	case errors.As(err, &code) && code == packets.ErrSessionTakenOver:
+		reason = "session_taken_over"
+	case errors.As(err, &code) && code == packets.ErrAdministrativeAction:
+		reason = "kicked"
+	case err != nil && errors.As(err, &code):
+		reason = code.Reason
+	case err != nil:
+		reason = "connection_lost"
+	}
+	h.b.emit(s.id, event.MQTTDisconnect, map[string]any{"reason": reason, "remote": s.remote, "session_id": s.sessionID})
+}
+
+// OnACLCheck is the default-deny topic ACL. write=true is a publish by the
+// device; write=false a subscription filter or a delivery to the device.
+// Quarantine is enforced in OnPublish so that dropped telemetry is still
+// acknowledged (a 3.1.1 client would otherwise be disconnected).
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if cl.Net.Inline {
+		return true
+	}
+	s := h.sessionOf(cl)
+	if s == nil {
+		return false
+	}
+	if write {
+		if _, ok := CanPublish(s.id.Device, false, topic); ok {
+			return true
+		}
+	} else if CanSubscribe(s.id.Device, topic) {
+		return true
+	}
+	h.b.metrics.denied.Add(1)
+	action := "subscribe"
+	if write {
+		action = "publish"
+	}
+	h.b.emit(s.id, event.MQTTDenied, map[string]any{"topic": truncate(topic, 128), "action": action})
+	return false
+}
+
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	s := h.sessionOf(cl)
+	if s == nil {
+		return pk, packets.ErrRejectPacket
+	}
+	class, ok := CanPublish(s.id.Device, s.quarantined.Load(), pk.TopicName)
+	if !ok {
+		h.b.metrics.dropped.Add(1)
+		return pk, packets.CodeSuccessIgnore
+	}
+	now := h.b.opts.Clock.Now()
+	if len(pk.Payload) > h.b.opts.MaxPayload || !s.rate.allow(now) {
+		h.b.metrics.violations.Add(1)
+		n := s.violations.Add(1)
+		reason := "rate"
+		if len(pk.Payload) > h.b.opts.MaxPayload {
+			reason = "payload_size"
+		}
+		h.b.emit(s.id, event.MQTTDenied, map[string]any{"topic": truncate(pk.TopicName, 128), "action": "publish", "limit": reason})
+		if n >= int64(h.b.opts.MaxViolations) {
+			go func() { _ = h.b.srv.DisconnectClient(cl, packets.ErrQuotaExceeded) }()
+		}
+		return pk, packets.CodeSuccessIgnore
+	}
+	h.b.metrics.published.Add(1)
+	h.b.emit(s.id, event.MQTTPublish, map[string]any{
+		"topic_class": string(class), "bytes": float64(len(pk.Payload)), "qos": float64(pk.FixedHeader.Qos),
+	})
+	return pk, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,133 @@
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// conn is an authenticated device connection: the TLS connection and the
+// identity verified for it after the handshake.
+type conn struct {
+	*tls.Conn
+	id Identity
+}
+
+// mtlsListener accepts TCP connections, performs the TLS handshake with a
+// cap on concurrent handshakes (a reconnect storm queues at the cap instead
+// of starving established sessions of CPU), verifies the client certificate
+// chain with the Verifier on every connection, resumed TLS sessions
+// included, and hands only verified connections to the MQTT server.
+type mtlsListener struct {
+	id      string
+	addr    string
+	tlsConf *tls.Config
+	b       *Broker
+
+	mu     sync.Mutex
+	ln     net.Listener
+	closed atomic.Bool
+	sem    chan struct{}
+	wg     sync.WaitGroup
+}
+
+var _ listeners.Listener = (*mtlsListener)(nil)
+
+func (l *mtlsListener) ID() string       { return l.id }
+func (l *mtlsListener) Protocol() string { return "tcp+mtls" }
+
+func (l *mtlsListener) Address() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.addr
+}
+
+func (l *mtlsListener) Init(*slog.Logger) error {
+	ln, err := net.Listen("tcp", l.addr)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.ln = ln
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *mtlsListener) Serve(establish listeners.EstablishFn) {
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if l.closed.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			l.b.log.Warn("mqtt accept", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			l.handle(c, establish)
+		}()
+	}
+}
+
+func (l *mtlsListener) handle(raw net.Conn, establish listeners.EstablishFn) {
+	remote := raw.RemoteAddr().String()
+	// Fair queuing: connections wait their turn for a handshake slot in
+	// arrival order (Go channels are FIFO for blocked senders), bounded by
+	// the handshake timeout.
+	ctx, cancel := context.WithTimeout(context.Background(), l.b.opts.HandshakeTimeout)
+	defer cancel()
+	select {
+	case l.sem <- struct{}{}:
+	case <-ctx.Done():
+		l.b.metrics.handshakeQueueTimeouts.Add(1)
+		_ = raw.Close()
+		return
+	}
+	l.b.metrics.handshakesInFlight.Add(1)
+	tc := tls.Server(raw, l.tlsConf)
+	err := tc.HandshakeContext(ctx)
+	l.b.metrics.handshakesInFlight.Add(-1)
+	<-l.sem
+	if err != nil {
+		l.b.metrics.handshakeFailures.Add(1)
+		l.b.authFailed(context.Background(), Identity{}, remote, "tls_handshake", err, nil)
+		_ = raw.Close()
+		return
+	}
+	st := tc.ConnectionState()
+	id, err := l.b.opts.Verifier.VerifyClient(ctx, st.PeerCertificates)
+	if err != nil {
+		l.b.metrics.handshakeFailures.Add(1)
+		l.b.authFailed(context.Background(), id, remote, reasonOf(err), err, nil)
+		_ = tc.Close()
+		return
+	}
+	l.b.metrics.handshakes.Add(1)
+	if err := establish(l.id, &conn{Conn: tc, id: id}); err != nil && !errors.Is(err, net.ErrClosed) {
+		l.b.log.Debug("mqtt session ended", "device", id.Device, "err", err)
+	}
+}
+
+func (l *mtlsListener) Close(closeClients listeners.CloseFn) {
+	if l.closed.CompareAndSwap(false, true) {
+		closeClients(l.id)
+		l.mu.Lock()
+		if l.ln != nil {
+			_ = l.ln.Close()
+		}
+		l.mu.Unlock()
+	}
+}
