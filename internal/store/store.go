@@ -281,6 +281,7 @@ const (
 	ActionFailed   ActionState = "failed"
 	ActionRejected ActionState = "rejected" // a human declined it
 	ActionUndone   ActionState = "undone"
+	ActionSkipped  ActionState = "skipped" // its back-end is absent; Reason says which
 )
 
 // Action is one step a playbook (or a human) takes against one device.
