@@ -33,7 +33,7 @@ type testPKI struct {
 	pool *x509.CertPool
 }
 
-func newTestPKI(t *testing.T, name string) *testPKI {
+func newTestPKI(t testing.TB, name string) *testPKI {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -55,7 +55,7 @@ func newTestPKI(t *testing.T, name string) *testPKI {
 	return p
 }
 
-func writePEM(t *testing.T, path, typ string, der []byte) {
+func writePEM(t testing.TB, path, typ string, der []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
@@ -63,7 +63,7 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 }
 
 // issue makes a certificate; device "" makes the server certificate.
-func (p *testPKI) issue(t *testing.T, tenant event.TenantID, device event.DeviceID, notAfter time.Time) (certFile, keyFile string, tc tls.Certificate, serial string) {
+func (p *testPKI) issue(t testing.TB, tenant event.TenantID, device event.DeviceID, notAfter time.Time) (certFile, keyFile string, tc tls.Certificate, serial string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
