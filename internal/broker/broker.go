@@ -142,16 +142,16 @@ func (o *Options) defaults() error {
 }
 
 type counters struct {
-	handshakes, handshakeFailures, handshakeQueueTimeouts atomic.Int64
-	handshakesInFlight                                      atomic.Int64
-	refused, denied, dropped, published, violations, kicks  atomic.Int64
+	handshakes, handshakeFailures, handshakeQueueTimeouts  atomic.Int64
+	handshakesInFlight                                     atomic.Int64
+	refused, denied, dropped, published, violations, kicks atomic.Int64
 }
 
 // Stats is a snapshot of the broker's counters.
 type Stats struct {
 	Handshakes, HandshakeFailures, HandshakeQueueTimeouts, HandshakesInFlight int64
-	Refused, Denied, Dropped, Published, Violations, Kicks                   int64
-	Sessions                                                                 int
+	Refused, Denied, Dropped, Published, Violations, Kicks                    int64
+	Sessions                                                                  int
 }
 
 // session is what the broker keeps per live device session.

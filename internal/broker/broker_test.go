@@ -302,4 +302,3 @@ func TestNoClientCertificateRefused(t *testing.T) {
 	}
 	waitFor(t, 2*time.Second, "refusal event", func() bool { return f.b.Stats().HandshakeFailures >= 1 })
 }
-

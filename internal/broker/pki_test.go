@@ -142,7 +142,11 @@ type memStates struct {
 	m  map[event.DeviceID]store.DeviceState
 }
 
-func (s *memStates) set(d event.DeviceID, st store.DeviceState) { s.mu.Lock(); s.m[d] = st; s.mu.Unlock() }
+func (s *memStates) set(d event.DeviceID, st store.DeviceState) {
+	s.mu.Lock()
+	s.m[d] = st
+	s.mu.Unlock()
+}
 
 func (s *memStates) DeviceState(_ context.Context, _ event.TenantID, d event.DeviceID) (store.DeviceState, error) {
 	s.mu.Lock()
