@@ -217,7 +217,10 @@ func (s *Service) rootCA(ctx context.Context) (*caEntry, error) {
 			return err
 		}
 		r = fresh
-		return s.audit(ctx, tx, "", "system", "ca.create", "ca/"+fresh.rec.ID, map[string]any{"role": RoleRoot, "not_after": fresh.rec.NotAfter})
+		// The audit log is per tenant and the root belongs to none: its
+		// creation is logged here and named (details.root) in the audit
+		// record of every issuing CA it signs.
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("identity: root CA: %w", err)
@@ -273,7 +276,7 @@ func (s *Service) issuing(ctx context.Context, tenant event.TenantID) (*caEntry,
 			return err
 		}
 		e = fresh
-		return s.audit(ctx, tx, tenant, "system", "ca.create", "ca/"+fresh.rec.ID, map[string]any{"role": RoleIssuing, "not_after": fresh.rec.NotAfter})
+		return s.audit(ctx, tx, tenant, "system", "ca.create", "ca/"+fresh.rec.ID, map[string]any{"role": RoleIssuing, "root": root.rec.ID, "not_after": fresh.rec.NotAfter})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("identity: issuing CA of %s: %w", tenant, err)
@@ -376,7 +379,7 @@ func (s *Service) Rotate(ctx context.Context, tenant event.TenantID, actor strin
 		if err := tx.CAs().Put(ctx, fresh.rec); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, tenant, actor, "ca.rotate", "ca/"+fresh.rec.ID, map[string]any{"retired": retired, "not_after": fresh.rec.NotAfter})
+		return s.audit(ctx, tx, tenant, actor, "ca.rotate", "ca/"+fresh.rec.ID, map[string]any{"retired": retired, "root": root.rec.ID, "not_after": fresh.rec.NotAfter})
 	})
 	if err != nil {
 		return store.CA{}, fmt.Errorf("identity: rotate: %w", err)

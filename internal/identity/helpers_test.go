@@ -118,3 +118,5 @@ func deviceCSR(t testing.TB, device string) []byte {
 	t.Helper()
 	return makeCSR(t, newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: device}})
 }
+
+func deviceID(s string) event.DeviceID { return event.DeviceID(s) }

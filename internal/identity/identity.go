@@ -147,6 +147,9 @@ type Service struct {
 
 	createMu sync.Mutex // serializes creation of root and issuing CAs
 
+	gcMu sync.Mutex // guards gc (group commit of issued certificates)
+	gc   groupCommit
+
 	mu     sync.Mutex
 	root   *caEntry
 	active map[event.TenantID]*caEntry // active issuing CA per tenant

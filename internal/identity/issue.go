@@ -124,8 +124,7 @@ func (s *Service) Issue(ctx context.Context, tenant event.TenantID, device event
 	if err != nil {
 		return Issued{}, fmt.Errorf("identity: issue %s/%s: %w", tenant, device, err)
 	}
-	err = s.opt.Store.Update(ctx, func(tx store.Tx) error { return s.persist(ctx, tx, iss, opt) })
-	if err != nil {
+	if err := s.commit(ctx, iss, opt); err != nil {
 		return Issued{}, fmt.Errorf("identity: issue %s/%s: %w", tenant, device, err)
 	}
 	s.published(ctx, iss, opt)
