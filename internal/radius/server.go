@@ -696,3 +696,9 @@ func (s *Server) access(ctx context.Context, c *Client, src netip.AddrPort, p *l
 	s.accN.Add(1)
 	return s.respond(p, lr.CodeAccessAccept, true)
 }
+
+func hmacMD5(key, b []byte) []byte {
+	m := hmac.New(md5.New, key)
+	m.Write(b)
+	return m.Sum(nil)
+}
