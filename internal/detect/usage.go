@@ -1,0 +1,379 @@
+package detect
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/garrisonhq/garrison/internal/alert"
+	"github.com/garrisonhq/garrison/internal/event"
+)
+
+// Learned usage baselines.
+//
+// Each mqtt.publish credits its bytes (and one message) to the time since
+// the device's previous publish, so a rate is volume / covered time. A
+// window opens at a publish and closes at the first publish at least W
+// later that is not part of a burst (gap >= burstGap, or 2W at most);
+// its covered time runs from the publish before it to its last one. A
+// catch-up burst after an outage therefore lands in the same window as
+// the silence it makes up for, and its rate stays normal.
+//
+// Rates (bytes/h, messages/h) are learned per hour of day x weekday/weekend
+// (48 buckets, EW mean and variance) plus a global level. A closed window
+// fires when its rate, divided by the cohort's current geometric-mean ratio
+// (so that a fleet-wide shift does not fire everywhere), is at least
+// MinRatio x and Z standard deviations above the bucket; the open window is
+// checked early against the stricter EarlyRatio.
+
+const burstGap = 15 // seconds
+
+type usageWin struct {
+	First, Prev, Last int64 // unix s; Prev = the publish before the window (0: none)
+	Bytes             float32
+	Count             uint32
+	W                 int32 // window length (s), from the cadence at opening
+}
+
+type baseline struct {
+	Mean, Var [48]float32
+	N         [48]uint8
+	GMean     float32
+	GN        uint16
+}
+
+type usageState struct {
+	Win     usageWin
+	LastPub int64
+	Cad     float32 // learned cadence (s)
+	B, M    baseline
+	Fired   int64 // unix s of the last usage alert
+}
+
+// usageObs is what one publish produced for the usage detectors.
+type usageObs struct {
+	closed    usageWin
+	hasClosed bool
+	open      *usageWin
+	anomalous bool // a detector fired on the closed window: do not learn it
+}
+
+func windowLen(cad float32) int32 {
+	w := 4 * float64(cad)
+	return int32(math.Min(math.Max(w, 1800), 4*3600))
+}
+
+func (u *usageState) observe(now int64, bytes float64) usageObs {
+	var o usageObs
+	gap := int64(0)
+	if u.LastPub != 0 {
+		gap = max(0, now-u.LastPub)
+		if gap >= burstGap && gap <= 6*3600 {
+			g := float32(gap)
+			if u.Cad == 0 {
+				u.Cad = g
+			} else {
+				u.Cad += 0.05 * (min(max(g, u.Cad/2), 2*u.Cad) - u.Cad)
+			}
+		}
+	}
+	if w := &u.Win; w.First != 0 {
+		span := now - w.First
+		if span >= int64(w.W) && (gap >= burstGap || span >= 2*int64(w.W)) {
+			o.closed, o.hasClosed = *w, true
+			*w = usageWin{}
+		}
+	}
+	if u.Win.First == 0 {
+		u.Win = usageWin{First: now, Prev: u.LastPub, W: windowLen(u.Cad)}
+	}
+	u.Win.Bytes += float32(bytes)
+	u.Win.Count++
+	u.Win.Last = max(u.Win.Last, now)
+	u.LastPub = max(u.LastPub, now)
+	o.open = &u.Win
+	return o
+}
+
+// coverage returns the window's covered seconds and the time used for its
+// hour bucket.
+func (w *usageWin) coverage() (c int64, at int64) {
+	if w.Prev == 0 {
+		return 0, 0
+	}
+	c = w.Last - w.Prev
+	at = w.Last
+	if c <= 2*3600 {
+		at = (w.Prev + w.Last) / 2
+	}
+	return c, at
+}
+
+func bucketOf(at int64) int {
+	t := time.Unix(at, 0).UTC()
+	b := t.Hour()
+	if wd := t.Weekday(); wd == time.Saturday || wd == time.Sunday {
+		b += 24
+	}
+	return b
+}
+
+// expect returns the expected rate and its spread for bucket b.
+func (bl *baseline) expect(b int, floorFrac, minCV float64) (mean, std float64, ok bool) {
+	if bl.GN < 8 {
+		return 0, 0, false
+	}
+	if bl.N[b] >= 2 {
+		mean, std = float64(bl.Mean[b]), math.Sqrt(float64(bl.Var[b]))
+	} else {
+		// bucket not learned yet (e.g. first weekend): compare with the
+		// device's peak learned level, which is conservative
+		for i := range bl.Mean {
+			if bl.N[i] > 0 {
+				mean = math.Max(mean, float64(bl.Mean[i]))
+			}
+		}
+		std = mean * 0.5
+	}
+	mean = math.Max(mean, floorFrac*float64(bl.GMean))
+	std = math.Max(std, minCV*mean)
+	return mean, std, mean > 0
+}
+
+func (bl *baseline) learn(b int, r float64) {
+	n := float64(bl.N[b])
+	a := 0.1
+	if n < 10 {
+		a = 1 / (n + 1)
+	}
+	d := r - float64(bl.Mean[b])
+	bl.Mean[b] += float32(a * d)
+	bl.Var[b] = float32((1 - a) * (float64(bl.Var[b]) + a*d*d))
+	if bl.N[b] < 255 {
+		bl.N[b]++
+	}
+	ga := 0.02
+	if bl.GN < 50 {
+		ga = 1 / (float64(bl.GN) + 1)
+	}
+	bl.GMean += float32(ga * (r - float64(bl.GMean)))
+	if bl.GN < 65535 {
+		bl.GN++
+	}
+}
+
+// UsageSettings tunes usage.volume and usage.messages.
+type UsageSettings struct {
+	Warmup     Duration `json:"warmup"`      // observed time before alerting
+	MinRatio   float64  `json:"min_ratio"`   // closed window: rate >= MinRatio x expected
+	EarlyRatio float64  `json:"early_ratio"` // open window, checked on every publish
+	Z          float64  `json:"z"`           // and this many std above expected
+	FloorFrac  float64  `json:"floor_frac"`  // expected >= FloorFrac x the device's global level
+	MinCV      float64  `json:"min_cv"`      // std >= MinCV x expected
+	// CohortMin is how many recent windows the cohort needs before its
+	// shift is taken into account.
+	CohortMin int `json:"cohort_min"`
+	// PerMessageRatio (usage.volume only): the volume ratio divided by the
+	// message-rate ratio must reach this, so a message flood is reported
+	// once, as usage.message_rate_spike.
+	PerMessageRatio float64 `json:"per_message_ratio"`
+}
+
+func defaultUsage() any {
+	return &UsageSettings{Warmup: Duration(24 * time.Hour), MinRatio: 3, EarlyRatio: 6, Z: 5, FloorFrac: 0.3, MinCV: 0.25, CohortMin: 5, PerMessageRatio: 2}
+}
+
+var dataSpikeDetector = &Detector{
+	Name: "usage.volume", Kind: alert.DataSpike, Severity: alert.High,
+	Description: "Uplink volume (bytes/h over publish-covered time) far above the device's learned hour-of-week baseline, net of any cohort-wide shift; outage catch-up is normalised by elapsed time.",
+	Events:      []event.Kind{event.MQTTPublish},
+	defaults:    defaultUsage,
+	run:         func(c *call, d *Detector, cfg any) { usageCheck(c, d, cfg.(*UsageSettings), false) },
+}
+
+var messageRateDetector = &Detector{
+	Name: "usage.messages", Kind: alert.MessageRateSpike, Severity: alert.Medium,
+	Description: "Publish rate (messages/h over publish-covered time) far above the device's learned hour-of-week baseline, net of any cohort-wide shift.",
+	Events:      []event.Kind{event.MQTTPublish},
+	defaults:    defaultUsage,
+	run:         func(c *call, d *Detector, cfg any) { usageCheck(c, d, cfg.(*UsageSettings), true) },
+}
+
+func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
+	o := c.use
+	if o == nil || !c.st.warm(c.now, s.Warmup) {
+		return
+	}
+	u := &c.st.Use
+	bl, unit := &u.B, "bytes/h"
+	if msgs {
+		bl, unit = &u.M, "msgs/h"
+	}
+	cohort := c.e.cohort(c.key.t, c.group())
+	check := func(w *usageWin, ratioMin float64, early bool) bool {
+		cov, at := w.coverage()
+		if cov <= 0 {
+			return false
+		}
+		if early && float64(cov) < math.Max(float64(w.W)/5, 3*float64(u.Cad)) {
+			return false
+		}
+		v := float64(w.Bytes)
+		if msgs {
+			v = float64(w.Count)
+		}
+		r := v / float64(cov) * 3600
+		b := bucketOf(at)
+		mean, std, ok := bl.expect(b, s.FloorFrac, s.MinCV)
+		if !ok {
+			return false
+		}
+		shift := cohort.shift(msgs, at, s.CohortMin)
+		adj := r / shift
+		if adj < ratioMin*mean || (adj-mean)/std < s.Z {
+			return false
+		}
+		perMsg := 0.0
+		if !msgs {
+			// volume explained by more messages is usage.messages' finding:
+			// require the bytes per message to have grown as well
+			mm, _, ok := u.M.expect(b, s.FloorFrac, s.MinCV)
+			if ok {
+				msgRatio := math.Max(1, float64(w.Count)/float64(cov)*3600/mm)
+				perMsg = adj / mean / msgRatio
+				if perMsg < s.PerMessageRatio {
+					return false
+				}
+			}
+		}
+		c.raise(det,
+			fmt.Sprintf("%.0f %s over %s, %.1fx the learned %.0f %s for this hour (cohort shift %.2fx)", r, unit, time.Duration(cov)*time.Second, adj/mean, mean, unit, shift),
+			map[string]any{"rate": round(r, 1), "unit": unit, "baseline_mean": round(mean, 1), "baseline_std": round(std, 1), "ratio": round(adj/mean, 2),
+				"threshold_ratio": ratioMin, "z": round((adj-mean)/std, 1), "z_threshold": s.Z, "cohort_shift": round(shift, 2), "hour_bucket": b,
+				"window_start": unixUTC(w.Prev), "window_end": unixUTC(w.Last), "messages": w.Count, "bytes": w.Bytes, "early": early, "per_message_ratio": round(perMsg, 2)},
+			*c.ev)
+		u.Fired = c.now
+		return true
+	}
+	if o.hasClosed && check(&o.closed, s.MinRatio, false) {
+		o.anomalous = true
+	}
+	if o.open != nil {
+		check(o.open, s.EarlyRatio, true)
+	}
+}
+
+// usagePrepare runs before the usage detectors, usageLearn after them.
+func usagePrepare(c *call) {
+	if c.ev.Kind != event.MQTTPublish {
+		return
+	}
+	b, _ := c.ev.Float("bytes")
+	o := c.st.Use.observe(c.now, math.Max(0, b))
+	c.use = &o
+}
+
+func usageLearn(c *call) {
+	o := c.use
+	if o == nil || !o.hasClosed {
+		return
+	}
+	u := &c.st.Use
+	cov, at := o.closed.coverage()
+	if cov <= 0 || cov > max(3*3600, int64(o.closed.W)*3/2) {
+		return // spans an outage: mixes hours
+	}
+	rb := float64(o.closed.Bytes) / float64(cov) * 3600
+	rm := float64(o.closed.Count) / float64(cov) * 3600
+	b := bucketOf(at)
+	if u.B.GN >= 8 && c.st.warm(c.now, Duration(24*time.Hour)) {
+		co := c.e.cohort(c.key.t, c.group())
+		if mb, _, ok := u.B.expect(b, 0.3, 0.25); ok {
+			co.add(false, at, rb/mb)
+		}
+		if mm, _, ok := u.M.expect(b, 0.3, 0.25); ok {
+			co.add(true, at, rm/mm)
+		}
+	}
+	if o.anomalous || c.now-u.Fired < 3600 {
+		return // do not learn the attack
+	}
+	u.B.learn(b, rb)
+	u.M.learn(b, rm)
+}
+
+// group is the cohort key of the device: its group, else its model.
+func (c *call) group() string {
+	if c.prof.Cohort != "" {
+		return c.prof.Cohort
+	}
+	return c.prof.Model
+}
+
+// cohortState aggregates what a cohort's devices do, for the cohort checks.
+type cohortState struct {
+	Devices int
+	Slot    [2][2]int64 // [metric][slot] epoch hour
+	SumLog  [2][2]float64
+	N       [2][2]int32
+	Ports   map[uint16]int32 // listening port -> devices that learned it
+	Dests   map[uint32]int32 // destination hash -> devices that learned it
+}
+
+func (e *Engine) cohort(t event.TenantID, group string) *cohortView {
+	k := string(t) + "\x00" + group
+	e.cohortMu.Lock()
+	c := e.cohorts[k]
+	if c == nil {
+		c = &cohortState{Ports: map[uint16]int32{}, Dests: map[uint32]int32{}}
+		e.cohorts[k] = c
+	}
+	e.cohortMu.Unlock()
+	return &cohortView{e: e, c: c}
+}
+
+// cohortView accesses a cohort under the engine's cohort lock.
+type cohortView struct {
+	e *Engine
+	c *cohortState
+}
+
+func (v *cohortView) add(msgs bool, at int64, ratio float64) {
+	m := 0
+	if msgs {
+		m = 1
+	}
+	h := at / 3600
+	v.e.cohortMu.Lock()
+	defer v.e.cohortMu.Unlock()
+	i := h % 2
+	if v.c.Slot[m][i] != h {
+		v.c.Slot[m][i], v.c.SumLog[m][i], v.c.N[m][i] = h, 0, 0
+	}
+	v.c.SumLog[m][i] += math.Max(-3, math.Min(3, math.Log(math.Max(ratio, 1e-6))))
+	v.c.N[m][i]++
+}
+
+// shift returns the cohort's geometric-mean ratio over the current and
+// previous hour (>= 1), or 1 when too few windows were seen.
+func (v *cohortView) shift(msgs bool, at int64, minN int) float64 {
+	m := 0
+	if msgs {
+		m = 1
+	}
+	h := at / 3600
+	v.e.cohortMu.Lock()
+	defer v.e.cohortMu.Unlock()
+	var sum float64
+	var n int32
+	for i := range 2 {
+		if d := h - v.c.Slot[m][i]; d >= 0 && d <= 1 {
+			sum += v.c.SumLog[m][i]
+			n += v.c.N[m][i]
+		}
+	}
+	if int(n) < minN {
+		return 1
+	}
+	return math.Max(1, math.Exp(sum/float64(n)))
+}
