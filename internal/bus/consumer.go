@@ -1,0 +1,288 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/garrisonhq/garrison/internal/event"
+)
+
+// Handler processes one event. Returning nil acknowledges it; returning an
+// error retries the same event after a backoff. It must not keep or modify e.
+type Handler func(ctx context.Context, e *event.Event) error
+
+// DeliverPolicy says where a new durable consumer starts. An existing
+// durable always resumes after its last acknowledged event.
+type DeliverPolicy int
+
+const (
+	// DeliverAll starts at the first event still in the stream.
+	DeliverAll DeliverPolicy = iota
+	// DeliverNew starts with events published after the consumer is created.
+	DeliverNew
+)
+
+// ConsumerOptions configure [Bus.Consume].
+type ConsumerOptions struct {
+	// Name of the durable consumer (letters, digits, '-', '_'). Required.
+	Name string
+	// Stream to read (default Events).
+	Stream Stream
+	// Filters restrict the subjects, written in the default subject space
+	// (gev.TENANT.KIND.PARTITION, see PartitionFilter, KindFilter,
+	// TenantFilter); the bus maps them onto the stream's prefix. Empty: all.
+	Filters []string
+	Deliver DeliverPolicy
+	Handler Handler
+	// Batch is how many events are pulled ahead (default 256).
+	Batch int
+	// AckWait is how long the server waits for an acknowledgement before it
+	// redelivers (default 30s); a retrying consumer keeps extending it.
+	AckWait time.Duration
+	// MaxAttempts per event before the consumer gives up on it, logs it at
+	// error level and terminates it (default 10; negative: never give up).
+	MaxAttempts int
+	// Backoff before the first retry (default 100ms); it doubles up to
+	// MaxBackoff (default 5s).
+	Backoff, MaxBackoff time.Duration
+}
+
+// Consumer is a running durable consumer. Stop it with [Consumer.Stop].
+type Consumer struct {
+	b     *Bus
+	opts  ConsumerOptions
+	cons  jetstream.Consumer
+	it    jetstream.MessagesContext
+	log   *slog.Logger
+	ctx   context.Context
+	stop  context.CancelFunc
+	done  chan struct{}
+	once  sync.Once
+	label string
+}
+
+// Consume creates or updates the durable consumer opts.Name on opts.Stream
+// and starts handling events in a goroutine of its own.
+func (b *Bus) Consume(ctx context.Context, opts ConsumerOptions) (*Consumer, error) {
+	if b.isClosed() {
+		return nil, ErrClosed
+	}
+	if err := opts.defaults(); err != nil {
+		return nil, err
+	}
+	cfg := jetstream.ConsumerConfig{
+		Durable:       opts.Name,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       opts.AckWait,
+		MaxAckPending: max(opts.Batch*4, 1024),
+		MaxDeliver:    -1,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+	if opts.Deliver == DeliverNew {
+		cfg.DeliverPolicy = jetstream.DeliverNewPolicy
+	}
+	for _, f := range opts.Filters {
+		m, err := b.mapFilter(opts.Stream, f)
+		if err != nil {
+			return nil, err
+		}
+		cfg.FilterSubjects = append(cfg.FilterSubjects, m)
+	}
+	if len(cfg.FilterSubjects) == 1 {
+		cfg.FilterSubject, cfg.FilterSubjects = cfg.FilterSubjects[0], nil
+	}
+	stream := b.StreamName(opts.Stream)
+	cons, err := b.js(opts.Stream).CreateOrUpdateConsumer(ctx, stream, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("bus: consumer %s on %s: %w", opts.Name, stream, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(opts.Batch))
+	if err != nil {
+		return nil, fmt.Errorf("bus: consumer %s on %s: %w", opts.Name, stream, err)
+	}
+	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	c := &Consumer{
+		b: b, opts: opts, cons: cons, it: it, ctx: cctx, stop: cancel, done: make(chan struct{}),
+		log: b.log.With("consumer", opts.Name, "stream", stream), label: stream + "/" + opts.Name,
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		it.Stop()
+		cancel()
+		return nil, ErrClosed
+	}
+	b.consumers[c] = struct{}{}
+	b.mu.Unlock()
+	go c.run()
+	return c, nil
+}
+
+func (o *ConsumerOptions) defaults() error {
+	var errs []error
+	if !plainToken(o.Name) {
+		errs = append(errs, fmt.Errorf("consumer name %q must be letters, digits, '-' or '_'", o.Name))
+	}
+	if o.Handler == nil {
+		errs = append(errs, errors.New("consumer handler required"))
+	}
+	if o.Stream != Events && o.Stream != Security {
+		errs = append(errs, fmt.Errorf("unknown stream %d", o.Stream))
+	}
+	if o.Batch < 0 || o.AckWait < 0 || o.Backoff < 0 || o.MaxBackoff < 0 {
+		errs = append(errs, errors.New("consumer limits must not be negative"))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))
+	}
+	if o.Batch == 0 {
+		o.Batch = 256
+	}
+	if o.AckWait == 0 {
+		o.AckWait = 30 * time.Second
+	}
+	if o.MaxAttempts == 0 {
+		o.MaxAttempts = 10
+	}
+	if o.Backoff == 0 {
+		o.Backoff = 100 * time.Millisecond
+	}
+	if o.MaxBackoff == 0 {
+		o.MaxBackoff = 5 * time.Second
+	}
+	return nil
+}
+
+// Name returns the durable name.
+func (c *Consumer) Name() string { return c.opts.Name }
+
+func (c *Consumer) run() {
+	defer close(c.done)
+	naking := false // after a stop interrupted a retry, hand nothing more out
+	for {
+		msg, err := c.it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return
+			}
+			c.log.Warn("bus: consumer fetch", "err", err)
+			continue
+		}
+		if naking {
+			_ = msg.Nak()
+			continue
+		}
+		if !c.handle(msg) {
+			naking = true
+		}
+	}
+}
+
+// handle runs the handler on msg until it succeeds or gives up. It returns
+// false when a stop interrupted the retries and msg was handed back.
+func (c *Consumer) handle(msg jetstream.Msg) bool {
+	var e event.Event
+	if err := event.Unmarshal(msg.Data(), &e); err != nil {
+		c.log.Error("bus: dropping undecodable event", "subject", msg.Subject(), "err", err)
+		c.b.m.dropped.WithLabelValues(c.label).Inc()
+		_ = msg.Term()
+		return true
+	}
+	wait := c.opts.Backoff
+	for attempt := 1; ; attempt++ {
+		err := c.opts.Handler(c.ctx, &e)
+		if err == nil {
+			if err := msg.Ack(); err != nil {
+				c.log.Warn("bus: ack", "event", e.ID, "err", err)
+			}
+			c.b.m.handled.WithLabelValues(c.label).Inc()
+			return true
+		}
+		c.b.m.handlerErrs.WithLabelValues(c.label).Inc()
+		if c.opts.MaxAttempts > 0 && attempt >= c.opts.MaxAttempts {
+			c.log.Error("bus: giving up on event", "event", e.ID, "tenant", e.Tenant, "device", e.Device, "kind", e.Kind, "attempts", attempt, "err", err)
+			c.b.m.dropped.WithLabelValues(c.label).Inc()
+			_ = msg.Term()
+			return true
+		}
+		c.log.Warn("bus: handler failed, retrying", "event", e.ID, "tenant", e.Tenant, "device", e.Device, "attempt", attempt, "backoff", wait, "err", err)
+		_ = msg.InProgress()
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-c.ctx.Done():
+			t.Stop()
+			_ = msg.Nak()
+			return false
+		}
+		wait = min(wait*2, c.opts.MaxBackoff)
+	}
+}
+
+// Lag returns how many events of the consumer's filter are not yet
+// acknowledged: not yet delivered plus delivered and awaiting their ack.
+// Zero means the consumer has caught up with everything published so far.
+func (c *Consumer) Lag(ctx context.Context) (uint64, error) {
+	return lag(ctx, c.cons)
+}
+
+// Lag returns the lag of the durable consumer name on stream st, running in
+// this process or not.
+func (b *Bus) Lag(ctx context.Context, st Stream, name string) (uint64, error) {
+	cons, err := b.js(st).Consumer(ctx, b.StreamName(st), name)
+	if err != nil {
+		return 0, fmt.Errorf("bus: consumer %s: %w", name, err)
+	}
+	return lag(ctx, cons)
+}
+
+func lag(ctx context.Context, cons jetstream.Consumer) (uint64, error) {
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("bus: consumer info: %w", err)
+	}
+	return info.NumPending + uint64(max(info.NumAckPending, 0)), nil
+}
+
+// WaitCaughtUp polls Lag every interval until it is zero or ctx ends.
+func (c *Consumer) WaitCaughtUp(ctx context.Context, interval time.Duration) error {
+	for {
+		n, err := c.Lag(ctx)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		t := time.NewTimer(interval)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("bus: consumer %s still %d behind: %w", c.opts.Name, n, ctx.Err())
+		}
+	}
+}
+
+// Stop stops pulling, lets the handler finish the events already pulled
+// (an event being retried is handed back to the server instead) and returns
+// when the consumer's goroutine has ended. The durable consumer stays on the
+// server, so a later Consume with the same name resumes after the last
+// acknowledged event. Stop is idempotent.
+func (c *Consumer) Stop() {
+	c.once.Do(func() {
+		c.it.Drain()
+		// Stop retries of a failing event; events that succeed still drain.
+		c.stop()
+		<-c.done
+		c.b.mu.Lock()
+		delete(c.b.consumers, c)
+		c.b.mu.Unlock()
+	})
+}

@@ -1,0 +1,42 @@
+package bus
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the bus's counters. They always exist; they are exported only
+// when Options.Registerer is set.
+type metrics struct {
+	published, acked, failed *prometheus.CounterVec // by stream
+	handled, handlerErrs     *prometheus.CounterVec // by consumer
+	dropped                  *prometheus.CounterVec // by consumer
+}
+
+func newMetrics(r prometheus.Registerer) *metrics {
+	cv := func(name, help, label string) *prometheus.CounterVec {
+		c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "garrison", Subsystem: "bus", Name: name, Help: help}, []string{label})
+		if r == nil {
+			return c
+		}
+		if err := r.Register(c); err != nil {
+			// A second bus on the same registry shares the first one's counters.
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				if existing, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
+					return existing
+				}
+			}
+		}
+		return c
+	}
+	return &metrics{
+		published:   cv("published_total", "Events handed to JetStream.", "stream"),
+		acked:       cv("acked_total", "Events acknowledged as stored by JetStream.", "stream"),
+		failed:      cv("publish_failed_total", "Events that could not be encoded, sent or stored.", "stream"),
+		handled:     cv("handled_total", "Events handled and acknowledged by a consumer.", "consumer"),
+		handlerErrs: cv("handler_errors_total", "Handler calls that returned an error (the event is retried).", "consumer"),
+		dropped:     cv("dropped_total", "Events a consumer gave up on (undecodable or out of attempts).", "consumer"),
+	}
+}
