@@ -39,17 +39,17 @@ func TestScore(t *testing.T) {
 		falses     int
 		passed     bool
 	}{
-		{"detected with response", []alert.Alert{al("gw-0002", "firmware.rollback", 90 * time.Second)}, []store.Action{done}, true, 90, true, 0, true},
+		{"detected with response", []alert.Alert{al("gw-0002", "firmware.rollback", 90*time.Second)}, []store.Action{done}, true, 90, true, 0, true},
 		{"missed", nil, []store.Action{done}, false, 0, true, 0, false},
-		{"late", []alert.Alert{al("gw-0002", "firmware.rollback", 11 * time.Minute)}, []store.Action{done}, false, 0, true, 0, false},
-		{"too early", []alert.Alert{al("gw-0002", "firmware.rollback", -2 * time.Minute)}, []store.Action{done}, false, 0, true, 0, false},
-		{"slightly early counts as zero", []alert.Alert{al("gw-0002", "firmware.rollback", -30 * time.Second)}, []store.Action{done}, true, 0, true, 0, true},
+		{"late", []alert.Alert{al("gw-0002", "firmware.rollback", 11*time.Minute)}, []store.Action{done}, false, 0, true, 0, false},
+		{"too early", []alert.Alert{al("gw-0002", "firmware.rollback", -2*time.Minute)}, []store.Action{done}, false, 0, true, 0, false},
+		{"slightly early counts as zero", []alert.Alert{al("gw-0002", "firmware.rollback", -30*time.Second)}, []store.Action{done}, true, 0, true, 0, true},
 		{"wrong device", []alert.Alert{al("gw-0003", "firmware.rollback", time.Minute)}, []store.Action{done}, false, 0, true, 1, false},
 		{"no response", []alert.Alert{al("gw-0002", "firmware.rollback", time.Minute)}, nil, true, 60, false, 0, false},
 		{"response pending", []alert.Alert{al("gw-0002", "firmware.rollback", time.Minute)}, []store.Action{{Device: "gw-0002", Kind: "quarantine", State: store.ActionPending}}, true, 60, false, 0, false},
 		{"response on other device", []alert.Alert{al("gw-0002", "firmware.rollback", time.Minute)}, []store.Action{{Device: "gw-0001", Kind: "quarantine", State: store.ActionDone}}, true, 60, false, 0, false},
 		{"false alert", []alert.Alert{al("gw-0002", "firmware.rollback", 0), al("van-0001", "usage.data_spike", -time.Hour)}, []store.Action{done}, true, 0, true, 1, false},
-		{"earliest of several", []alert.Alert{al("gw-0002", "firmware.rollback", 5 * time.Minute), al("gw-0002", "firmware.rollback", 2 * time.Minute)}, []store.Action{done}, true, 120, true, 0, true},
+		{"earliest of several", []alert.Alert{al("gw-0002", "firmware.rollback", 5*time.Minute), al("gw-0002", "firmware.rollback", 2*time.Minute)}, []store.Action{done}, true, 120, true, 0, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
