@@ -3,6 +3,7 @@ package event
 import (
 	"bytes"
 	"errors"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -31,19 +32,21 @@ func TestRoundTrip(t *testing.T) {
 		{"unicode", &Event{Tenant: "a-b", Kind: "x.y_z", Time: time.Unix(0, 1).UTC(), Source: "ünïcode <&>", Attrs: map[string]any{"k": "\u2028"}}},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			b, err := Marshal(tc.e)
-			if err != nil {
-				t.Fatalf("Marshal: %v", err)
-			}
-			var got Event
-			if err := Unmarshal(b, &got); err != nil {
-				t.Fatalf("Unmarshal: %v", err)
-			}
-			if !reflect.DeepEqual(&got, tc.e) {
-				t.Fatalf("round trip changed the event:\n got %#v\nwant %#v", got, *tc.e)
-			}
-		})
+		for form, marshal := range map[string]func(*Event) ([]byte, error){"binary": Marshal, "json": MarshalJSON} {
+			t.Run(tc.name+"/"+form, func(t *testing.T) {
+				b, err := marshal(tc.e)
+				if err != nil {
+					t.Fatalf("marshal: %v", err)
+				}
+				var got Event
+				if err := Unmarshal(b, &got); err != nil {
+					t.Fatalf("Unmarshal: %v", err)
+				}
+				if !reflect.DeepEqual(&got, tc.e) {
+					t.Fatalf("round trip changed the event:\n got %#v\nwant %#v", got, *tc.e)
+				}
+			})
+		}
 	}
 }
 
@@ -72,6 +75,10 @@ func TestUnmarshalRejects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	goodJSON, err := MarshalJSON(sample())
+	if err != nil {
+		t.Fatal(err)
+	}
 	big := `{"v":1,"tenant":"a","kind":"k","time":"2026-01-01T00:00:00Z","source":"` + strings.Repeat("x", MaxEncodedSize) + `"}`
 	tests := []struct {
 		name string
@@ -81,8 +88,20 @@ func TestUnmarshalRejects(t *testing.T) {
 		{"empty", "", ErrMalformed},
 		{"garbage", "\x00\x01garbage", ErrMalformed},
 		{"array", "[1,2]", ErrMalformed},
-		{"truncated", string(good[:len(good)/2]), ErrMalformed},
-		{"trailing", string(good) + "{}", ErrMalformed},
+		{"truncated binary", string(good[:len(good)/2]), ErrMalformed},
+		{"trailing binary", string(good) + "\x00", ErrMalformed},
+		{"truncated json", string(goodJSON[:len(goodJSON)/2]), ErrMalformed},
+		{"trailing json", string(goodJSON) + "{}", ErrMalformed},
+		{"future binary version", "\x02" + string(good[1:]), ErrVersion},
+		{"binary huge count", "\x01\x00\x01a\x00\x01k\x00\x00\x00\xff\xff\xff\xff\x0f", ErrMalformed},
+		{"binary unsorted keys", "\x01\x00\x01a\x00\x01k\x00\x02\x00\x02\x01b\x00\x01a\x00", ErrMalformed},
+		{"binary bad tag", "\x01\x00\x01a\x00\x01k\x00\x02\x00\x01\x01a\x09", ErrMalformed},
+		{"binary NaN", "\x01\x00\x01a\x00\x01k\x00\x02\x00\x01\x01a\x03\x01\x00\x00\x00\x00\x00\xf8\x7f", ErrMalformed},
+		{"binary bad nanos", "\x01\x00\x01a\x00\x01k\x00\x02\x80\x94\xeb\xdc\x03\x00", ErrMalformed},
+		{"binary no tenant", "\x01\x00\x00\x00\x01k\x00\x02\x00\x00", ErrInvalid},
+		{"binary valid", "\x01\x00\x01a\x00\x01k\x00\x02\x00\x00", nil},
+		{"json deep", `{"v":1,"tenant":"a","kind":"k","time":"2026-01-01T00:00:00Z","attrs":{"x":` + strings.Repeat("[", 17) + strings.Repeat("]", 17) + `}}`, ErrMalformed},
+		{"json deep ok", `{"v":1,"tenant":"a","kind":"k","time":"2026-01-01T00:00:00Z","attrs":{"x":` + strings.Repeat("[", 16) + strings.Repeat("]", 16) + `}}`, nil},
 		{"unknown field", `{"v":1,"tenant":"a","kind":"k","time":"2026-01-01T00:00:00Z","evil":1}`, ErrMalformed},
 		{"bad time", `{"v":1,"tenant":"a","kind":"k","time":"yesterday"}`, ErrMalformed},
 		{"huge number", `{"v":1,"tenant":"a","kind":"k","time":"2026-01-01T00:00:00Z","attrs":{"n":1e999}}`, ErrMalformed},
@@ -104,6 +123,12 @@ func TestUnmarshalRejects(t *testing.T) {
 			e := sample()
 			before := *e
 			err := Unmarshal([]byte(tc.in), e)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("Unmarshal(%.60q) = %v, want success", tc.in, err)
+				}
+				return
+			}
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("Unmarshal(%.60q) = %v, want %v", tc.in, err, tc.want)
 			}
@@ -119,8 +144,16 @@ func TestMarshalRejects(t *testing.T) {
 	big.Attrs = map[string]any{"blob": strings.Repeat("x", MaxEncodedSize)}
 	bad := sample()
 	bad.Tenant = "a b"
+	fn := sample()
+	fn.Attrs = map[string]any{"f": func() {}}
 	nan := sample()
-	nan.Attrs = map[string]any{"f": func() {}}
+	nan.Attrs = map[string]any{"f": math.NaN()}
+	deep := sample()
+	var v any = "leaf"
+	for range 17 {
+		v = []any{v}
+	}
+	deep.Attrs = map[string]any{"d": v}
 	tests := []struct {
 		name string
 		e    *Event
@@ -129,13 +162,18 @@ func TestMarshalRejects(t *testing.T) {
 		{"nil", nil, ErrInvalid},
 		{"too large", big, ErrTooLarge},
 		{"bad tenant", bad, ErrInvalid},
-		{"unencodable attr", nan, ErrInvalid},
+		{"unencodable attr", fn, ErrInvalid},
+		{"NaN attr", nan, ErrInvalid},
+		{"too deep", deep, ErrInvalid},
 		{"missing fields", &Event{}, ErrNoTenant},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := Marshal(tc.e); !errors.Is(err, tc.want) {
 				t.Fatalf("Marshal = %v, want %v", err, tc.want)
+			}
+			if _, err := MarshalJSON(tc.e); err == nil {
+				t.Fatal("MarshalJSON accepted it")
 			}
 		})
 	}
@@ -149,6 +187,7 @@ func FuzzUnmarshal(f *testing.F) {
 	}
 	f.Add([]byte(`{"v":1,"tenant":"a","kind":"k","time":"2026-01-01T00:00:00+02:00","attrs":{"x":[1,"2",{"y":null}]}}`))
 	f.Add([]byte(`{"v":1}`))
+	f.Add([]byte("\x01\x00\x01a\x00\x01k\x00\x02\x00\x01\x01a\x05\x02\x03\x00\x00\x00\x00\x00\x00\xf0\x3f\x06\x01\x01b\x00"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var e Event
 		if err := Unmarshal(data, &e); err != nil {
@@ -179,6 +218,23 @@ func BenchmarkMarshal(b *testing.B) {
 		if _, err := Marshal(e); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestTypedAttrsEncodeAsNumbersAndArrays(t *testing.T) {
+	e := sample()
+	e.Attrs = map[string]any{"i": 3, "u": uint16(4), "f32": float32(0.5), "ss": []string{"a"}, "fs": []float64{1}, "ms": map[string]string{"k": "v"}}
+	b, err := Marshal(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Event
+	if err := Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"i": 3.0, "u": 4.0, "f32": 0.5, "ss": []any{"a"}, "fs": []any{1.0}, "ms": map[string]any{"k": "v"}}
+	if !reflect.DeepEqual(got.Attrs, want) {
+		t.Fatalf("attrs %#v, want %#v", got.Attrs, want)
 	}
 }
 
