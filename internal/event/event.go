@@ -36,10 +36,15 @@ const (
 	// Connectivity (RADIUS accounting or provider webhooks):
 	// status (start|interim|stop), session_id, imsi, iccid, imei, msisdn, ip,
 	// apn, nas, cell, lat, lon, accuracy_m, rat, bytes_up, bytes_down (deltas
-	// since the previous record of the session).
+	// since the previous record of the session); also imeisv (digits as
+	// received) and plmn (serving MCC-MNC). RADIUS Access-Request decisions
+	// use status auth with decision (accept|reject), reason (unknown_sim,
+	// sim_<state>, imei_mismatch, no_imsi) and bound_imei.
 	NetSession Kind = "net.session"
 	// Flow records (IPFIX / NetFlow v9): src_ip, src_port, dst_ip, dst_port,
-	// proto, bytes, packets, exporter.
+	// proto, bytes, packets, exporter; also direction (out: src is the
+	// device; in: the flow was towards the device and is reported from its
+	// side), start_ms and end_ms (Unix milliseconds).
 	NetFlow Kind = "net.flow"
 	// Positions from any source: lat, lon, accuracy_m, source (device|network).
 	Location Kind = "location"
