@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/event"
@@ -180,52 +181,54 @@ func (c *Collector) Handle(ctx context.Context, src netip.AddrPort, b []byte) er
 		return nil
 	}
 	now := c.clk.Now()
-	exporter := src.Addr().Unmap().String()
-	err := c.dec.Decode(src, b, func(r *Record) {
-		dev, ok := c.o.Devices.DeviceByIP(ctx, tenant, r.SrcIP)
-		src, dst, sport, dport := r.SrcIP, r.DstIP, r.SrcPort, r.DstPort
-		if !ok {
-			// A flow towards the device: report it from the device's side.
-			if dev, ok = c.o.Devices.DeviceByIP(ctx, tenant, r.DstIP); !ok {
-				c.unmapped.Add(1)
-				return
-			}
-			src, dst, sport, dport = dst, src, dport, sport
-		}
-		t := r.End
-		if t.IsZero() {
-			t = now
-		}
-		e := &event.Event{
-			ID: event.NewID(now), Tenant: tenant, Device: dev, Kind: event.NetFlow,
-			Time: t, Source: "flows",
-			Attrs: map[string]any{
-				"src_ip": src.String(), "src_port": float64(sport),
-				"dst_ip": dst.String(), "dst_port": float64(dport),
-				"proto": float64(r.Proto), "bytes": float64(r.Octets), "packets": float64(r.Packets),
-				"exporter": exporter,
-			},
-		}
-		if dst == r.SrcIP {
-			e.Attrs["direction"] = "in"
-		} else {
-			e.Attrs["direction"] = "out"
-		}
-		if !r.Start.IsZero() {
-			e.Attrs["start"] = r.Start.Format("2006-01-02T15:04:05.000Z07:00")
-		}
-		if !r.End.IsZero() {
-			e.Attrs["end"] = r.End.Format("2006-01-02T15:04:05.000Z07:00")
-		}
-		if err := c.o.Publisher.Publish(ctx, e); err != nil {
-			c.pubErr.Add(1)
-			c.log.Warn("flows: publish", "tenant", string(tenant), "device", string(dev), "err", err)
-			return
-		}
-		c.published.Add(1)
-	})
+	// Decode under the decoder's lock, publish outside it.
+	recs := make([]Record, 0, 32)
+	err := c.dec.Decode(src, b, func(r *Record) { recs = append(recs, *r) })
 	if err != nil {
 		c.log.Debug("flows: malformed message", "remote", src.String(), "err", err)
 	}
+	exporter := src.Addr().Unmap().String()
+	for i := range recs {
+		c.publish(ctx, tenant, exporter, now, &recs[i])
+	}
 	return err
+}
+
+func (c *Collector) publish(ctx context.Context, tenant event.TenantID, exporter string, now time.Time, r *Record) {
+	dev, ok := c.o.Devices.DeviceByIP(ctx, tenant, r.SrcIP)
+	src, dst, sport, dport, dir := r.SrcIP, r.DstIP, r.SrcPort, r.DstPort, "out"
+	if !ok {
+		// A flow towards the device: report it from the device's side.
+		if dev, ok = c.o.Devices.DeviceByIP(ctx, tenant, r.DstIP); !ok {
+			c.unmapped.Add(1)
+			return
+		}
+		src, dst, sport, dport, dir = dst, src, dport, sport, "in"
+	}
+	// The flow's end is the event time unless the exporter's clock is
+	// implausible (more than a day away from ours).
+	t := r.End
+	if t.IsZero() || t.Sub(now) > 24*time.Hour || now.Sub(t) > 24*time.Hour {
+		t = now
+	}
+	e := &event.Event{
+		ID: event.NewID(now), Tenant: tenant, Device: dev, Kind: event.NetFlow,
+		Time: t, Source: "flows", Attrs: make(map[string]any, 12),
+	}
+	a := e.Attrs
+	a["src_ip"], a["src_port"], a["dst_ip"], a["dst_port"] = src.String(), float64(sport), dst.String(), float64(dport)
+	a["proto"], a["bytes"], a["packets"] = float64(r.Proto), float64(r.Octets), float64(r.Packets)
+	a["exporter"], a["direction"] = exporter, dir
+	if !r.Start.IsZero() {
+		a["start_ms"] = float64(r.Start.UnixMilli())
+	}
+	if !r.End.IsZero() {
+		a["end_ms"] = float64(r.End.UnixMilli())
+	}
+	if err := c.o.Publisher.Publish(ctx, e); err != nil {
+		c.pubErr.Add(1)
+		c.log.Warn("flows: publish", "tenant", string(tenant), "device", string(dev), "err", err)
+		return
+	}
+	c.published.Add(1)
 }

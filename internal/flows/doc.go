@@ -16,7 +16,8 @@
 //   - Each flow is mapped to a device by its source address, else its
 //     destination (then reported from the device's side, direction "in");
 //     flows of neither are counted as unmapped. Mapped flows become
-//     net.flow events with the keys of [event.NetFlow] plus direction,
-//     start and end (RFC 3339 with milliseconds); the event time is the
-//     flow's end (the collector's clock when absent).
+//     net.flow events with the keys of [event.NetFlow] plus direction
+//     (out|in), start_ms and end_ms (Unix milliseconds); the event time is
+//     the flow's end, or the collector's clock when the flow has no end or
+//     its end is more than a day away from the clock.
 package flows

@@ -78,7 +78,8 @@ func TestDisconnect(t *testing.T) {
 			t.Fatal(err)
 		}
 		p := <-nas.got
-		r, err := ParseRecord(p)
+		raw, _ := p.MarshalBinary()
+		r, err := ParseRecord(raw[20:])
 		if err != nil || r.SessionID != "s1" || r.IMSI != imsiMeter || r.FramedIP != target.FramedIP || p.Code != lr.CodeDisconnectRequest {
 			t.Fatalf("request %+v %v", r, err)
 		}

@@ -2,6 +2,7 @@ package radius
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 
@@ -66,18 +67,40 @@ func u32(a []byte, name string) (uint32, error) {
 	return binary.BigEndian.Uint32(a), nil
 }
 
-// ParseRecord reads the attributes the server understands from a parsed
-// packet. Every attribute is length-checked; a malformed attribute the
-// server reads is an error, one it does not read is ignored, and unknown
-// vendors are ignored.
-func ParseRecord(p *lr.Packet) (Record, error) {
+// ErrPacket reports a RADIUS packet whose header or attribute list is
+// malformed.
+var ErrPacket = errors.New("radius: malformed packet")
+
+// checkPacket validates a packet's header and returns it cut to its
+// length field (RFC 2865 3: octets beyond it are padding).
+func checkPacket(b []byte) ([]byte, error) {
+	if len(b) < 20 {
+		return nil, fmt.Errorf("%w: %d bytes", ErrPacket, len(b))
+	}
+	l := int(binary.BigEndian.Uint16(b[2:]))
+	if l < 20 || l > lr.MaxPacketLength || l > len(b) {
+		return nil, fmt.Errorf("%w: length field %d of %d bytes", ErrPacket, l, len(b))
+	}
+	return b[:l], nil
+}
+
+// ParseRecord reads the attributes the server understands from a packet's
+// attribute list (the bytes after the 20-byte header), in place. Every
+// attribute is length-checked: a list whose lengths lie is ErrPacket; a
+// malformed attribute the server reads is an error; attributes it does not
+// read and unknown vendors are ignored. The record does not alias attrs.
+func ParseRecord(attrs []byte) (Record, error) {
 	var r Record
 	var inGiga, outGiga, inOct, outOct uint32
 	var vsas [8]VSA
-	for _, avp := range p.Attributes {
-		a := []byte(avp.Attribute)
+	for len(attrs) > 0 {
+		if len(attrs) < 2 || attrs[1] < 2 || int(attrs[1]) > len(attrs) {
+			return r, fmt.Errorf("%w: attribute length", ErrPacket)
+		}
+		typ, a := attrs[0], attrs[2:attrs[1]]
+		attrs = attrs[attrs[1]:]
 		var err error
-		switch avp.Type {
+		switch typ {
 		case attrUserName:
 			r.UserName = string(a)
 		case attrNASIPAddress:

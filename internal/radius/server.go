@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/md5"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -138,7 +139,7 @@ type dupEntry struct {
 
 type sessKey struct {
 	tenant event.TenantID
-	nas    string
+	nas    netip.Addr
 	id     string
 }
 
@@ -374,8 +375,9 @@ func (s *Server) sweepLocked(now time.Time) {
 	}
 }
 
-// parse authenticates the source and decodes the packet.
-func (s *Server) parse(src netip.AddrPort, b []byte, code lr.Code) (*Client, *lr.Packet, bool) {
+// parse authenticates the source, checks the header and cuts b to its
+// length.
+func (s *Server) parse(src netip.AddrPort, b []byte, code lr.Code) (*Client, []byte, bool) {
 	c := s.client(src.Addr())
 	if c == nil {
 		s.drop(ReasonUnknownClient, src, nil)
@@ -385,41 +387,47 @@ func (s *Server) parse(src netip.AddrPort, b []byte, code lr.Code) (*Client, *lr
 		s.drop(ReasonBadCode, src, nil)
 		return nil, nil, false
 	}
-	p, err := lr.Parse(b, c.Secret)
+	b, err := checkPacket(b)
 	if err != nil {
 		s.drop(ReasonMalformed, src, err)
 		return nil, nil, false
 	}
-	if code == lr.CodeAccountingRequest && !lr.IsAuthenticRequest(b[:int(b[2])<<8|int(b[3])], c.Secret) {
+	if code == lr.CodeAccountingRequest && !lr.IsAuthenticRequest(b, c.Secret) {
 		s.drop(ReasonBadAuthenticator, src, nil)
 		return nil, nil, false
 	}
-	return c, p, true
+	return c, b, true
+}
+
+func reqKey(src netip.AddrPort, b []byte) dupKey {
+	k := dupKey{src: src, code: b[0], id: b[1]}
+	copy(k.auth[:], b[4:20])
+	return k
 }
 
 // HandleAccounting handles one datagram received on the accounting port
 // from src and returns the Accounting-Response to send, or nil to stay
 // silent (the NAS retransmits). b is not retained.
 func (s *Server) HandleAccounting(ctx context.Context, src netip.AddrPort, b []byte) []byte {
-	c, p, ok := s.parse(src, b, lr.CodeAccountingRequest)
+	c, b, ok := s.parse(src, b, lr.CodeAccountingRequest)
 	if !ok {
 		return nil
 	}
 	now := s.clk.Now()
-	k := dupKey{src: src, code: b[0], id: p.Identifier, auth: p.Authenticator}
+	k := reqKey(src, b)
 	if resp, dup := s.begin(k, now); dup {
 		s.dupN.Add(1)
 		return resp // nil while the first copy is still in flight
 	}
-	resp := s.accounting(ctx, c, src, p, now)
+	resp := s.accounting(ctx, c, src, b, now)
 	s.finish(k, resp)
 	return resp
 }
 
-func (s *Server) accounting(ctx context.Context, c *Client, src netip.AddrPort, p *lr.Packet, now time.Time) []byte {
-	r, err := ParseRecord(p)
+func (s *Server) accounting(ctx context.Context, c *Client, src netip.AddrPort, p []byte, now time.Time) []byte {
+	r, err := ParseRecord(p[20:])
 	if err != nil {
-		s.drop(ReasonBadAttribute, src, err)
+		s.drop(attrReason(err), src, err)
 		return nil
 	}
 	var status string
@@ -432,7 +440,7 @@ func (s *Server) accounting(ctx context.Context, c *Client, src netip.AddrPort, 
 		status = "stop"
 	default:
 		// Accounting-On/Off and others: acknowledged, nothing to record.
-		return s.respond(p, lr.CodeAccountingResponse, false)
+		return respond(p, lr.CodeAccountingResponse, c.Secret, false)
 	}
 	var dev event.DeviceID
 	if r.IMSI != "" {
@@ -449,7 +457,7 @@ func (s *Server) accounting(ctx context.Context, c *Client, src netip.AddrPort, 
 	if !nas.IsValid() {
 		nas = src.Addr().Unmap()
 	}
-	sk := sessKey{tenant: c.Tenant, nas: nas.String(), id: r.SessionID}
+	sk := sessKey{tenant: c.Tenant, nas: nas, id: r.SessionID}
 	if r.SessionID == "" {
 		sk.id = "imsi:" + r.IMSI
 	}
@@ -484,11 +492,10 @@ func (s *Server) accounting(ctx context.Context, c *Client, src netip.AddrPort, 
 	e := &event.Event{
 		ID: event.NewID(now), Tenant: c.Tenant, Device: dev, Kind: event.NetSession,
 		Time: now, Source: "radius",
-		Attrs: map[string]any{
-			"status": status, "session_id": r.SessionID, "nas": nas.String(),
-			"bytes_up": float64(up), "bytes_down": float64(down),
-		},
+		Attrs: make(map[string]any, 20),
 	}
+	e.Attrs["status"], e.Attrs["session_id"], e.Attrs["nas"] = status, r.SessionID, nas.String()
+	e.Attrs["bytes_up"], e.Attrs["bytes_down"] = float64(up), float64(down)
 	r.fill(e.Attrs)
 	var loc *event.Event
 	if r.HasULI {
@@ -524,7 +531,14 @@ func (s *Server) accounting(ctx context.Context, c *Client, src netip.AddrPort, 
 		}
 	}
 	s.acctN.Add(1)
-	return s.respond(p, lr.CodeAccountingResponse, false)
+	return respond(p, lr.CodeAccountingResponse, c.Secret, false)
+}
+
+func attrReason(err error) string {
+	if errors.Is(err, ErrPacket) {
+		return ReasonMalformed
+	}
+	return ReasonBadAttribute
 }
 
 // delta is the growth of a counter; a counter that went backwards was reset
@@ -557,24 +571,26 @@ func (r *Record) fill(a map[string]any) {
 	}
 }
 
-// respond encodes the answer to p; withMA adds a Message-Authenticator.
-func (s *Server) respond(p *lr.Packet, code lr.Code, withMA bool) []byte {
-	q := p.Response(code)
+// respond encodes the answer to request req (RFC 2865 3: the Response
+// Authenticator is MD5(Code+ID+Length+RequestAuth+Attributes+Secret));
+// withMA adds a Message-Authenticator (RFC 3579 3.2) first.
+func respond(req []byte, code lr.Code, secret []byte, withMA bool) []byte {
+	n := 20
 	if withMA {
-		q.Add(attrMessageAuth, make(lr.Attribute, 16))
-		raw, err := q.MarshalBinary()
-		if err != nil {
-			return nil
-		}
-		mac := hmac.New(md5.New, p.Secret)
-		mac.Write(raw)
-		copy(q.Attributes[len(q.Attributes)-1].Attribute, mac.Sum(nil))
+		n += 18
 	}
-	b, err := q.Encode()
-	if err != nil {
-		s.log.Error("radius: encode response", "err", err)
-		return nil
+	b := make([]byte, n)
+	b[0], b[1] = byte(code), req[1]
+	binary.BigEndian.PutUint16(b[2:], uint16(n))
+	copy(b[4:20], req[4:20])
+	if withMA {
+		b[20], b[21] = attrMessageAuth, 18
+		copy(b[22:], hmacMD5(secret, b))
 	}
+	h := md5.New()
+	h.Write(b)
+	h.Write(secret)
+	h.Sum(b[4:4:20])
 	return b
 }
 
@@ -609,14 +625,13 @@ func validMessageAuthenticator(b, secret []byte) bool {
 // and returns the Access-Accept or Access-Reject to send, or nil to stay
 // silent.
 func (s *Server) HandleAccess(ctx context.Context, src netip.AddrPort, b []byte) []byte {
-	c, p, ok := s.parse(src, b, lr.CodeAccessRequest)
+	c, b, ok := s.parse(src, b, lr.CodeAccessRequest)
 	if !ok {
 		return nil
 	}
-	b = b[:int(b[2])<<8|int(b[3])]
-	r, err := ParseRecord(p)
+	r, err := ParseRecord(b[20:])
 	if err != nil {
-		s.drop(ReasonBadAttribute, src, err)
+		s.drop(attrReason(err), src, err)
 		return nil
 	}
 	if r.HasMsgAuth && !validMessageAuthenticator(b, c.Secret) {
@@ -628,17 +643,17 @@ func (s *Server) HandleAccess(ctx context.Context, src netip.AddrPort, b []byte)
 		return nil
 	}
 	now := s.clk.Now()
-	k := dupKey{src: src, code: b[0], id: p.Identifier, auth: p.Authenticator}
+	k := reqKey(src, b)
 	if resp, dup := s.begin(k, now); dup {
 		s.dupN.Add(1)
 		return resp
 	}
-	resp := s.access(ctx, c, src, p, r, now)
+	resp := s.access(ctx, c, src, b, r, now)
 	s.finish(k, resp)
 	return resp
 }
 
-func (s *Server) access(ctx context.Context, c *Client, src netip.AddrPort, p *lr.Packet, r Record, now time.Time) []byte {
+func (s *Server) access(ctx context.Context, c *Client, src netip.AddrPort, p []byte, r Record, now time.Time) []byte {
 	var (
 		dev       event.DeviceID
 		bound     string
@@ -691,10 +706,10 @@ func (s *Server) access(ctx context.Context, c *Client, src netip.AddrPort, p *l
 	}
 	if rejectNow {
 		s.rejN.Add(1)
-		return s.respond(p, lr.CodeAccessReject, true)
+		return respond(p, lr.CodeAccessReject, c.Secret, true)
 	}
 	s.accN.Add(1)
-	return s.respond(p, lr.CodeAccessAccept, true)
+	return respond(p, lr.CodeAccessAccept, c.Secret, true)
 }
 
 func hmacMD5(key, b []byte) []byte {

@@ -2,6 +2,7 @@ package radius
 
 import (
 	"context"
+	"crypto/md5"
 	"encoding/binary"
 	"errors"
 	"net"
@@ -296,7 +297,12 @@ func TestAccountingDrops(t *testing.T) {
 		{"attribute length lies", gwAddr, func(t *testing.T) []byte {
 			b := good(t)
 			b[21] = 250
-			return b
+			return resign(b, testSecret)
+		}, ReasonMalformed},
+		{"attribute length zero", gwAddr, func(t *testing.T) []byte {
+			b := good(t)
+			b[21] = 0
+			return resign(b, testSecret)
 		}, ReasonMalformed},
 		{"access-request on accounting port", gwAddr, func(t *testing.T) []byte { b := good(t); b[0] = 1; return b }, ReasonBadCode},
 		{"bad 3gpp attribute", gwAddr, func(t *testing.T) []byte {
@@ -457,4 +463,15 @@ func TestServeUDP(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// resign recomputes an Accounting-Request authenticator (RFC 2866 3) so
+// that a tampered packet reaches the attribute decoder.
+func resign(b, secret []byte) []byte {
+	clear(b[4:20])
+	h := md5.New()
+	h.Write(b)
+	h.Write(secret)
+	h.Sum(b[4:4:20])
+	return b
 }

@@ -194,19 +194,33 @@ type ULI struct {
 // A missing part is left empty: 214-01--0x00abcdef for a lone ECGI,
 // 214-01-0x1a2b- for a lone TAI.
 func (u ULI) String() string {
-	s := u.MCC + "-" + u.MNC + "-"
+	b := make([]byte, 0, 32)
+	b = append(append(append(append(b, u.MCC...), '-'), u.MNC...), '-')
 	if u.HasArea {
-		s += fmt.Sprintf("0x%04x", u.Area)
+		b = appendHex(b, uint32(u.Area), 4)
 	}
-	s += "-"
+	b = append(b, '-')
 	if u.HasCell {
 		if u.Type == LocECGI || u.Type == LocTAIECGI {
-			s += fmt.Sprintf("0x%08x", u.Cell)
+			b = appendHex(b, u.Cell, 8)
 		} else {
-			s += fmt.Sprintf("0x%04x", u.Cell)
+			b = appendHex(b, u.Cell, 4)
 		}
 	}
-	return s
+	return string(b)
+}
+
+// appendHex appends 0x and v in at least width lower-case hex digits.
+func appendHex(b []byte, v uint32, width int) []byte {
+	const digits = "0123456789abcdef"
+	var buf [8]byte
+	n := 0
+	for v > 0 || n < width {
+		buf[7-n] = digits[v&0xf]
+		v >>= 4
+		n++
+	}
+	return append(append(b, '0', 'x'), buf[8-n:]...)
 }
 
 // decodePLMN decodes the 3-octet MCC/MNC of TS 24.008 figure 10.5.13.
