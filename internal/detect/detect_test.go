@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 
@@ -384,3 +385,42 @@ func TestCompareVersions(t *testing.T) {
 }
 
 var _ = fmt.Sprint
+
+// TestConcurrentPartitions: two goroutines owning disjoint device
+// partitions raise the same (device, kind) pairs as one sequential run.
+func TestConcurrentPartitions(t *testing.T) {
+	w := newWorld()
+	f := sensors
+	f.n = 12
+	w.addFleet(9, f, 40*time.Hour)
+	at := t0.Add(30 * time.Hour)
+	for k := range 60 {
+		w.add(flow(devID(f, 2), f, 2, at.Add(time.Duration(k)*5*time.Second), fmt.Sprintf("192.0.2.%d", k+1), 23, 60))
+	}
+	authFails(40, 5*time.Minute, "bad_password", "203.0.113.9")(w, f, devID(f, 5), at)
+	evs := w.sorted()
+	seq := &recSink{}
+	run(t, w.engine(seq, Settings{}), evs)
+	par := &recSink{}
+	e := w.engine(par, Settings{})
+	var wg sync.WaitGroup
+	for p := range 2 {
+		wg.Go(func() {
+			for i := range evs {
+				if event.Partition(evs[i].Device)%2 == p {
+					_ = e.Process(context.Background(), &evs[i])
+				}
+			}
+		})
+	}
+	wg.Wait()
+	a, b := seq.firsts(), par.firsts()
+	if len(a) < 2 || len(a) != len(b) {
+		t.Fatalf("sequential:\n%s\nparallel:\n%s", describe(a), describe(b))
+	}
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			t.Errorf("parallel run missed %v", k)
+		}
+	}
+}

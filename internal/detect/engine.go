@@ -77,16 +77,19 @@ type Engine struct {
 
 	shards [nShards]shard
 
-	bundles sync.Map // tenant/group -> *bundle
+	bundleMu sync.RWMutex
+	bundles  map[groupKey]*bundle
 
 	cohortMu sync.Mutex
-	cohorts  map[string]*cohortState // tenant \x00 group
+	cohorts  map[groupKey]*cohortState
 
 	srcMu sync.Mutex
 	srcs  map[string]*srcState // tenant \x00 remote host
 
 	mergeMu sync.Mutex
 	merge   map[mergeKey]*alert.Alert
+
+	calls sync.Pool // *call, reused across Process calls
 
 	watermark atomic.Int64 // unix nanos
 	late      atomic.Int64
@@ -112,13 +115,15 @@ func New(opt Options) *Engine {
 		log:     opt.Logger,
 		creds:   opt.Credentials,
 		byKind:  map[event.Kind][]int{},
-		cohorts: map[string]*cohortState{},
+		cohorts: map[groupKey]*cohortState{},
+		bundles: map[groupKey]*bundle{},
 		srcs:    map[string]*srcState{},
 		merge:   map[mergeKey]*alert.Alert{},
 	}
 	if e.creds == nil {
 		e.creds = FactoryCredentials()
 	}
+	e.calls.New = func() any { return new(call) }
 	for i := range e.shards {
 		e.shards[i].m = map[devKey]*devState{}
 	}
@@ -161,11 +166,24 @@ type bundle struct {
 	off []bool
 }
 
+// groupKey names a tenant's group (cohort).
+type groupKey struct {
+	t event.TenantID
+	g string
+}
+
 func (e *Engine) bundleFor(t event.TenantID, group string) *bundle {
-	key := string(t) + "/" + group
-	if b, ok := e.bundles.Load(key); ok {
-		return b.(*bundle)
+	e.bundleMu.RLock()
+	b := e.bundles[groupKey{t, group}]
+	e.bundleMu.RUnlock()
+	if b != nil {
+		return b
 	}
+	return e.resolve(t, group)
+}
+
+func (e *Engine) resolve(t event.TenantID, group string) *bundle {
+	key := string(t) + "/" + group
 	b := &bundle{cfg: make([]any, len(builtins)), off: make([]bool, len(builtins))}
 	for i, d := range builtins {
 		cfg := d.defaults()
@@ -185,8 +203,13 @@ func (e *Engine) bundleFor(t event.TenantID, group string) *bundle {
 		}
 		b.cfg[i] = cfg
 	}
-	v, _ := e.bundles.LoadOrStore(key, b)
-	return v.(*bundle)
+	e.bundleMu.Lock()
+	defer e.bundleMu.Unlock()
+	if old := e.bundles[groupKey{t, group}]; old != nil {
+		return old
+	}
+	e.bundles[groupKey{t, group}] = b
+	return b
 }
 
 // pending is an alert a detector wants raised.
@@ -213,7 +236,8 @@ type call struct {
 	now     int64 // ev.Time in unix seconds
 	out     []pending
 
-	use      *usageObs // set for mqtt.publish by usagePrepare
+	use      *usageObs // set for mqtt.publish by usagePrepare (points at useObs)
+	useObs   usageObs
 	intelHit bool      // net.threat_intel matched this flow
 }
 
@@ -227,11 +251,7 @@ func (c *call) raise(d *Detector, summary string, values map[string]any, evs ...
 const maxEvidenceEvents = 5
 
 func shardOf(k devKey) int {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(k.t))
-	_, _ = h.Write([]byte{0})
-	_, _ = h.Write([]byte(k.d))
-	return int(h.Sum32() % nShards)
+	return int(fnvAdd(fnvAdd(fnvOffset, string(k.t)), string(k.d)) % nShards)
 }
 
 // Process runs the detectors over one event. It returns the first error of
@@ -240,7 +260,9 @@ func (e *Engine) Process(ctx context.Context, ev *event.Event) error {
 	if ev == nil || ev.Tenant == "" || ev.Time.IsZero() {
 		return nil
 	}
-	c := call{e: e, ev: ev, now: ev.Time.Unix()}
+	c := e.calls.Get().(*call)
+	*c = call{e: e, ev: ev, now: ev.Time.Unix(), out: c.out[:0]}
+	defer e.calls.Put(c)
 	dev := ev.Device
 	if ev.Kind == event.MQTTAuthFailed {
 		c.out = e.trackSource(ev, c.out)
@@ -274,13 +296,13 @@ func (e *Engine) Process(ctx context.Context, ev *event.Event) error {
 		}
 		c.st = st
 		c.b = e.bundleFor(ev.Tenant, c.prof.Cohort)
-		usagePrepare(&c)
+		usagePrepare(c)
 		for _, i := range e.byKind[ev.Kind] {
 			if !c.b.off[i] {
-				builtins[i].run(&c, builtins[i], c.b.cfg[i])
+				builtins[i].run(c, builtins[i], c.b.cfg[i])
 			}
 		}
-		usageLearn(&c)
+		usageLearn(c)
 		sh.mu.Unlock()
 	}
 	return e.emit(ctx, c.out)

@@ -146,7 +146,7 @@ var listenerDetector = &Detector{
 	},
 }
 
-func (v *cohortView) learnPort(p uint16) {
+func (v cohortView) learnPort(p uint16) {
 	v.e.cohortMu.Lock()
 	defer v.e.cohortMu.Unlock()
 	if _, ok := v.c.Ports[p]; ok || len(v.c.Ports) < 1024 {
@@ -154,14 +154,14 @@ func (v *cohortView) learnPort(p uint16) {
 	}
 }
 
-func (v *cohortView) commonPort(p uint16, minN int, share float64) bool {
+func (v cohortView) commonPort(p uint16, minN int, share float64) bool {
 	v.e.cohortMu.Lock()
 	defer v.e.cohortMu.Unlock()
 	n := int(v.c.Ports[p])
 	return n >= minN && float64(n) >= share*float64(v.c.Devices)
 }
 
-func (v *cohortView) join() {
+func (v cohortView) join() {
 	v.e.cohortMu.Lock()
 	v.c.Devices++
 	v.e.cohortMu.Unlock()

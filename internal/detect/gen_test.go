@@ -49,8 +49,10 @@ func digestOf(model, version string) string {
 }
 
 func devID(f fleet, i int) event.DeviceID { return event.DeviceID(fmt.Sprintf("%s-%04d", f.name, i+1)) }
-func imeiOf(f fleet, i int) string      { return fmt.Sprintf("35%06d%06d0", hash32(f.name)%1000000, i) }
-func imsiOf(f fleet, i int) string      { return fmt.Sprintf("21407%010d", int(hash32(f.name)%1000)*100000+i) }
+func imeiOf(f fleet, i int) string        { return fmt.Sprintf("35%06d%06d0", hash32(f.name)%1000000, i) }
+func imsiOf(f fleet, i int) string {
+	return fmt.Sprintf("21407%010d", int(hash32(f.name)%1000)*100000+i)
+}
 func ipOf(f fleet, i int) string {
 	h := hash32(f.name)
 	return fmt.Sprintf("10.%d.%d.%d", 64+h%32, (i/250)%250, i%250+1)

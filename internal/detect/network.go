@@ -242,7 +242,7 @@ var destinationDetector = &Detector{
 	},
 }
 
-func (v *cohortView) learnDest(h uint32) {
+func (v cohortView) learnDest(h uint32) {
 	v.e.cohortMu.Lock()
 	defer v.e.cohortMu.Unlock()
 	if _, ok := v.c.Dests[h]; ok || len(v.c.Dests) < 4096 {
@@ -250,7 +250,7 @@ func (v *cohortView) learnDest(h uint32) {
 	}
 }
 
-func (v *cohortView) commonDest(h uint32, minN int, share float64) bool {
+func (v cohortView) commonDest(h uint32, minN int, share float64) bool {
 	v.e.cohortMu.Lock()
 	defer v.e.cohortMu.Unlock()
 	n := int(v.c.Dests[h])

@@ -16,7 +16,7 @@ type Detector struct {
 	Description string
 	Events      []event.Kind
 
-	defaults func() any         // a pointer to a fresh settings struct holding the defaults
+	defaults func() any                          // a pointer to a fresh settings struct holding the defaults
 	run      func(c *call, d *Detector, cfg any) // called with the device's state locked
 }
 

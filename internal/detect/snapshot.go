@@ -66,7 +66,8 @@ func (e *Engine) Snapshot() ([]byte, error) {
 	})
 	e.cohortMu.Lock()
 	s.Cohorts = make(map[string]*cohortState, len(e.cohorts))
-	for k, c := range e.cohorts {
+	for gk, c := range e.cohorts {
+		k := string(gk.t) + "\x00" + gk.g
 		cp := *c
 		cp.Ports, cp.Dests = make(map[uint16]int32, len(c.Ports)), make(map[uint32]int32, len(c.Dests))
 		for p, n := range c.Ports {
@@ -134,8 +135,10 @@ func (e *Engine) Restore(b []byte) error {
 		sh.mu.Unlock()
 	}
 	e.cohortMu.Lock()
-	e.cohorts = map[string]*cohortState{}
-	for k, c := range s.Cohorts {
+	e.cohorts = map[groupKey]*cohortState{}
+	for sk, c := range s.Cohorts {
+		t, g, _ := strings.Cut(sk, "\x00")
+		k := groupKey{event.TenantID(t), g}
 		if c.Ports == nil {
 			c.Ports = map[uint16]int32{}
 		}

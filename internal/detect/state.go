@@ -3,7 +3,6 @@ package detect
 import (
 	"encoding/json"
 	"fmt"
-	"hash/fnv"
 	"math"
 	"net"
 	"net/netip"
@@ -61,13 +60,26 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 
 func secs(d Duration) int64 { return int64(d.D() / time.Second) }
 
-func hash32(parts ...string) uint32 {
-	h := fnv.New32a()
-	for _, p := range parts {
-		_, _ = h.Write([]byte(p))
-		_, _ = h.Write([]byte{0})
+const (
+	fnvOffset = 2166136261
+	fnvPrime  = 16777619
+)
+
+// fnvAdd folds s and a 0 separator into an FNV-1a hash, without allocating.
+func fnvAdd(h uint32, s string) uint32 {
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= fnvPrime
 	}
-	return h.Sum32()
+	return h * fnvPrime // xor with 0, then multiply
+}
+
+func hash32(parts ...string) uint32 {
+	h := uint32(fnvOffset)
+	for _, p := range parts {
+		h = fnvAdd(h, p)
+	}
+	return h
 }
 
 // hostOf returns the host part of "ip:port" (or the input if it has no port).

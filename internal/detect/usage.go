@@ -269,8 +269,8 @@ func usagePrepare(c *call) {
 		return
 	}
 	b, _ := c.ev.Float("bytes")
-	o := c.st.Use.observe(c.now, math.Max(0, b))
-	c.use = &o
+	c.useObs = c.st.Use.observe(c.now, math.Max(0, b))
+	c.use = &c.useObs
 }
 
 func usageLearn(c *call) {
@@ -320,8 +320,8 @@ type cohortState struct {
 	Dests   map[uint32]int32 // destination hash -> devices that learned it
 }
 
-func (e *Engine) cohort(t event.TenantID, group string) *cohortView {
-	k := string(t) + "\x00" + group
+func (e *Engine) cohort(t event.TenantID, group string) cohortView {
+	k := groupKey{t, group}
 	e.cohortMu.Lock()
 	c := e.cohorts[k]
 	if c == nil {
@@ -329,7 +329,7 @@ func (e *Engine) cohort(t event.TenantID, group string) *cohortView {
 		e.cohorts[k] = c
 	}
 	e.cohortMu.Unlock()
-	return &cohortView{e: e, c: c}
+	return cohortView{e: e, c: c}
 }
 
 // cohortView accesses a cohort under the engine's cohort lock.
@@ -338,7 +338,7 @@ type cohortView struct {
 	c *cohortState
 }
 
-func (v *cohortView) add(msgs bool, at int64, ratio float64) {
+func (v cohortView) add(msgs bool, at int64, ratio float64) {
 	m := 0
 	if msgs {
 		m = 1
@@ -356,7 +356,7 @@ func (v *cohortView) add(msgs bool, at int64, ratio float64) {
 
 // shift returns the cohort's geometric-mean ratio over the current and
 // previous hour (>= 1), or 1 when too few windows were seen.
-func (v *cohortView) shift(msgs bool, at int64, minN int) float64 {
+func (v cohortView) shift(msgs bool, at int64, minN int) float64 {
 	m := 0
 	if msgs {
 		m = 1
