@@ -121,7 +121,7 @@ func (s *dstate) ticker(start int64, step func() int64, n int, f func(now int64,
 
 func (s *dstate) flow(t int64, dst netip.Addr, port, proto int, bytes, packets float64) {
 	s.emit(t, event.NetFlow, "flows", map[string]any{
-		"src_ip": s.d.IP.String(), "src_port": float64(32768 + s.r.IntN(28000)),
+		"src_ip": s.ipStr, "src_port": float64(32768 + s.r.IntN(28000)),
 		"dst_ip": dst.String(), "dst_port": float64(port), "proto": float64(proto),
 		"bytes": bytes, "packets": packets,
 	})

@@ -275,6 +275,11 @@ type dstate struct {
 	buffered     []float64
 
 	exfil []window
+
+	// cached method values and strings (no allocation per event)
+	fnReport, fnInterim, fnMetrics, fnFlows, fnStaticLocation, fnDay func(int64)
+	ipStr                                                            string
+	dstStr                                                           []string
 }
 
 type window struct {
@@ -311,6 +316,12 @@ func newDState(g *Generator, d *Device, c *Cohort, pool []Endpoint) *dstate {
 	}
 	for range s.endpoints {
 		s.srcPorts = append(s.srcPorts, 32768+s.r.IntN(28000))
+	}
+	s.fnReport, s.fnInterim, s.fnMetrics, s.fnFlows = s.report, s.interim, s.metrics, s.flows
+	s.fnStaticLocation, s.fnDay = s.staticLocation, s.day
+	s.ipStr = d.IP.String()
+	for _, e := range s.endpoints {
+		s.dstStr = append(s.dstStr, e.Addr.String())
 	}
 	s.interimEvery = int64(15*time.Minute) + s.r.Int64N(int64(45*time.Minute))
 	switch c.Mobility {
@@ -468,15 +479,15 @@ func (s *dstate) boot(now int64) {
 	s.mqttConnect(now + int64(2*time.Second))
 	s.emit(now+int64(3*time.Second), event.FirmwareReport, "agent", map[string]any{"version": s.fw, "digest": s.digest})
 	s.emitLocation(now + int64(4*time.Second))
-	s.schedule(now+int64(5*time.Second), s.report)
-	s.schedule(now+s.interimEvery, s.interim)
-	s.schedule(now+int64(10*time.Second), s.metrics)
-	s.schedule(now+int64(time.Hour)+s.r.Int64N(int64(5*time.Minute)), s.flows)
+	s.schedule(now+int64(5*time.Second), s.fnReport)
+	s.schedule(now+s.interimEvery, s.fnInterim)
+	s.schedule(now+int64(10*time.Second), s.fnMetrics)
+	s.schedule(now+int64(time.Hour)+s.r.Int64N(int64(5*time.Minute)), s.fnFlows)
 	if s.c.Mobility == MobilityStatic {
-		s.schedule(now+int64(6*time.Hour), s.staticLocation)
+		s.schedule(now+int64(6*time.Hour), s.fnStaticLocation)
 	}
 	if s.c.Outages > 0 {
-		s.schedule(now, s.day)
+		s.schedule(now, s.fnDay)
 	}
 }
 
@@ -495,7 +506,7 @@ func (s *dstate) report(now int64) {
 		every = max(every, int64(15*time.Minute))
 		bytes = s.lognormal(s.c.UplinkBytes*0.3*s.volF, s.c.CV())
 	}
-	s.schedule(now+s.jitter(every, 0.02), s.report)
+	s.schedule(now+s.jitter(every, 0.02), s.fnReport)
 	if !s.online {
 		s.buffered = append(s.buffered, bytes)
 		return
@@ -513,7 +524,7 @@ func (s *dstate) publish(t int64, bytes float64) {
 }
 
 func (s *dstate) staticLocation(now int64) {
-	s.schedule(now+int64(6*time.Hour), s.staticLocation)
+	s.schedule(now+int64(6*time.Hour), s.fnStaticLocation)
 	if s.online && !s.dead {
 		s.emitLocation(now)
 	}
@@ -528,7 +539,7 @@ func (s *dstate) emitLocation(t int64) {
 }
 
 func (s *dstate) interim(now int64) {
-	s.schedule(now+s.interimEvery, s.interim)
+	s.schedule(now+s.interimEvery, s.fnInterim)
 	if !s.online || s.dead || s.radSession == "" {
 		return
 	}
@@ -536,7 +547,7 @@ func (s *dstate) interim(now int64) {
 }
 
 func (s *dstate) metrics(now int64) {
-	s.schedule(now+s.jitter(int64(time.Hour), 0.05), s.metrics)
+	s.schedule(now+s.jitter(int64(time.Hour), 0.05), s.fnMetrics)
 	if !s.online || s.dead {
 		return
 	}
@@ -559,7 +570,7 @@ func (s *dstate) emitMetrics(t int64) {
 
 // flows exports the hour's traffic as one flow per endpoint.
 func (s *dstate) flows(now int64) {
-	s.schedule(now+int64(time.Hour), s.flows)
+	s.schedule(now+int64(time.Hour), s.fnFlows)
 	if s.accFlow <= 0 || s.dead {
 		s.accFlow = 0
 		return
@@ -577,8 +588,8 @@ func (s *dstate) flows(now int64) {
 		}
 		b := math.Max(60, math.Round(total*share))
 		s.emit(now+int64(i)*int64(time.Second), event.NetFlow, "flows", map[string]any{
-			"src_ip": s.d.IP.String(), "src_port": float64(s.srcPorts[i]),
-			"dst_ip": e.Addr.String(), "dst_port": float64(e.Port), "proto": float64(e.Proto),
+			"src_ip": s.ipStr, "src_port": float64(s.srcPorts[i]),
+			"dst_ip": s.dstStr[i], "dst_port": float64(e.Port), "proto": float64(e.Proto),
 			"bytes": b, "packets": math.Ceil(b / 400),
 		})
 	}
@@ -609,7 +620,7 @@ func (s *dstate) session(t int64, status string) {
 	s.emit(t, event.NetSession, "radius", map[string]any{
 		"status": status, "session_id": s.radSession,
 		"imsi": s.d.IMSI, "iccid": s.d.ICCID, "imei": s.d.IMEI,
-		"ip": s.d.IP.String(), "apn": s.d.APN, "cell": id,
+		"ip": s.ipStr, "apn": s.d.APN, "cell": id,
 		"lat": c.Lat, "lon": c.Lon, "accuracy_m": float64(2000),
 		"bytes_up": up, "bytes_down": math.Round(up*0.2) + 200*float64(boolInt(status != "start")),
 	})
@@ -639,7 +650,7 @@ func (s *dstate) mqttDisconnect(t int64, reason string) {
 
 // day decides whether the device has an outage during the next 24 h.
 func (s *dstate) day(now int64) {
-	s.schedule(now+int64(24*time.Hour), s.day)
+	s.schedule(now+int64(24*time.Hour), s.fnDay)
 	if s.r.Float64() >= s.c.Outages {
 		return
 	}
