@@ -67,6 +67,10 @@ type Options struct {
 	// DuplicateWindow is how long a request's answer is kept to answer a
 	// retransmission without counting it again; default 30s.
 	DuplicateWindow time.Duration
+	// MaxDuplicates bounds the answers kept for duplicate detection; when
+	// it is reached, new requests are answered but not remembered (counted
+	// as dup_cache_full). Default 1<<20.
+	MaxDuplicates int
 	// SessionIdle forgets a session's counters (and its Framed-IP lease)
 	// when no record arrived for this long; default 24h.
 	SessionIdle time.Duration
@@ -91,6 +95,9 @@ const (
 	ReasonNoMsgAuth        = "no_message_authenticator"
 	ReasonLookup           = "lookup_error"
 	ReasonPublish          = "publish_error"
+	// ReasonDupCacheFull counts requests handled without duplicate
+	// protection because the cache was full (not dropped).
+	ReasonDupCacheFull = "dup_cache_full"
 )
 
 // Stats are the server's counters.
@@ -175,6 +182,9 @@ func New(o Options) (*Server, error) {
 	}
 	if o.DuplicateWindow <= 0 {
 		o.DuplicateWindow = 30 * time.Second
+	}
+	if o.MaxDuplicates <= 0 {
+		o.MaxDuplicates = 1 << 20
 	}
 	if o.SessionIdle <= 0 {
 		o.SessionIdle = 24 * time.Hour
@@ -341,6 +351,12 @@ func (s *Server) begin(k dupKey, now time.Time) (resp []byte, dup bool) {
 	if e, ok := s.dups[k]; ok && now.Sub(e.at) < s.o.DuplicateWindow {
 		return e.resp, true
 	}
+	if len(s.dups) >= s.o.MaxDuplicates {
+		s.dropMu.Lock()
+		s.dropped[ReasonDupCacheFull]++
+		s.dropMu.Unlock()
+		return nil, false
+	}
 	s.dups[k] = dupEntry{at: now}
 	return nil, false
 }
@@ -352,9 +368,10 @@ func (s *Server) finish(k dupKey, resp []byte) {
 		delete(s.dups, k)
 		return
 	}
-	e := s.dups[k]
-	e.resp = resp
-	s.dups[k] = e
+	if e, ok := s.dups[k]; ok {
+		e.resp = resp
+		s.dups[k] = e
+	}
 }
 
 func (s *Server) sweepLocked(now time.Time) {

@@ -475,3 +475,45 @@ func resign(b, secret []byte) []byte {
 	h.Sum(b[4:4:20])
 	return b
 }
+
+func TestDuplicateCacheBound(t *testing.T) {
+	pub := &fakePub{}
+	s, _ := newTestServer(t, pub, ModeMonitor)
+	s.o.MaxDuplicates = 1
+	ctx := context.Background()
+	a := acctPacket(t, acct{status: StatusInterim, session: "a", in: 1, imsi: imsiMeter}, testSecret)
+	b := acctPacket(t, acct{status: StatusInterim, session: "b", in: 1, imsi: imsiMeter}, testSecret)
+	s.HandleAccounting(ctx, gwAddr, a)
+	if s.HandleAccounting(ctx, gwAddr, b) == nil {
+		t.Fatal("request not answered when the duplicate cache is full")
+	}
+	s.HandleAccounting(ctx, gwAddr, a)
+	if st := s.Stats(); st.Duplicates != 1 || st.Dropped[ReasonDupCacheFull] != 1 || st.Accounting != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestListenAndServe(t *testing.T) {
+	pub := &fakePub{}
+	s, err := New(Options{
+		AcctAddr: "127.0.0.1:0", AuthAddr: "127.0.0.1:0",
+		Clients:   []Client{{Tenant: "acme", Prefix: netip.MustParsePrefix("127.0.0.1/32"), Secret: testSecret}},
+		Publisher: pub, SIMs: testSIMs(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.ListenAndServe(ctx) }()
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("ListenAndServe did not return after cancel")
+	}
+}
