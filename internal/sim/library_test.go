@@ -1,8 +1,10 @@
 package sim
 
 import (
+	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -66,4 +68,46 @@ func TestLibraryCoverage(t *testing.T) {
 	require.True(t, quietOutages)
 	require.True(t, quietCampaign)
 	require.GreaterOrEqual(t, combined, 3)
+}
+
+// TestLibraryGeneratesFully generates every scenario of the library to its
+// end (SIM_FULL=1; about a minute on a loaded machine) and checks time
+// order and that each expected device shows activity inside its window.
+func TestLibraryGeneratesFully(t *testing.T) {
+	if os.Getenv("SIM_FULL") == "" {
+		t.Skip("set SIM_FULL=1 to generate the whole library")
+	}
+	files, _ := filepath.Glob(filepath.Join("..", "..", "scenarios", "*.yaml"))
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			sc := loadT(t, f)
+			g := NewGenerator(sc, "sim")
+			seen := make([]bool, len(sc.Expect))
+			var last time.Time
+			n := 0
+			for {
+				ev, _, ok := g.Next()
+				if !ok {
+					break
+				}
+				if ev == nil {
+					continue
+				}
+				n++
+				require.False(t, ev.Time.Before(last))
+				last = ev.Time
+				for i := range sc.Expect {
+					e := &sc.Expect[i]
+					on := sc.onset(e)
+					if string(ev.Device) == e.Device && !ev.Time.Before(on) && !ev.Time.After(on.Add(e.Within.D)) {
+						seen[i] = true
+					}
+				}
+			}
+			for i, ok := range seen {
+				require.True(t, ok, "expectation %d has no event in its window", i)
+			}
+			t.Logf("%d events", n)
+		})
+	}
 }
