@@ -74,36 +74,3 @@ func BenchmarkCollectorHandle(b *testing.B) {
 	}
 	b.ReportMetric(float64(30*b.N)/b.Elapsed().Seconds(), "records/s")
 }
-
-// BenchmarkCollectorHandleParallel is BenchmarkCollectorHandle with one
-// sender per core (separate exporters, as in a real deployment).
-func BenchmarkCollectorHandleParallel(b *testing.B) {
-	devs := fakeDevices{}
-	for i := 0; i < 30; i++ {
-		devs[netip.AddrFrom4([4]byte{10, 1, 2, byte(i)})] = "meter"
-	}
-	c, err := New(Options{
-		Exporters: []Exporter{{Tenant: "acme", Prefix: netip.MustParsePrefix("192.0.2.0/24")}},
-		Publisher: nopPub{}, Devices: devs, Clock: clock.NewManual(time.Unix(1_790_000_000, 0)),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	tm, dm := benchMessage()
-	ctx := context.Background()
-	if err := c.Handle(ctx, exp, tm); err != nil {
-		b.Fatal(err)
-	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if err := c.Handle(ctx, exp, dm); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	b.StopTimer()
-	b.ReportMetric(float64(30*b.N)/b.Elapsed().Seconds(), "records/s")
-}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -67,6 +68,10 @@ type Options struct {
 	// DuplicateWindow is how long a request's answer is kept to answer a
 	// retransmission without counting it again; default 30s.
 	DuplicateWindow time.Duration
+	// Workers is the number of goroutines reading each socket; default
+	// GOMAXPROCS. Records of one session arrive minutes apart, so handling
+	// them in parallel does not reorder them in practice.
+	Workers int
 	// MaxDuplicates bounds the answers kept for duplicate detection; when
 	// it is reached, new requests are answered but not remembered (counted
 	// as dup_cache_full). Default 1<<20.
@@ -183,6 +188,9 @@ func New(o Options) (*Server, error) {
 	if o.DuplicateWindow <= 0 {
 		o.DuplicateWindow = 30 * time.Second
 	}
+	if o.Workers <= 0 {
+		o.Workers = runtime.GOMAXPROCS(0)
+	}
 	if o.MaxDuplicates <= 0 {
 		o.MaxDuplicates = 1 << 20
 	}
@@ -289,19 +297,36 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 // ServeAccounting answers Accounting-Requests on conn until ctx is done,
 // then closes conn and returns nil.
 func (s *Server) ServeAccounting(ctx context.Context, conn net.PacketConn) error {
-	return serve(ctx, conn, s.HandleAccounting)
+	return serve(ctx, conn, s.o.Workers, s.HandleAccounting)
 }
 
 // ServeAuth answers Access-Requests on conn until ctx is done, then closes
 // conn and returns nil.
 func (s *Server) ServeAuth(ctx context.Context, conn net.PacketConn) error {
-	return serve(ctx, conn, s.HandleAccess)
+	return serve(ctx, conn, s.o.Workers, s.HandleAccess)
 }
 
-func serve(ctx context.Context, conn net.PacketConn, h func(context.Context, netip.AddrPort, []byte) []byte) error {
+func serve(ctx context.Context, conn net.PacketConn, workers int, h func(context.Context, netip.AddrPort, []byte) []byte) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	defer conn.Close()
+	errc := make(chan error, workers)
+	for range workers {
+		go func() { errc <- readLoop(ctx, conn, h) }()
+	}
+	var errs []error
+	for range workers {
+		if err := <-errc; err != nil {
+			errs = append(errs, err)
+			conn.Close() // stop the other readers too
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// readLoop is one reader of conn; several run on one socket so that
+// decoding and publishing use every core.
+func readLoop(ctx context.Context, conn net.PacketConn, h func(context.Context, netip.AddrPort, []byte) []byte) error {
 	uc, _ := conn.(*net.UDPConn)
 	buf := make([]byte, lr.MaxPacketLength+1)
 	for {
@@ -324,6 +349,9 @@ func serve(ctx context.Context, conn net.PacketConn, h func(context.Context, net
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return nil
 			}
 			return fmt.Errorf("radius: read: %w", err)
 		}
