@@ -123,7 +123,7 @@ func (s *dstate) flow(t int64, dst netip.Addr, port, proto int, bytes, packets f
 	s.emit(t, event.NetFlow, "flows", map[string]any{
 		"src_ip": s.ipStr, "src_port": float64(32768 + s.r.IntN(28000)),
 		"dst_ip": dst.String(), "dst_port": float64(port), "proto": float64(proto),
-		"bytes": bytes, "packets": packets,
+		"bytes": bytes, "packets": packets, "direction": "out",
 	})
 }
 

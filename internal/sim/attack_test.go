@@ -305,3 +305,16 @@ func speedKmh(a, b *event.Event) float64 {
 	}
 	return d / h
 }
+
+// An exfiltration during idle hours keeps the idle cadence: only volume
+// changes, so it is not also a message-rate spike.
+func TestExfiltrationKeepsCadence(t *testing.T) {
+	sc := attackScenario(t, "data_exfiltration", "gw-0001", "{factor: 10, for: 2h}")
+	sc.Fleet[0].Pattern = PatternBusinessHours // 30h after Monday 00:00 is Tuesday 06:00 UTC: idle
+	s := genAll(t, sc)
+	onset := sc.Start.Add(30 * time.Hour)
+	now := len(s.of("gw-0001", event.MQTTPublish, onset, onset.Add(2*time.Hour)))
+	before := len(s.of("gw-0001", event.MQTTPublish, onset.Add(-24*time.Hour), onset.Add(-22*time.Hour)))
+	require.LessOrEqual(t, now, before+2, "same message count (plus the upload at the onset)")
+	require.Greater(t, sumBytes(s.of("gw-0001", event.MQTTPublish, onset, onset.Add(2*time.Hour))), 5*sumBytes(s.of("gw-0001", event.MQTTPublish, onset.Add(-24*time.Hour), onset.Add(-22*time.Hour))))
+}

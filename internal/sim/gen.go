@@ -498,13 +498,17 @@ func (s *dstate) report(now int64) {
 	act := s.active(now)
 	every := s.every
 	var bytes float64
-	if f := s.exfilFactor(now); f > 0 {
-		bytes = s.lognormal(s.c.UplinkBytes*f, s.c.CV())
-	} else if act {
+	if act {
 		bytes = s.lognormal(s.c.UplinkBytes*s.shape(now)*s.volF, s.c.CV())
 	} else {
+		// idle: rare small heartbeats
 		every = max(every, int64(15*time.Minute))
 		bytes = s.lognormal(s.c.UplinkBytes*0.3*s.volF, s.c.CV())
+	}
+	if f := s.exfilFactor(now); f > 0 {
+		// exfiltration rides on the usual messages: same cadence, each
+		// carrying factor times the active mean
+		bytes = s.lognormal(s.c.UplinkBytes*f, s.c.CV())
 	}
 	s.schedule(now+s.jitter(every, 0.02), s.fnReport)
 	if !s.online {
@@ -590,7 +594,7 @@ func (s *dstate) flows(now int64) {
 		s.emit(now+int64(i)*int64(time.Second), event.NetFlow, "flows", map[string]any{
 			"src_ip": s.ipStr, "src_port": float64(s.srcPorts[i]),
 			"dst_ip": s.dstStr[i], "dst_port": float64(e.Port), "proto": float64(e.Proto),
-			"bytes": b, "packets": math.Ceil(b / 400),
+			"bytes": b, "packets": math.Ceil(b / 400), "direction": "out",
 		})
 	}
 }
