@@ -25,11 +25,11 @@ type rawExec func(t *testing.T, q string, args ...any)
 
 type backend struct {
 	name string
-	open func(t *testing.T) (store.Store, rawExec)
+	open func(t testing.TB) (store.Store, rawExec)
 }
 
 var backends = []backend{
-	{"sqlite", func(t *testing.T) (store.Store, rawExec) {
+	{"sqlite", func(t testing.TB) (store.Store, rawExec) {
 		path := filepath.Join(t.TempDir(), "g.db")
 		db, err := sqlite.Open(context.Background(), path)
 		require.NoError(t, err)
@@ -43,7 +43,7 @@ var backends = []backend{
 			require.NoError(t, err, q)
 		}
 	}},
-	{"postgres", func(t *testing.T) (store.Store, rawExec) {
+	{"postgres", func(t testing.TB) (store.Store, rawExec) {
 		db := pgtest.Open(t)
 		return db, func(t *testing.T, q string, args ...any) {
 			t.Helper()

@@ -22,6 +22,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"sync"
 
 	"github.com/pressly/goose/v3"
 	sqlite3 "modernc.org/sqlite"
@@ -43,8 +44,74 @@ var dialect = &sqlstore.Dialect{
 
 // DB is a SQLite-backed store.Store.
 type DB struct {
-	w *sql.DB // exactly one connection: every Update
-	r *sql.DB // read-only connections: every View
+	w     *sql.DB // exactly one connection: every Update
+	r     *sql.DB // read-only connections: every View
+	stmts stmtCache
+}
+
+// stmtCache keeps the writer's prepared statements: parsing SQL is half the
+// CPU of a small write. A statement cannot be prepared on the writer while a
+// transaction holds its only connection, so a miss is remembered and
+// prepared after that transaction ends. Dynamic queries beyond the cap are
+// not cached.
+type stmtCache struct {
+	mu      sync.Mutex
+	m       map[string]*sql.Stmt
+	pending map[string]bool
+}
+
+const stmtCacheCap = 256
+
+// get returns the prepared statement for q, or nil after noting q as wanted.
+func (c *stmtCache) get(q string) *sql.Stmt {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st, ok := c.m[q]; ok {
+		return st
+	}
+	if len(c.m)+len(c.pending) < stmtCacheCap {
+		if c.pending == nil {
+			c.pending = map[string]bool{}
+		}
+		c.pending[q] = true
+	}
+	return nil
+}
+
+// prepare prepares the wanted statements on db; call it while no
+// transaction of this goroutine holds the writer.
+func (c *stmtCache) prepare(ctx context.Context, db *sql.DB) {
+	c.mu.Lock()
+	pending := c.pending
+	c.pending = nil
+	c.mu.Unlock()
+	for q := range pending {
+		st, err := db.PrepareContext(ctx, q)
+		if err != nil {
+			continue // the unprepared path reports the error
+		}
+		c.mu.Lock()
+		if _, dup := c.m[q]; dup {
+			_ = st.Close()
+		} else {
+			if c.m == nil {
+				c.m = map[string]*sql.Stmt{}
+			}
+			c.m[q] = st
+		}
+		c.mu.Unlock()
+	}
+}
+
+func (c *stmtCache) close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var errs []error
+	for _, st := range c.m {
+		errs = append(errs, st.Close())
+	}
+	c.m = nil
+	return errors.Join(errs...)
 }
 
 var _ store.Store = (*DB)(nil)
@@ -129,21 +196,27 @@ func migrate(ctx context.Context, db *sql.DB) error {
 
 // Update implements store.Store.
 func (db *DB) Update(ctx context.Context, fn func(store.Tx) error) error {
-	return run(ctx, db.w, true, fn)
+	err := db.run(ctx, db.w, true, fn)
+	db.stmts.prepare(ctx, db.w)
+	return err
 }
 
 // View implements store.Store.
 func (db *DB) View(ctx context.Context, fn func(store.Tx) error) error {
-	return run(ctx, db.r, false, fn)
+	return db.run(ctx, db.r, false, fn)
 }
 
-func run(ctx context.Context, db *sql.DB, writable bool, fn func(store.Tx) error) error {
-	tx, err := db.BeginTx(ctx, nil)
+func (db *DB) run(ctx context.Context, sdb *sql.DB, writable bool, fn func(store.Tx) error) error {
+	tx, err := sdb.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("sqlite begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	if err := fn(sqlstore.NewTx(conn{tx}, dialect, writable)); err != nil {
+	c := conn{tx: tx}
+	if writable {
+		c.db = db
+	}
+	if err := fn(sqlstore.NewTx(c, dialect, writable)); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
@@ -154,14 +227,35 @@ func run(ctx context.Context, db *sql.DB, writable bool, fn func(store.Tx) error
 
 // Close waits for running transactions and closes every connection.
 func (db *DB) Close() error {
-	return errors.Join(db.r.Close(), db.w.Close())
+	return errors.Join(db.r.Close(), db.stmts.close(), db.w.Close())
 }
 
-// conn adapts a *sql.Tx to sqlstore.Conn.
-type conn struct{ tx *sql.Tx }
+// conn adapts a *sql.Tx to sqlstore.Conn. db is set in Update, to reuse the
+// writer's prepared statements.
+type conn struct {
+	tx *sql.Tx
+	db *DB
+}
+
+// stmt returns q prepared for this transaction, or nil.
+func (c conn) stmt(ctx context.Context, q string) *sql.Stmt {
+	if c.db == nil {
+		return nil
+	}
+	if st := c.db.stmts.get(q); st != nil {
+		return c.tx.StmtContext(ctx, st)
+	}
+	return nil
+}
 
 func (c conn) Exec(ctx context.Context, q string, args ...any) (int64, error) {
-	res, err := c.tx.ExecContext(ctx, q, args...)
+	var res sql.Result
+	var err error
+	if st := c.stmt(ctx, q); st != nil {
+		res, err = st.ExecContext(ctx, args...)
+	} else {
+		res, err = c.tx.ExecContext(ctx, q, args...)
+	}
 	if err != nil {
 		return 0, mapErr(err)
 	}
@@ -169,7 +263,13 @@ func (c conn) Exec(ctx context.Context, q string, args ...any) (int64, error) {
 }
 
 func (c conn) Query(ctx context.Context, q string, args ...any) (sqlstore.Rows, error) {
-	rows, err := c.tx.QueryContext(ctx, q, args...)
+	var rows *sql.Rows
+	var err error
+	if st := c.stmt(ctx, q); st != nil {
+		rows, err = st.QueryContext(ctx, args...)
+	} else {
+		rows, err = c.tx.QueryContext(ctx, q, args...)
+	}
 	if err != nil {
 		return nil, mapErr(err)
 	}
@@ -177,6 +277,9 @@ func (c conn) Query(ctx context.Context, q string, args ...any) (sqlstore.Rows, 
 }
 
 func (c conn) QueryRow(ctx context.Context, q string, args ...any) sqlstore.Row {
+	if st := c.stmt(ctx, q); st != nil {
+		return sqlRow{st.QueryRowContext(ctx, args...)}
+	}
 	return sqlRow{c.tx.QueryRowContext(ctx, q, args...)}
 }
 
