@@ -27,6 +27,8 @@ const (
 	attrAcctOutputGiga   = 53
 	attrMessageAuth      = 80
 	attrErrorCause       = 101
+	attrFramedIPv6Addr   = 168 // RFC 6911
+	attrProxyState       = 33
 )
 
 // Acct-Status-Type values.
@@ -43,11 +45,12 @@ type Record struct {
 	SessionID  string
 	UserName   string
 	IMSI       string
-	IMEI       string // 15 digits, check digit computed
-	IMEISV     string // digits as received
-	MSISDN     string // Calling-Station-Id
-	APN        string // Called-Station-Id
-	FramedIP   netip.Addr
+	IMEI       string     // 15 digits, check digit computed
+	IMEISV     string     // digits as received
+	MSISDN     string     // Calling-Station-Id
+	APN        string     // Called-Station-Id
+	FramedIP   netip.Addr // Framed-IP-Address
+	FramedIPv6 netip.Addr // Framed-IPv6-Address (RFC 6911)
 	NASIP      netip.Addr
 	NASID      string
 	InOctets   uint64 // with gigawords, from the device (uplink)
@@ -115,6 +118,11 @@ func ParseRecord(attrs []byte) (Record, error) {
 				return r, fmt.Errorf("framed-ip-address: %w", ErrAttrLength)
 			}
 			r.FramedIP = ip
+		case attrFramedIPv6Addr:
+			if len(a) != 16 {
+				return r, fmt.Errorf("framed-ipv6-address: %w", ErrAttrLength)
+			}
+			r.FramedIPv6 = netip.AddrFrom16([16]byte(a))
 		case attrCalledStationID:
 			r.APN = string(a)
 		case attrCallingStationID:

@@ -158,7 +158,7 @@ type sessKey struct {
 type session struct {
 	in, out uint64
 	seen    time.Time
-	ip      netip.Addr
+	ip, ip6 netip.Addr // leased addresses
 }
 
 // Errors returned by [New].
@@ -416,6 +416,7 @@ func (s *Server) sweepLocked(now time.Time) {
 		if now.Sub(ss.seen) >= s.o.SessionIdle {
 			delete(s.sessions, k)
 			s.leases.release(k.tenant, ss.ip, k)
+			s.leases.release(k.tenant, ss.ip6, k)
 		}
 	}
 }
@@ -521,16 +522,22 @@ func (s *Server) accounting(ctx context.Context, c *Client, src netip.AddrPort, 
 	if r.FramedIP.IsValid() {
 		ss.ip = r.FramedIP
 	}
+	if r.FramedIPv6.IsValid() {
+		ss.ip6 = r.FramedIPv6
+	}
+	ips := [2]netip.Addr{ss.ip, ss.ip6}
 	if status == "stop" {
 		delete(s.sessions, sk)
 	}
 	s.mu.Unlock()
 
-	if dev != "" && r.FramedIP.IsValid() {
-		if status == "stop" {
-			s.leases.release(c.Tenant, r.FramedIP, sk)
-		} else {
-			s.leases.set(c.Tenant, r.FramedIP, dev, sk)
+	for _, ip := range ips {
+		switch {
+		case !ip.IsValid():
+		case status == "stop":
+			s.leases.release(c.Tenant, ip, sk)
+		case dev != "":
+			s.leases.set(c.Tenant, ip, dev, sk)
 		}
 	}
 
@@ -610,6 +617,8 @@ func (r *Record) fill(a map[string]any) {
 	set("plmn", r.PLMN)
 	if r.FramedIP.IsValid() {
 		a["ip"] = r.FramedIP.String()
+	} else if r.FramedIPv6.IsValid() {
+		a["ip"] = r.FramedIPv6.String()
 	}
 	if r.HasULI {
 		a["cell"] = r.ULI.String()
@@ -617,20 +626,30 @@ func (r *Record) fill(a map[string]any) {
 }
 
 // respond encodes the answer to request req (RFC 2865 3: the Response
-// Authenticator is MD5(Code+ID+Length+RequestAuth+Attributes+Secret));
-// withMA adds a Message-Authenticator (RFC 3579 3.2) first.
+// Authenticator is MD5(Code+ID+Length+RequestAuth+Attributes+Secret)).
+// Proxy-State attributes are copied in order (RFC 2865 5.33); withMA adds
+// a Message-Authenticator (RFC 3579 3.2). req's attributes were validated.
 func respond(req []byte, code lr.Code, secret []byte, withMA bool) []byte {
-	n := 20
-	if withMA {
-		n += 18
-	}
-	b := make([]byte, n)
+	b := make([]byte, 20, 64)
 	b[0], b[1] = byte(code), req[1]
-	binary.BigEndian.PutUint16(b[2:], uint16(n))
 	copy(b[4:20], req[4:20])
+	for a := req[20:]; len(a) >= 2 && int(a[1]) >= 2 && int(a[1]) <= len(a); a = a[a[1]:] {
+		if a[0] == attrProxyState {
+			b = append(b, a[:a[1]]...)
+		}
+	}
+	ma := 0
 	if withMA {
-		b[20], b[21] = attrMessageAuth, 18
-		copy(b[22:], hmacMD5(secret, b))
+		ma = len(b)
+		b = append(b, attrMessageAuth, 18)
+		b = append(b, make([]byte, 16)...)
+	}
+	if len(b) > lr.MaxPacketLength {
+		return nil
+	}
+	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+	if withMA {
+		copy(b[ma+2:], hmacMD5(secret, b))
 	}
 	h := md5.New()
 	h.Write(b)

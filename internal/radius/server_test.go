@@ -517,3 +517,51 @@ func TestListenAndServe(t *testing.T) {
 		t.Fatal("ListenAndServe did not return after cancel")
 	}
 }
+
+func TestProxyStateAndIPv6(t *testing.T) {
+	pub := &fakePub{}
+	s, _ := newTestServer(t, pub, ModeMonitor)
+	ctx := context.Background()
+	p := lr.New(lr.CodeAccountingRequest, testSecret)
+	p.Add(attrAcctStatusType, u32a(StatusStart))
+	p.Add(attrAcctSessionID, lr.Attribute("v6"))
+	p.Add(attrProxyState, lr.Attribute("hop-1"))
+	p.Add(attrFramedIPv6Addr, lr.Attribute(netip.MustParseAddr("2001:db8::17").AsSlice()))
+	p.Add(attrProxyState, lr.Attribute("hop-2"))
+	p.Add(attrVendorSpecific, vsa3gpp(Attr3GPPIMSI, []byte(imsiMeter)))
+	b, err := p.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := s.HandleAccounting(ctx, gwAddr, b)
+	if !lr.IsAuthenticResponse(resp, b, testSecret) {
+		t.Fatal("response authenticator invalid")
+	}
+	q, err := lr.Parse(resp, testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var states []string
+	for _, a := range q.Attributes {
+		if a.Type == attrProxyState {
+			states = append(states, string(a.Attribute))
+		}
+	}
+	if len(states) != 2 || states[0] != "hop-1" || states[1] != "hop-2" {
+		t.Fatalf("proxy-state %q", states)
+	}
+	ip := netip.MustParseAddr("2001:db8::17")
+	if d, ok := s.Leases().DeviceByIP(ctx, "acme", ip); !ok || d != "meter-0017" {
+		t.Fatalf("ipv6 lease %q %v", d, ok)
+	}
+	// A Stop without addresses still releases the session's leases.
+	p.Attributes = nil
+	p.Add(attrAcctStatusType, u32a(StatusStop))
+	p.Add(attrAcctSessionID, lr.Attribute("v6"))
+	p.Add(attrVendorSpecific, vsa3gpp(Attr3GPPIMSI, []byte(imsiMeter)))
+	b, _ = p.Encode()
+	s.HandleAccounting(ctx, gwAddr, b)
+	if _, ok := s.Leases().DeviceByIP(ctx, "acme", ip); ok {
+		t.Fatal("lease kept after Stop")
+	}
+}
