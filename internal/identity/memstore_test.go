@@ -23,10 +23,11 @@ type memStore struct {
 	certs    map[string]store.Certificate
 	settings map[string][]byte
 	audit    []store.AuditRecord
+	devices  map[string]store.Device
 }
 
 func newMemStore() *memStore {
-	return &memStore{cas: map[string]store.CA{}, certs: map[string]store.Certificate{}, settings: map[string][]byte{}}
+	return &memStore{cas: map[string]store.CA{}, certs: map[string]store.Certificate{}, settings: map[string][]byte{}, devices: map[string]store.Device{}}
 }
 
 var _ store.Store = (*memStore)(nil)
@@ -34,9 +35,9 @@ var _ store.Store = (*memStore)(nil)
 func (m *memStore) Update(ctx context.Context, fn func(store.Tx) error) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	cas, certs, settings, n := maps.Clone(m.cas), maps.Clone(m.certs), maps.Clone(m.settings), len(m.audit)
+	cas, certs, settings, devs, n := maps.Clone(m.cas), maps.Clone(m.certs), maps.Clone(m.settings), maps.Clone(m.devices), len(m.audit)
 	if err := fn(memTx{m}); err != nil {
-		m.cas, m.certs, m.settings, m.audit = cas, certs, settings, m.audit[:n]
+		m.cas, m.certs, m.settings, m.devices, m.audit = cas, certs, settings, devs, m.audit[:n]
 		return err
 	}
 	return nil
@@ -55,7 +56,7 @@ type memTx struct{ m *memStore }
 func (t memTx) Tenants() store.Tenants           { panic("not in memStore") }
 func (t memTx) Operators() store.Operators       { panic("not in memStore") }
 func (t memTx) Tokens() store.Tokens             { panic("not in memStore") }
-func (t memTx) Devices() store.Devices           { panic("not in memStore") }
+func (t memTx) Devices() store.Devices           { return memDevices{t.m, nil} }
 func (t memTx) Alerts() store.Alerts             { panic("not in memStore") }
 func (t memTx) Actions() store.Actions           { panic("not in memStore") }
 func (t memTx) Audit() store.AuditLog            { return memAudit(t) }
@@ -194,4 +195,27 @@ func testAudit(ctx context.Context, tx store.Tx, r store.AuditRecord) error {
 	h := sha256.Sum256(fmt.Appendf(r.PrevHash, "%d|%s|%s|%s|%s", r.Seq, r.Actor, r.Action, r.Target, r.Details))
 	r.Hash = h[:]
 	return tx.Audit().Append(ctx, r)
+}
+
+// memDevices implements Create and Get; the rest of store.Devices panics.
+type memDevices struct {
+	m *memStore
+	store.Devices
+}
+
+func (d memDevices) Create(ctx context.Context, x store.Device) error {
+	k := string(x.Tenant) + "/" + string(x.ID)
+	if _, ok := d.m.devices[k]; ok {
+		return store.ErrConflict
+	}
+	d.m.devices[k] = x
+	return nil
+}
+
+func (d memDevices) Get(ctx context.Context, tenant event.TenantID, id event.DeviceID) (store.Device, error) {
+	x, ok := d.m.devices[string(tenant)+"/"+string(id)]
+	if !ok {
+		return x, store.ErrNotFound
+	}
+	return x, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/crypto/ocsp"
 
+	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/store"
 	"github.com/garrisonhq/garrison/internal/store/sqlite"
 )
@@ -28,7 +29,7 @@ func auditCount(t testing.TB, st store.Store, tenant string) int {
 	t.Helper()
 	var n int
 	err := st.View(context.Background(), func(tx store.Tx) error {
-		recs, err := tx.Audit().Range(context.Background(), "acme", 0, 1<<20)
+		recs, err := tx.Audit().Range(context.Background(), event.TenantID(tenant), 0, 1<<20)
 		n = len(recs)
 		return err
 	})
