@@ -1,0 +1,56 @@
+package auth
+
+import "github.com/garrisonhq/garrison/internal/store"
+
+// Permission is what an API route requires.
+type Permission string
+
+// Permissions. PermAuthenticated is held by every valid token.
+const (
+	PermAuthenticated  Permission = "authenticated"
+	PermPlatform       Permission = "platform:admin" // tenants, platform operators/tokens/audit
+	PermTenantRead     Permission = "tenant:read"
+	PermOperatorsRead  Permission = "operators:read"
+	PermOperatorsWrite Permission = "operators:write"
+	PermTokensRead     Permission = "tokens:read"
+	PermTokensWrite    Permission = "tokens:write"
+	PermAuditRead      Permission = "audit:read"
+)
+
+// grants is the whole role model. platform-admin holds every permission in
+// every tenant and is not listed.
+var grants = map[store.Role][]Permission{
+	store.RoleAdmin: {PermAuthenticated, PermTenantRead, PermOperatorsRead, PermOperatorsWrite,
+		PermTokensRead, PermTokensWrite, PermAuditRead},
+	store.RoleOperator: {PermAuthenticated, PermTenantRead},
+	store.RoleAuditor:  {PermAuthenticated, PermTenantRead, PermOperatorsRead, PermTokensRead, PermAuditRead},
+	store.RoleViewer:   {PermAuthenticated, PermTenantRead},
+}
+
+// Roles lists every role, most powerful first.
+func Roles() []store.Role {
+	return []store.Role{store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator, store.RoleAuditor, store.RoleViewer}
+}
+
+// ValidRole reports whether r is a known role.
+func ValidRole(r store.Role) bool {
+	for _, x := range Roles() {
+		if x == r {
+			return true
+		}
+	}
+	return false
+}
+
+// Can reports whether role r holds permission p (within its tenant).
+func Can(r store.Role, p Permission) bool {
+	if r == store.RolePlatformAdmin {
+		return true
+	}
+	for _, g := range grants[r] {
+		if g == p {
+			return true
+		}
+	}
+	return false
+}
