@@ -2,6 +2,8 @@ package sqlite_test
 
 import (
 	"context"
+	"database/sql"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -21,3 +23,41 @@ func open(t *testing.T) store.Store {
 }
 
 func TestConformance(t *testing.T) { storetest.Run(t, open) }
+
+// TestReopen: data survives Close, migrations are recorded once and a second
+// Open applies nothing, and the file is private to its owner.
+func TestReopen(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "garrison.db")
+	db, err := sqlite.Open(ctx, path)
+	require.NoError(t, err)
+	require.NoError(t, db.Update(ctx, func(tx store.Tx) error {
+		return tx.Tenants().Create(ctx, store.Tenant{ID: "acme", Name: "Acme"})
+	}))
+	require.NoError(t, db.Close())
+
+	db, err = sqlite.Open(ctx, path)
+	require.NoError(t, err)
+	defer db.Close()
+	require.NoError(t, db.View(ctx, func(tx store.Tx) error {
+		got, err := tx.Tenants().Get(ctx, "acme")
+		require.NoError(t, err)
+		require.Equal(t, "Acme", got.Name)
+		return nil
+	}))
+
+	raw, err := sql.Open("sqlite", "file:"+path+"?_query_only=1")
+	require.NoError(t, err)
+	defer raw.Close()
+	var versions, maxVersion int
+	require.NoError(t, raw.QueryRow(`SELECT COUNT(*), MAX(version_id) FROM goose_db_version WHERE version_id > 0`).Scan(&versions, &maxVersion))
+	require.Equal(t, 1, versions, "each migration recorded once")
+	require.Equal(t, 1, maxVersion)
+	var mode string
+	require.NoError(t, raw.QueryRow(`PRAGMA journal_mode`).Scan(&mode))
+	require.Equal(t, "wal", mode)
+
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+}
