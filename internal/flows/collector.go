@@ -103,7 +103,7 @@ func New(o Options) (*Collector, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Collector{o: o, dec: &Decoder{MaxTemplates: o.MaxTemplates}, clk: o.Clock, log: o.Logger}, nil
+	return &Collector{o: o, dec: &Decoder{MaxTemplates: o.MaxTemplates, Clock: o.Clock}, clk: o.Clock, log: o.Logger}, nil
 }
 
 // Stats returns a copy of the counters.

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/garrisonhq/garrison/internal/clock"
 )
 
 // Record is one decoded flow.
@@ -34,6 +36,8 @@ const (
 	MaxFields = 128
 	// DefaultMaxTemplates bounds the templates kept for all exporters.
 	DefaultMaxTemplates = 4096
+	// DefaultTemplateIdle is the default [Decoder.TemplateIdle].
+	DefaultTemplateIdle = time.Hour
 )
 
 type tmplKey struct {
@@ -55,6 +59,7 @@ type field struct {
 }
 
 type template struct {
+	seen    time.Time // last defined or used, by the decoder's clock
 	fields  []field
 	minLen  int  // bytes of a record at least (a variable field counts 1)
 	options bool // options template: records are metadata, not flows
@@ -62,13 +67,14 @@ type template struct {
 
 // Stats are the decoder's counters.
 type Stats struct {
-	Messages        uint64
-	Records         uint64 // flow records decoded
-	Templates       uint64 // template records accepted
-	OptionsRecords  uint64 // options data records read (not flows)
-	NoTemplate      uint64 // data sets dropped: template not (yet) known
-	Malformed       uint64 // messages with an error
-	TemplateRefused uint64 // templates refused (invalid or over the limit)
+	Messages         uint64
+	Records          uint64 // flow records decoded
+	Templates        uint64 // template records accepted
+	OptionsRecords   uint64 // options data records read (not flows)
+	NoTemplate       uint64 // data sets dropped: template not (yet) known
+	Malformed        uint64 // messages with an error
+	TemplateRefused  uint64 // templates refused (invalid or over the limit)
+	TemplatesEvicted uint64 // idle templates evicted to make room
 }
 
 // Decoder decodes IPFIX (RFC 7011) and NetFlow v9 (RFC 3954) messages,
@@ -78,11 +84,18 @@ type Stats struct {
 type Decoder struct {
 	// MaxTemplates bounds the template cache (DefaultMaxTemplates if 0).
 	MaxTemplates int
+	// TemplateIdle: when the cache is full, templates neither defined nor
+	// used for this long (an exporter that restarted on a new port) are
+	// evicted to make room. Default DefaultTemplateIdle.
+	TemplateIdle time.Duration
+	// Clock tells the time for TemplateIdle; the wall clock if nil.
+	Clock clock.Clock
 
 	mu        sync.Mutex
 	templates map[tmplKey]*template
 	initMs    map[domainKey]uint64 // IPFIX systemInitTimeMilliseconds per domain
 	st        Stats
+	now       time.Time // of the message being decoded
 }
 
 // Stats returns a copy of the counters.
@@ -107,6 +120,11 @@ func (d *Decoder) Decode(exporter netip.AddrPort, b []byte, fn func(r *Record)) 
 		d.initMs = map[domainKey]uint64{}
 	}
 	d.st.Messages++
+	clk := d.Clock
+	if clk == nil {
+		clk = clock.Real{}
+	}
+	d.now = clk.Now()
 	var err error
 	switch v := binary.BigEndian.Uint16(b); v {
 	case 10:
@@ -215,12 +233,19 @@ func (d *Decoder) v9(exp netip.AddrPort, b []byte, fn func(*Record)) error {
 }
 
 func (d *Decoder) store(k tmplKey, t *template) error {
-	if _, ok := d.templates[k]; !ok {
-		max := d.MaxTemplates
-		if max <= 0 {
-			max = DefaultMaxTemplates
+	t.seen = d.now
+	if _, ok := d.templates[k]; !ok && len(d.templates) >= d.maxTemplates() {
+		idle := d.TemplateIdle
+		if idle <= 0 {
+			idle = DefaultTemplateIdle
 		}
-		if len(d.templates) >= max {
+		for ok, x := range d.templates {
+			if d.now.Sub(x.seen) >= idle {
+				delete(d.templates, ok)
+				d.st.TemplatesEvicted++
+			}
+		}
+		if len(d.templates) >= d.maxTemplates() {
 			d.st.TemplateRefused++
 			return ErrTooMany
 		}
@@ -353,6 +378,7 @@ func (d *Decoder) dataSet(mc *msgCtx, id uint16, b []byte, fn func(*Record)) err
 		d.st.NoTemplate++
 		return nil
 	}
+	t.seen = d.now
 	var r Record
 	for len(b) >= t.minLen {
 		r = Record{}

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/garrisonhq/garrison/internal/clock"
 )
 
 var exp = netip.MustParseAddrPort("192.0.2.1:50000")
@@ -153,5 +155,24 @@ func TestTemplateLimit(t *testing.T) {
 	// Replacing a known template is still allowed.
 	if _, err := collect(t, d, ipfixMsg(1, set(2, tmpl(256, v4Fields...)))); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestTemplateEviction(t *testing.T) {
+	clk := clock.NewManual(time.Unix(1_790_000_000, 0))
+	d := &Decoder{MaxTemplates: 1, TemplateIdle: time.Minute, Clock: clk}
+	old := netip.MustParseAddrPort("192.0.2.1:1000")
+	if err := d.Decode(old, ipfixMsg(1, set(2, tmpl(256, v4Fields...))), func(*Record) {}); err != nil {
+		t.Fatal(err)
+	}
+	// Still fresh: the restarted exporter's template is refused.
+	clk.Advance(30 * time.Second)
+	if _, err := collect(t, d, ipfixMsg(1, set(2, tmpl(256, v4Fields...)))); !errors.Is(err, ErrTooMany) {
+		t.Fatalf("err %v", err)
+	}
+	clk.Advance(time.Minute)
+	got, err := collect(t, d, ipfixMsg(1, set(2, tmpl(256, v4Fields...)), set(256, v4Record([4]byte{10, 1, 2, 3}, [4]byte{1, 1, 1, 1}, 1, 2, 17, 1, 1, 0, 0))))
+	if err != nil || len(got) != 1 || d.Stats().TemplatesEvicted != 1 {
+		t.Fatalf("got %v err %v stats %+v", got, err, d.Stats())
 	}
 }
