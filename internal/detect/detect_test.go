@@ -223,7 +223,7 @@ func TestAttacks(t *testing.T) {
 					allowed = allowed || (k.d == id && k.k == ak)
 				}
 				if !allowed {
-					t.Errorf("unexpected alert %s on %s: %s", k.k, k.d, got[k].Evidence.Summary)
+					t.Errorf("unexpected alert %s on %s at %s: %s %v", k.k, k.d, got[k].FirstSeen, got[k].Evidence.Summary, got[k].Evidence.Values)
 				}
 			}
 			t.Logf("detected after %s: %s", al.FirstSeen.Sub(at), al.Evidence.Summary)

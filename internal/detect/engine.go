@@ -238,7 +238,7 @@ type call struct {
 
 	use      *usageObs // set for mqtt.publish by usagePrepare (points at useObs)
 	useObs   usageObs
-	intelHit bool      // net.threat_intel matched this flow
+	intelHit bool // net.threat_intel matched this flow
 }
 
 func (c *call) raise(d *Detector, summary string, values map[string]any, evs ...event.Event) {

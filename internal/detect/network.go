@@ -165,7 +165,13 @@ type DestinationSettings struct {
 	Warmup     Duration `json:"warmup"`
 	MaxLearned int      `json:"max_learned"` // cap of the learned set per device
 	MinRepeats int      `json:"min_repeats"` // flows to a new endpoint before firing
-	MinBytes   int64    `json:"min_bytes"`   // or this much volume in one go
+	// MinRepeatsDeclared applies instead when the group declares an
+	// allowlist: leaving a declared policy is a finding at once.
+	MinRepeatsDeclared int `json:"min_repeats_declared"`
+	// ProbeBytes: a single flow smaller than this (a probe, a SYN) never
+	// counts as leaving the declared policy at once.
+	ProbeBytes int64 `json:"probe_bytes"`
+	MinBytes   int64 `json:"min_bytes"` // or this much volume in one go
 	// A destination learned by at least CommonMin devices and CommonShare
 	// of the cohort is the cohort's and never fires.
 	CommonMin   int     `json:"common_min"`
@@ -177,7 +183,7 @@ var destinationDetector = &Detector{
 	Description: "After warm-up, repeated flows (or real volume) to an endpoint outside the device's learned set, its group's declared allowlist and its cohort's common destinations.",
 	Events:      []event.Kind{event.NetFlow},
 	defaults: func() any {
-		return &DestinationSettings{Warmup: Duration(24 * time.Hour), MaxLearned: 32, MinRepeats: 2, MinBytes: 1 << 20, CommonMin: 3, CommonShare: 0.05}
+		return &DestinationSettings{Warmup: Duration(24 * time.Hour), MaxLearned: 32, MinRepeats: 2, MinRepeatsDeclared: 1, ProbeBytes: 512, MinBytes: 1 << 20, CommonMin: 3, CommonShare: 0.05}
 	},
 	run: func(c *call, d *Detector, cfg any) {
 		s := cfg.(*DestinationSettings)
@@ -235,9 +241,13 @@ var destinationDetector = &Detector{
 		cd.N++
 		cd.Bytes = uint32(min(int64(cd.Bytes)+bytes, math.MaxUint32))
 		cd.T = c.now
-		if int(cd.N) >= s.MinRepeats || int64(cd.Bytes) >= s.MinBytes {
+		need := s.MinRepeats
+		if len(c.prof.Destinations) > 0 && int64(cd.Bytes) >= s.ProbeBytes {
+			need = s.MinRepeatsDeclared
+		}
+		if int(cd.N) >= need || int64(cd.Bytes) >= s.MinBytes {
 			c.raise(d, fmt.Sprintf("flows to %s:%d, outside the %d learned destinations and the declared allowlist", dst, port, len(n.Learned)),
-				map[string]any{"destination": dst.String(), "dst_port": port, "flows": cd.N, "bytes": cd.Bytes, "learned": len(n.Learned), "declared": len(c.prof.Destinations), "min_repeats": s.MinRepeats, "min_bytes": s.MinBytes}, *c.ev)
+				map[string]any{"destination": dst.String(), "dst_port": port, "flows": cd.N, "bytes": cd.Bytes, "learned": len(n.Learned), "declared": len(c.prof.Destinations), "min_repeats": need, "min_bytes": s.MinBytes}, *c.ev)
 		}
 	},
 }

@@ -118,15 +118,32 @@ func bucketOf(at int64) int {
 	return b
 }
 
-// expect returns the expected rate and its spread for bucket b.
-func (bl *baseline) expect(b int, floorFrac, minCV float64) (mean, std float64, ok bool) {
+// expect returns the expected rate and its spread for a window covering
+// [from, to]: the highest learned bucket among the hours it spans, so that
+// a window over a morning ramp is not read as a spike. An hour never
+// observed compares with the device's peak level.
+func (bl *baseline) expect(from, to int64, floorFrac, minCV float64) (mean, std float64, ok bool) {
 	if bl.GN < 8 {
 		return 0, 0, false
 	}
-	if bl.N[b] >= 2 {
-		mean, std = float64(bl.Mean[b]), math.Sqrt(float64(bl.Var[b]))
-	} else {
-		// bucket not learned yet (e.g. first weekend): compare with the
+	found := false
+	for t, n := from-from%3600, 0; t <= to && n < 10; t, n = t+3600, n+1 {
+		b := bucketOf(t)
+		if bl.N[b] == 0 || float64(bl.Mean[b]) < mean {
+			continue
+		}
+		mean, found = float64(bl.Mean[b]), true
+		std = math.Sqrt(float64(bl.Var[b]))
+		if bl.N[b] < 2 {
+			std = mean * 0.5 // one sample says little about the spread
+		}
+	}
+	if bl.N[bucketOf(to)] == 0 {
+		found = false // this hour never observed: neighbours may understate it
+		mean = 0
+	}
+	if !found {
+		// hours not learned yet (e.g. first weekend): compare with the
 		// device's peak learned level, which is conservative
 		for i := range bl.Mean {
 			if bl.N[i] > 0 {
@@ -224,7 +241,11 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 		}
 		r := v / float64(cov) * 3600
 		b := bucketOf(at)
-		mean, std, ok := bl.expect(b, s.FloorFrac, s.MinCV)
+		from := w.Prev
+		if w.Last-w.Prev > 2*3600 {
+			from = w.Last - 2*3600 // long windows: the recent hours carry the volume
+		}
+		mean, std, ok := bl.expect(from, w.Last, s.FloorFrac, s.MinCV)
 		if !ok {
 			return false
 		}
@@ -237,7 +258,7 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 		if !msgs {
 			// volume explained by more messages is usage.messages' finding:
 			// require the bytes per message to have grown as well
-			mm, _, ok := u.M.expect(b, s.FloorFrac, s.MinCV)
+			mm, _, ok := u.M.expect(from, w.Last, s.FloorFrac, s.MinCV)
 			if ok {
 				msgRatio := math.Max(1, float64(w.Count)/float64(cov)*3600/mm)
 				perMsg = adj / mean / msgRatio
@@ -288,10 +309,10 @@ func usageLearn(c *call) {
 	b := bucketOf(at)
 	if u.B.GN >= 8 && c.st.warm(c.now, Duration(24*time.Hour)) {
 		co := c.e.cohort(c.key.t, c.group())
-		if mb, _, ok := u.B.expect(b, 0.3, 0.25); ok {
+		if mb, _, ok := u.B.expect(o.closed.Prev, o.closed.Last, 0.3, 0.25); ok {
 			co.add(false, at, rb/mb)
 		}
-		if mm, _, ok := u.M.expect(b, 0.3, 0.25); ok {
+		if mm, _, ok := u.M.expect(o.closed.Prev, o.closed.Last, 0.3, 0.25); ok {
 			co.add(true, at, rm/mm)
 		}
 	}

@@ -1,0 +1,116 @@
+package detect_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/garrisonhq/garrison/internal/alert"
+	"github.com/garrisonhq/garrison/internal/clock"
+	"github.com/garrisonhq/garrison/internal/detect"
+	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/sim"
+	"github.com/garrisonhq/garrison/internal/store"
+)
+
+// platform wires the simulator straight to an engine (no bus, no store).
+type platform struct {
+	dir   *detect.MemDirectory
+	cat   *detect.MemCatalog
+	intel *detect.ThreatIntel
+	eng   *detect.Engine
+	t     event.TenantID
+
+	mu     sync.Mutex
+	alerts map[string]alert.Alert
+}
+
+func (p *platform) Raise(_ context.Context, a alert.Alert) error {
+	p.mu.Lock()
+	p.alerts[a.ID] = a
+	p.mu.Unlock()
+	return nil
+}
+func (p *platform) Publish(ctx context.Context, ev *event.Event) error { return p.eng.Process(ctx, ev) }
+func (p *platform) RegisterDevice(_ context.Context, d sim.Device) error {
+	pr := detect.Profile{Tenant: p.t, ID: d.ID, Model: d.Model, Cohort: d.Cohort, IMEI: d.IMEI, IMSI: d.IMSI, ICCID: d.ICCID,
+		Home: &detect.Point{Lat: d.Home.Lat, Lon: d.Home.Lon}, Destinations: d.Destinations}
+	if d.GeofenceKm > 0 {
+		pr.Geofence = &detect.Fence{Center: detect.Point{Lat: d.Home.Lat, Lon: d.Home.Lon}, RadiusKm: d.GeofenceKm}
+	}
+	p.dir.Put(pr)
+	return nil
+}
+func (p *platform) AddRelease(_ context.Context, model, version, digest string) error {
+	p.cat.Put(p.t, model, version, digest)
+	return nil
+}
+func (p *platform) SetMinVersion(_ context.Context, model, version string) error {
+	p.cat.SetMinVersion(p.t, model, version)
+	return nil
+}
+func (p *platform) ImportThreatFeed(_ context.Context, name string, feed []byte) error {
+	_, err := p.intel.Import(name, bytes.NewReader(feed))
+	return err
+}
+func (p *platform) RevokeDevice(context.Context, event.DeviceID) error { return nil }
+func (p *platform) Alerts(context.Context) ([]alert.Alert, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]alert.Alert, 0, len(p.alerts))
+	for _, a := range p.alerts {
+		out = append(out, a)
+	}
+	return out, nil
+}
+func (p *platform) Actions(context.Context) ([]store.Action, error) { return nil, nil }
+
+// TestScenarios replays every scenario file in $GARRISON_SCENARIOS (for
+// example /work/shared/scenarios) through the simulator into the engine and
+// checks detection and false alerts (responses are not this package's).
+func TestScenarios(t *testing.T) {
+	dir := os.Getenv("GARRISON_SCENARIOS")
+	if dir == "" {
+		t.Skip("GARRISON_SCENARIOS is unset: set it to a folder of scenario yaml files")
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if len(files) == 0 {
+		t.Fatalf("no scenarios in %s", dir)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			sc, err := sim.Load(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := &platform{dir: detect.NewMemDirectory(), cat: detect.NewMemCatalog(), intel: detect.NewThreatIntel(), t: "sim", alerts: map[string]alert.Alert{}}
+			p.eng = detect.New(detect.Options{Directory: p.dir, Catalog: p.cat, Intel: p.intel, Clock: clock.NewManual(sc.Start), Sink: p})
+			rep, err := sim.Run(context.Background(), sc, sim.RunOptions{Tenant: "sim", Sink: p, Setup: p, Results: p,
+				Advance: func(ctx context.Context, at time.Time) error { p.eng.Advance(ctx, at); return nil }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, x := range rep.Expectations {
+				if !x.Detected {
+					t.Errorf("missed %s on %s", x.Alert, x.Device)
+				} else {
+					t.Logf("detected %s on %s after %.0fs", x.Alert, x.Device, *x.TimeToDetectSeconds)
+				}
+			}
+			for _, fa := range rep.FalseAlerts {
+				ev := ""
+				for _, a := range p.alerts {
+					if string(a.Device) == fa.Device && string(a.Kind) == fa.Alert {
+						ev = a.Evidence.Summary
+					}
+				}
+				t.Errorf("false alert %+v: %s", fa, ev)
+			}
+			t.Logf("%d events, %d devices, %.1fs", rep.Events, rep.Devices, rep.WallSeconds)
+		})
+	}
+}
