@@ -494,7 +494,7 @@ func (d *Decoder) maxTemplates() int {
 // upTimes converts sysUpTime-relative times: NetFlow v9 against the
 // header's sysUptime and export time (RFC 3954 5.1, modulo 2^32); IPFIX
 // against systemInitTimeMilliseconds from the record or the domain's
-// options data.
+// options data, the 32-bit wrap resolved towards the export time.
 func (d *Decoder) upTimes(mc *msgCtx, initMs uint64, start, end uint32) (time.Time, time.Time) {
 	if mc.dk.version == 9 {
 		base := int64(mc.exportMs)
@@ -505,8 +505,24 @@ func (d *Decoder) upTimes(mc *msgCtx, initMs uint64, start, end uint32) (time.Ti
 	if initMs == 0 {
 		initMs = d.initMs[mc.dk]
 	}
-	if initMs == 0 {
+	if initMs == 0 || initMs > 1<<53 {
 		return time.Time{}, time.Time{}
 	}
-	return time.UnixMilli(int64(initMs + uint64(start))).UTC(), time.UnixMilli(int64(initMs + uint64(end))).UTC()
+	return nearExport(int64(initMs)+int64(start), int64(mc.exportMs)), nearExport(int64(initMs)+int64(end), int64(mc.exportMs))
+}
+
+// nearExport resolves the wrap of a 32-bit millisecond uptime counter (every
+// 49.7 days): of t + k*2^32 ms it returns the one closest to the export
+// time, since flows are exported soon after they end.
+func nearExport(t, exportMs int64) time.Time {
+	const wrap = int64(1) << 32
+	if d := exportMs - t; d > wrap/2 || d < -wrap/2 {
+		t += (d + wrap/2) / wrap * wrap
+		if exportMs-t > wrap/2 {
+			t += wrap
+		} else if exportMs-t < -wrap/2 {
+			t -= wrap
+		}
+	}
+	return time.UnixMilli(t).UTC()
 }

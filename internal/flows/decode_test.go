@@ -176,3 +176,19 @@ func TestTemplateEviction(t *testing.T) {
 		t.Fatalf("got %v err %v stats %+v", got, err, d.Stats())
 	}
 }
+
+func TestNearExport(t *testing.T) {
+	const wrap = int64(1) << 32
+	exportMs := int64(1_790_000_000_000)
+	for _, tt := range []struct{ in, want int64 }{
+		{exportMs - 5_000, exportMs - 5_000},
+		{exportMs - 5_000 + wrap, exportMs - 5_000},
+		{exportMs - 5_000 + 3*wrap, exportMs - 5_000},
+		{exportMs - 5_000 - 2*wrap, exportMs - 5_000},
+		{exportMs + 1_000, exportMs + 1_000},
+	} {
+		if got := nearExport(tt.in, exportMs).UnixMilli(); got != tt.want {
+			t.Errorf("nearExport(%d) = %d, want %d", tt.in, got, tt.want)
+		}
+	}
+}
