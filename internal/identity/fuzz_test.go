@@ -3,6 +3,7 @@ package identity
 import (
 	"context"
 	"crypto"
+	"encoding/base64"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -133,4 +134,7 @@ func TestWriteFuzzCorpus(t *testing.T) {
 	req, _ := ocsp.CreateRequest(iss.Cert, iss.Chain[0], nil)
 	req256, _ := ocsp.CreateRequest(iss.Cert, iss.Chain[0], &ocsp.RequestOptions{Hash: crypto.SHA256})
 	write(filepath.Join("testdata", "fuzz", "FuzzOCSP"), [][]byte{req, req256, req[:len(req)-3], {0x30, 0x00}, nil})
+	csrDER := deviceCSR(t, "meter-1")
+	write(filepath.Join("testdata", "fuzz", "FuzzESTBody"), [][]byte{
+		[]byte(base64.StdEncoding.EncodeToString(csrDER)), base64Lines(csrDER), csrDER, []byte("MIIB"), []byte("%%%"), nil})
 }
