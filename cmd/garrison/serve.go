@@ -1,0 +1,41 @@
+package main
+
+import (
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/garrisonhq/garrison/internal/app"
+	"github.com/garrisonhq/garrison/internal/clock"
+	"github.com/garrisonhq/garrison/internal/config"
+)
+
+func newServeCmd(e *cliEnv) *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the platform (SQLite and embedded NATS by default, HTTPS API on :8443)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, src, err := config.Load(config.Input{File: file, Environ: e.Environ, Flags: cmd.Flags()})
+			if err != nil {
+				return err
+			}
+			if err := cfg.Validate(src); err != nil {
+				return err
+			}
+			log := newLogger(e.Stderr, cfg.Log.Level, cfg.Log.Format)
+			a, err := app.New(cfg, src, app.Options{Logger: log, Clock: clock.Real{}, Out: e.Stdout})
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return a.Run(ctx)
+		},
+	}
+	cmd.Flags().StringVar(&file, "config", "", "YAML configuration file")
+	config.BindFlags(cmd.Flags())
+	return cmd
+}

@@ -1,0 +1,319 @@
+// Package app assembles a Garrison process from its configuration: one
+// struct, [App], lists every subsystem, and [App.Start] reads like a table
+// of contents.
+//
+// Lifecycle: [New] constructs (no side effects: nothing is opened,
+// created or listened on), [App.Start] opens and starts every component in
+// order, [App.Stop] stops them in reverse order. [App.Run] does both and
+// stops on context cancellation (SIGINT/SIGTERM in serve) or when a
+// component fails. Every goroutine is started through [App.goroutine],
+// which tracks it, so Stop returns only when all of them have returned.
+//
+// First start: the platform admin operator and a bootstrap API token are
+// created in one transaction (with their audit records), and the token is
+// printed once to the configured writer. The API's TLS certificate is
+// created in <data_dir>/tls and reused afterwards.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/garrisonhq/garrison/internal/api"
+	"github.com/garrisonhq/garrison/internal/bus"
+	"github.com/garrisonhq/garrison/internal/clock"
+	"github.com/garrisonhq/garrison/internal/config"
+	"github.com/garrisonhq/garrison/internal/store"
+	"github.com/garrisonhq/garrison/internal/tlsutil"
+)
+
+// Options are what a process supplies besides its configuration.
+type Options struct {
+	Logger *slog.Logger
+	Clock  clock.Clock
+	// Out receives the one-time bootstrap message (stdout in serve).
+	Out io.Writer
+}
+
+// App is one Garrison process. Fields are set by Start, in order.
+type App struct {
+	cfg  config.Config
+	log  *slog.Logger
+	clk  clock.Clock
+	out  io.Writer
+	data string // absolute data dir
+
+	metrics *prometheus.Registry
+	store   store.Store
+	bus     *bus.Bus
+	tls     tlsutil.Result
+	api     *api.Server
+	apiLn   net.Listener
+	apiSrv  *http.Server
+
+	// announce prints the first-start message once the API listens.
+	announce func() error
+
+	wg      sync.WaitGroup
+	fail    chan error // first fatal error of a background goroutine
+	stopped sync.Once
+	closers []namedCloser // what Start opened, closed in reverse by Stop
+}
+
+type namedCloser struct {
+	name  string
+	close func(context.Context) error
+}
+
+// New validates cfg and returns an App ready to Start. It has no side
+// effects.
+func New(cfg config.Config, src config.Source, opt Options) (*App, error) {
+	if err := cfg.Validate(src); err != nil {
+		return nil, err
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.Clock == nil {
+		opt.Clock = clock.Real{}
+	}
+	if opt.Out == nil {
+		opt.Out = io.Discard
+	}
+	data, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("app: data dir: %w", err)
+	}
+	return &App{cfg: cfg, log: opt.Logger, clk: opt.Clock, out: opt.Out, data: data, fail: make(chan error, 1)}, nil
+}
+
+// Start brings every subsystem up, in this order. On error, what was
+// started is stopped again.
+func (a *App) Start(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			_ = a.Stop(context.Background())
+		}
+	}()
+	a.log.Info("starting garrison", "data_dir", a.data, "store", describeStore(a.cfg), "bus", describeBus(a.cfg))
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"data directory", a.startDataDir},
+		{"metrics", a.startMetrics},
+		{"store", a.startStore},
+		{"bus", a.startBus},
+		{"bootstrap", a.bootstrap},
+		{"tls", a.startTLS},
+		{"api", a.startAPI},
+		{"announce", a.startAnnounce},
+	}
+	for _, s := range steps {
+		if err := s.fn(ctx); err != nil {
+			return fmt.Errorf("start %s: %w", s.name, err)
+		}
+	}
+	a.log.Info("garrison ready", "api", "https://"+a.apiLn.Addr().String())
+	return nil
+}
+
+func (a *App) startAnnounce(context.Context) error {
+	if a.announce == nil {
+		return nil
+	}
+	return a.announce()
+}
+
+// Run starts the app, waits until ctx is done or a component fails, then
+// stops everything within the configured shutdown timeout.
+func (a *App) Run(ctx context.Context) error {
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+		a.log.Info("stopping garrison", "reason", context.Cause(ctx))
+	case runErr = <-a.fail:
+		a.log.Error("component failed; stopping", "err", runErr)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+	defer cancel()
+	return errors.Join(runErr, a.Stop(sctx))
+}
+
+// Stop stops every started subsystem in reverse order and waits for every
+// tracked goroutine. It is safe to call more than once.
+func (a *App) Stop(ctx context.Context) error {
+	var errs []error
+	a.stopped.Do(func() {
+		for i := len(a.closers) - 1; i >= 0; i-- {
+			c := a.closers[i]
+			if err := c.close(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("stop %s: %w", c.name, err))
+			}
+		}
+		done := make(chan struct{})
+		go func() { a.wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("stop: goroutines still running: %w", ctx.Err()))
+		}
+		a.log.Info("garrison stopped")
+	})
+	return errors.Join(errs...)
+}
+
+// onStop registers what Stop undoes, in reverse order of registration.
+func (a *App) onStop(name string, fn func(context.Context) error) {
+	a.closers = append(a.closers, namedCloser{name, fn})
+}
+
+// goroutine runs fn in a tracked goroutine. A non-nil error from fn is
+// fatal for the process: Run stops everything.
+func (a *App) goroutine(name string, fn func() error) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if err := fn(); err != nil {
+			select {
+			case a.fail <- fmt.Errorf("%s: %w", name, err):
+			default:
+			}
+		}
+	}()
+}
+
+// APIAddr is the API's listening address once started (useful with :0).
+func (a *App) APIAddr() net.Addr { return a.apiLn.Addr() }
+
+// Store is the opened store (after Start).
+func (a *App) Store() store.Store { return a.store }
+
+// DataDir is the absolute data directory.
+func (a *App) DataDir() string { return a.data }
+
+func (a *App) startDataDir(context.Context) error {
+	for _, d := range []string{a.data, filepath.Join(a.data, "run")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *App) startMetrics(context.Context) error {
+	a.metrics = prometheus.NewRegistry()
+	return errors.Join(
+		a.metrics.Register(collectors.NewGoCollector()),
+		a.metrics.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})),
+	)
+}
+
+func (a *App) startTLS(context.Context) error {
+	res, err := tlsutil.LoadOrCreate(filepath.Join(a.data, "tls"), a.clk.Now())
+	if err != nil {
+		return err
+	}
+	if res.Created {
+		a.log.Info("created API TLS certificate", "path", res.CertPath)
+	}
+	a.tls = res
+	return nil
+}
+
+func (a *App) startAPI(ctx context.Context) error {
+	srv, err := api.New(api.Options{
+		Store:        a.store,
+		Clock:        a.clk,
+		Logger:       a.log.With("component", "api"),
+		MaxBodyBytes: a.cfg.API.MaxBodyBytes,
+		TokenTTL:     a.cfg.API.TokenTTL,
+		Ready:        a.ready,
+		Registry:     a.metrics,
+	})
+	if err != nil {
+		return err
+	}
+	a.api = srv
+	ln, err := net.Listen("tcp", a.cfg.API.Addr)
+	if err != nil {
+		return err
+	}
+	a.apiLn = ln
+	a.apiSrv = &http.Server{
+		Handler:           srv,
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{a.tls.Cert}, MinVersion: tls.VersionTLS12},
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+	}
+	a.onStop("api", func(ctx context.Context) error {
+		err := a.apiSrv.Shutdown(ctx)
+		os.Remove(filepath.Join(a.data, "run", "api.addr"))
+		return err
+	})
+	a.goroutine("api", func() error {
+		if err := a.apiSrv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	return writeFileAtomic(filepath.Join(a.data, "run", "api.addr"), []byte(ln.Addr().String()+"\n"))
+}
+
+// ready reports whether the store and the bus answer.
+func (a *App) ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := a.store.View(ctx, func(tx store.Tx) error {
+		_, err := tx.Tenants().List(ctx)
+		return err
+	}); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	if err := a.busReady(ctx); err != nil {
+		return fmt.Errorf("bus: %w", err)
+	}
+	return nil
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func describeStore(c config.Config) string {
+	if c.Store.URL == "" {
+		return "sqlite"
+	}
+	return config.RedactURL(c.Store.URL)
+}
+
+func describeBus(c config.Config) string {
+	if c.Bus.URL == "" {
+		return "embedded"
+	}
+	return config.RedactURL(c.Bus.URL)
+}

@@ -1,0 +1,34 @@
+package app
+
+import (
+	"context"
+	"errors"
+
+	"github.com/garrisonhq/garrison/internal/bus"
+)
+
+// startBus opens NATS JetStream embedded in DataDir (no TCP listener) or on
+// the external server of bus.url.
+func (a *App) startBus(ctx context.Context) error {
+	b, err := bus.Open(ctx, bus.Options{
+		URL:        a.cfg.Bus.URL,
+		DataDir:    a.data,
+		Logger:     a.log.With("component", "bus"),
+		Clock:      a.clk,
+		Registerer: a.metrics,
+	})
+	if err != nil {
+		return err
+	}
+	a.bus = b
+	a.onStop("bus", func(context.Context) error { return a.bus.Close() })
+	return nil
+}
+
+// busReady reports whether the bus is open.
+func (a *App) busReady(context.Context) error {
+	if a.bus == nil {
+		return errors.New("not started")
+	}
+	return nil
+}
