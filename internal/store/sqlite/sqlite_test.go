@@ -61,3 +61,21 @@ func TestReopen(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
 }
+
+// TestOpenOddPaths: relative paths and characters that mean something in a
+// URI still name the file given.
+func TestOpenOddPaths(t *testing.T) {
+	t.Chdir(t.TempDir())
+	for _, p := range []string{"plain.db", "with space/x.db", "q?mark#hash%25/x.db"} {
+		require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o700))
+		db, err := sqlite.Open(context.Background(), p)
+		require.NoError(t, err, p)
+		require.NoError(t, db.Close())
+		_, err = os.Stat(p)
+		require.NoError(t, err, "database created at %q", p)
+		entries, _ := os.ReadDir(filepath.Dir(p))
+		for _, e := range entries {
+			require.Contains(t, []string{filepath.Base(p), filepath.Base(p) + "-wal", filepath.Base(p) + "-shm", "with space", "q?mark#hash%25", "plain.db"}, e.Name(), "stray file for %q", p)
+		}
+	}
+}

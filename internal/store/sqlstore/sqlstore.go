@@ -165,7 +165,6 @@ func conflict(n int64, err error) error {
 	return nil
 }
 
-
 // collect runs q and scans every row with scan.
 func collect[T any](ctx context.Context, c Conn, scan func(Row) (T, error), q string, args ...any) ([]T, error) {
 	rows, err := c.Query(ctx, q, args...)

@@ -252,7 +252,7 @@ func testSettings(t *testing.T, s store.Store) {
 func auditRec(tenant event.TenantID, seq int64) store.AuditRecord {
 	return store.AuditRecord{Tenant: tenant, Seq: seq, Time: t0.Add(time.Duration(seq) * time.Second),
 		Actor: "op:o1", Action: "device.update", Target: fmt.Sprintf("device/d%d", seq),
-		Details: []byte(fmt.Sprintf(`{"seq":%d,"nested":{"a":[1,2]}}`, seq)),
+		Details:  []byte(fmt.Sprintf(`{"seq":%d,"nested":{"a":[1,2]}}`, seq)),
 		PrevHash: bytes.Repeat([]byte{byte(seq - 1)}, 32), Hash: bytes.Repeat([]byte{byte(seq)}, 32)}
 }
 
@@ -740,10 +740,15 @@ func testIsolation(t *testing.T, s store.Store) {
 		}},
 		{"devices update", func(ctx context.Context, tx store.Tx) error { return tx.Devices().Update(ctx, device(b, "dev", "")) }},
 		{"alerts get", func(ctx context.Context, tx store.Tx) error { _, err := tx.Alerts().Get(ctx, b, "al"); return err }},
-		{"alerts set state", func(ctx context.Context, tx store.Tx) error { return tx.Alerts().SetState(ctx, b, "al", alert.Resolved) }},
+		{"alerts set state", func(ctx context.Context, tx store.Tx) error {
+			return tx.Alerts().SetState(ctx, b, "al", alert.Resolved)
+		}},
 		{"actions get", func(ctx context.Context, tx store.Tx) error { _, err := tx.Actions().Get(ctx, b, "ac"); return err }},
 		{"cas get", func(ctx context.Context, tx store.Tx) error { _, err := tx.CAs().Get(ctx, b, "ca"); return err }},
-		{"certificates get", func(ctx context.Context, tx store.Tx) error { _, err := tx.Certificates().Get(ctx, b, "01"); return err }},
+		{"certificates get", func(ctx context.Context, tx store.Tx) error {
+			_, err := tx.Certificates().Get(ctx, b, "01")
+			return err
+		}},
 		{"certificates revoke", func(ctx context.Context, tx store.Tx) error {
 			return tx.Certificates().Revoke(ctx, b, "01", t0, 1)
 		}},
