@@ -19,10 +19,13 @@
 //   - Byte counters in events are deltas since the previous record of the
 //     same session (gigawords included; a counter that goes backwards is
 //     taken as a reset).
-//   - The 3GPP vendor attributes of TS 29.061 are decoded here, strictly:
-//     an attribute the server reads whose length lies makes the packet
-//     malformed (dropped, counted bad_attribute); unknown vendors and
-//     attributes are ignored.
+//   - Parsing is strict: an attribute length that lies drops the packet
+//     (counted malformed); a 3GPP sub-attribute length that lies or a value
+//     the server reads that does not fit its type, such as a User-Location-
+//     Info of the wrong length, drops it too (counted bad_attribute).
+//     Attributes the server does not read and other vendors' attributes are
+//     ignored. The 3GPP vendor attributes of TS 29.061 are
+//     decoded here.
 //
 // Attribute keys are those of [event.NetSession] plus imeisv and plmn
 // (serving MCC-MNC); Access-Request decisions are net.session events with

@@ -147,6 +147,9 @@ func ParseRecord(attrs []byte) (Record, error) {
 			}
 			r.HasMsgAuth = true
 		case attrVendorSpecific:
+			if len(a) < 4 || binary.BigEndian.Uint32(a) != Vendor3GPP {
+				break // other vendors may not follow the recommended format
+			}
 			vs, verr := ParseVSAs(a, vsas[:0])
 			if verr != nil {
 				return r, verr

@@ -305,6 +305,13 @@ func TestAccountingDrops(t *testing.T) {
 			return resign(b, testSecret)
 		}, ReasonMalformed},
 		{"access-request on accounting port", gwAddr, func(t *testing.T) []byte { b := good(t); b[0] = 1; return b }, ReasonBadCode},
+		{"3gpp sub-attribute length lies", gwAddr, func(t *testing.T) []byte {
+			p := lr.New(lr.CodeAccountingRequest, testSecret)
+			p.Add(attrAcctStatusType, u32a(StatusStart))
+			p.Add(attrVendorSpecific, lr.Attribute{0, 0, 0x28, 0xaf, 1, 40, '2'})
+			b, _ := p.Encode()
+			return b
+		}, ReasonBadAttribute},
 		{"bad 3gpp attribute", gwAddr, func(t *testing.T) []byte {
 			return acctPacket(t, acct{status: StatusStart, session: "s1", imsi: imsiMeter, uli: []byte{130, 1}}, testSecret)
 		}, ReasonBadAttribute},
@@ -515,6 +522,19 @@ func TestListenAndServe(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("ListenAndServe did not return after cancel")
+	}
+}
+
+func TestOtherVendorIgnored(t *testing.T) {
+	pub := &fakePub{}
+	s, _ := newTestServer(t, pub, ModeMonitor)
+	p := lr.New(lr.CodeAccountingRequest, testSecret)
+	p.Add(attrAcctStatusType, u32a(StatusStart))
+	p.Add(attrVendorSpecific, lr.Attribute{0, 0, 0x01, 0x37, 0xff}) // vendor 311, not in the recommended format
+	p.Add(attrVendorSpecific, vsa3gpp(Attr3GPPIMSI, []byte(imsiMeter)))
+	b, _ := p.Encode()
+	if s.HandleAccounting(context.Background(), gwAddr, b) == nil || len(pub.events()) != 1 {
+		t.Fatalf("packet with another vendor's attribute not accepted: %+v", s.Stats())
 	}
 }
 
