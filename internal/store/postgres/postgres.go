@@ -68,7 +68,8 @@ type options struct {
 type Option func(*options)
 
 // WithSchema keeps every table in schema (created if absent) by setting the
-// connections' search_path. Tests use it to run in a private schema.
+// connections' search_path. Tests use it to run in a private schema. The
+// name must be a plain identifier: [a-z_][a-z0-9_]*, at most 63 bytes.
 func WithSchema(schema string) Option { return func(o *options) { o.schema = schema } }
 
 // WithAttempts sets how many times Update runs fn when the transaction
@@ -81,6 +82,9 @@ func Open(ctx context.Context, url string, opts ...Option) (*DB, error) {
 	o := options{attempts: 5}
 	for _, f := range opts {
 		f(&o)
+	}
+	if o.schema != "" && !plainIdent(o.schema) {
+		return nil, fmt.Errorf("postgres open: %w: schema %q is not [a-z_][a-z0-9_]*", store.ErrInvalid, o.schema)
 	}
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
@@ -166,6 +170,18 @@ func (db *DB) Close() error {
 	return nil
 }
 
+func plainIdent(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] >= '0' && s[0] <= '9' {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
 func retryable(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
@@ -173,6 +189,8 @@ func retryable(err error) bool {
 
 // conn adapts a pgx.Tx to sqlstore.Conn.
 type conn struct{ tx pgx.Tx }
+
+var _ sqlstore.Conn = conn{}
 
 func (c conn) Exec(ctx context.Context, q string, args ...any) (int64, error) {
 	tag, err := c.tx.Exec(ctx, sqlstore.Rebind(q), args...)

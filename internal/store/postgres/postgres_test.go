@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/garrisonhq/garrison/internal/store"
+	"github.com/garrisonhq/garrison/internal/store/postgres"
 	"github.com/garrisonhq/garrison/internal/store/postgres/pgtest"
 	"github.com/garrisonhq/garrison/internal/store/storetest"
 )
@@ -54,4 +55,11 @@ func TestUpdateRetriesSerializationFailures(t *testing.T) {
 	err := db.Update(ctx, func(store.Tx) error { calls++; return &pgconn.PgError{Code: "40001"} })
 	require.Error(t, err)
 	require.Equal(t, 5, calls)
+}
+
+func TestOpenRejectsOddSchemaNames(t *testing.T) {
+	for _, s := range []string{"Upper", "a;drop", "1abc", "with space", "a,b"} {
+		_, err := postgres.Open(context.Background(), "postgres://127.0.0.1:1/none", postgres.WithSchema(s))
+		require.ErrorIs(t, err, store.ErrInvalid, s)
+	}
 }

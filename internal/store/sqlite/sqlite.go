@@ -237,6 +237,8 @@ type conn struct {
 	db *DB
 }
 
+var _ sqlstore.Conn = conn{}
+
 // stmt returns q prepared for this transaction, or nil.
 func (c conn) stmt(ctx context.Context, q string) *sql.Stmt {
 	if c.db == nil {
