@@ -64,6 +64,8 @@ func estStatus(err error) (int, string) {
 				return http.StatusUnauthorized, e.Error()
 			}
 		}
+	case errors.Is(err, ErrAlreadyEnrolled):
+		return http.StatusConflict, ErrAlreadyEnrolled.Error()
 	case errors.Is(err, ErrTokenScope), errors.Is(err, ErrUnknownDevice):
 		if errors.Is(err, ErrTokenScope) {
 			return http.StatusForbidden, ErrTokenScope.Error()
@@ -180,7 +182,11 @@ func (s *Service) estEnroll(w http.ResponseWriter, r *http.Request, tenant event
 		iss, err = s.Enrol(r.Context(), tenant, device, pass, csr)
 	} else if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		// A factory (or current) certificate authenticates initial enrolment.
+		// A claim certificate is exchanged once for the device's identity.
 		iss, err = s.Renew(r.Context(), tenant, r.TLS.PeerCertificates, csr, IssueOptions{Reason: "enrol"})
+		if errors.Is(err, ErrUntrusted) {
+			iss, err = s.ExchangeClaim(r.Context(), tenant, r.TLS.PeerCertificates, csr)
+		}
 	} else {
 		return &estError{status: http.StatusUnauthorized, msg: "authentication required (HTTP basic device:token, or a client certificate)", cause: ErrTokenInvalid}
 	}

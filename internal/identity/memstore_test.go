@@ -219,3 +219,14 @@ func (d memDevices) Get(ctx context.Context, tenant event.TenantID, id event.Dev
 	}
 	return x, nil
 }
+
+func (d memDevices) List(ctx context.Context, tenant event.TenantID, f store.DeviceFilter) ([]store.Device, error) {
+	var out []store.Device
+	for _, x := range d.m.devices {
+		if x.Tenant == tenant && (f.Model == "" || x.Model == f.Model) {
+			out = append(out, x)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
