@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -392,5 +393,20 @@ func TestSetStateSelected(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, res.Changed)
 	require.Equal(t, wantChanged, res.Unchanged)
-	require.Len(t, auditRecords(t, f.st, "acme"), len(fleet)+wantChanged)
+	recs := auditRecords(t, f.st, "acme")[len(fleet):]
+	audited := 0
+	for _, r := range recs {
+		require.Equal(t, "device.state.bulk", r.Action)
+		var d struct {
+			Count   int
+			Devices []struct{ ID, From string }
+		}
+		require.NoError(t, json.Unmarshal(r.Details, &d))
+		require.Len(t, d.Devices, d.Count)
+		for _, x := range d.Devices {
+			require.Equal(t, "active", x.From)
+		}
+		audited += d.Count
+	}
+	require.Equal(t, wantChanged, audited)
 }

@@ -246,7 +246,8 @@ type MassResult struct {
 
 // SetStateSelected moves every selected device that may make the transition
 // to state to, in transactions of batch devices (default 1000), each
-// committing the state changes with their audit records. Devices whose
+// committing the state changes with one "device.state.bulk" audit record
+// listing every device changed (id and former state). Devices whose
 // transition is refused are counted and left alone. progress, if not nil, is
 // called after each batch. It stops at the first store error, reporting what
 // was committed before it; a rerun continues where it stopped, since devices
@@ -294,15 +295,19 @@ func (r *Registry) SetStateSelected(ctx context.Context, tenant event.TenantID, 
 				if err := tx.Devices().Update(ctx, d); err != nil {
 					return err
 				}
-				if err := appendAudit(ctx, tx, tenant, now, actor, "device.state", string(d.ID), map[string]any{
-					"from": from, "to": to, "reason": reason, "selector": sel.String(),
-				}); err != nil {
-					return err
-				}
 				changes = append(changes, change{d.ID, from})
 				page.Changed++
 			}
-			return nil
+			if len(changes) == 0 {
+				return nil
+			}
+			devices := make([]map[string]string, len(changes))
+			for i, c := range changes {
+				devices[i] = map[string]string{"id": string(c.id), "from": string(c.from)}
+			}
+			return appendAudit(ctx, tx, tenant, now, actor, "device.state.bulk", "selector:"+sel.String(), map[string]any{
+				"to": to, "reason": reason, "selector": sel.String(), "count": len(changes), "devices": devices,
+			})
 		})
 		if err != nil {
 			return res, fmt.Errorf("registry mass set state %s %q: %w", tenant, sel, err)
