@@ -56,7 +56,7 @@ func TestWrongPassphraseRefusedAtStart(t *testing.T) {
 	st := newMemStore()
 	newFixture(t, st)
 	sl, _ := NewSealer([]byte("not the operator passphrase"), WithScryptCost(10, 8, 1))
-	svc, err := New(Options{Store: st, Sealer: sl, Audit: testAudit})
+	svc, err := New(Options{Store: st, Sealer: sl})
 	if err != nil {
 		t.Fatal(err)
 	}

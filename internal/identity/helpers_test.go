@@ -79,7 +79,7 @@ func newFixture(t testing.TB, st store.Store, mod ...func(*Options)) *fixture {
 		t.Fatal(err)
 	}
 	f := &fixture{st: st, clk: clock.NewManual(t0), pub: &capPub{}, logs: &syncBuf{}, sealr: sl}
-	opt := Options{Store: st, Sealer: sl, Audit: testAudit, Publisher: f.pub, Clock: f.clk,
+	opt := Options{Store: st, Sealer: sl, Publisher: f.pub, Clock: f.clk,
 		Logger: slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	for _, m := range mod {
 		m(&opt)

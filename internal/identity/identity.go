@@ -39,6 +39,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/garrisonhq/garrison/internal/audit"
 	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/store"
@@ -75,16 +76,15 @@ type Publisher interface {
 	Publish(ctx context.Context, e event.Event) error
 }
 
-// AuditFunc appends one audit record inside tx. The caller fills Tenant,
-// Time, Actor, Action, Target and Details; the function computes the chain
-// fields (Seq, PrevHash, Hash). Package audit provides it.
-type AuditFunc func(ctx context.Context, tx store.Tx, r store.AuditRecord) error
+// AuditFunc appends one audit record inside tx. The default is
+// [audit.Append]; tests or other deployments may wrap it.
+type AuditFunc func(ctx context.Context, tx store.Tx, e audit.Entry) error
 
-// Options configure a [Service]. Store, Sealer and Audit are required.
+// Options configure a [Service]. Store and Sealer are required.
 type Options struct {
 	Store     store.Store
 	Sealer    *Sealer
-	Audit     AuditFunc
+	Audit     AuditFunc    // nil: audit.Append
 	Publisher Publisher    // nil: events are not published
 	Clock     clock.Clock  // nil: wall clock
 	Logger    *slog.Logger // nil: discard
@@ -104,8 +104,14 @@ type Options struct {
 }
 
 func (o *Options) defaults() error {
-	if o.Store == nil || o.Sealer == nil || o.Audit == nil {
-		return errors.New("identity: Options.Store, Sealer and Audit are required")
+	if o.Store == nil || o.Sealer == nil {
+		return errors.New("identity: Options.Store and Sealer are required")
+	}
+	if o.Audit == nil {
+		o.Audit = func(ctx context.Context, tx store.Tx, e audit.Entry) error {
+			_, err := audit.Append(ctx, tx, e)
+			return err
+		}
 	}
 	if o.Clock == nil {
 		o.Clock = clock.Real{}

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/garrisonhq/garrison/internal/audit"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/store"
 )
@@ -240,5 +241,5 @@ func (s *Service) audit(ctx context.Context, tx store.Tx, tenant event.TenantID,
 	if actor == "" {
 		actor = "system"
 	}
-	return s.opt.Audit(ctx, tx, store.AuditRecord{Tenant: tenant, Time: s.clk.Now(), Actor: actor, Action: action, Target: target, Details: b})
+	return s.opt.Audit(ctx, tx, audit.Entry{Tenant: tenant, Time: s.clk.Now(), Actor: actor, Action: action, Target: target, Details: b})
 }

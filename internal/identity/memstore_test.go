@@ -2,7 +2,6 @@ package identity
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"maps"
 	"slices"
@@ -180,21 +179,6 @@ func (a memAudit) Range(ctx context.Context, tenant event.TenantID, after int64,
 		}
 	}
 	return out, nil
-}
-
-// testAudit chains records like package audit will (Seq = head+1, hash of
-// the previous hash and the record), enough for tests to count and read.
-func testAudit(ctx context.Context, tx store.Tx, r store.AuditRecord) error {
-	head, err := tx.Audit().Head(ctx, r.Tenant)
-	switch {
-	case err == nil:
-		r.Seq, r.PrevHash = head.Seq+1, head.Hash
-	default:
-		r.Seq, r.PrevHash = 1, make([]byte, 32)
-	}
-	h := sha256.Sum256(fmt.Appendf(r.PrevHash, "%d|%s|%s|%s|%s", r.Seq, r.Actor, r.Action, r.Target, r.Details))
-	r.Hash = h[:]
-	return tx.Audit().Append(ctx, r)
 }
 
 // memDevices implements Create and Get; the rest of store.Devices panics.

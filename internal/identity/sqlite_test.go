@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/crypto/ocsp"
 
+	"github.com/garrisonhq/garrison/internal/audit"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/store"
 	"github.com/garrisonhq/garrison/internal/store/sqlite"
@@ -120,5 +121,10 @@ func TestSQLiteLifecycle(t *testing.T) {
 	r, err := ocsp.ParseResponseForCert(resp, first.Cert, first.Chain[0])
 	if err != nil || r.Status != ocsp.Revoked {
 		t.Fatalf("OCSP %v %+v", err, r)
+	}
+	// Every change left an intact hash-chained audit record.
+	rep, err := audit.Verify(ctx, db, "acme")
+	if err != nil || !rep.OK || rep.HeadSeq != int64(auditCount(t, db, "acme")) || rep.HeadSeq < n+5 {
+		t.Fatalf("audit chain: %v %s", err, rep)
 	}
 }
