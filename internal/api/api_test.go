@@ -413,3 +413,20 @@ func TestUnknownRouteIsJSON404(t *testing.T) {
 	requireCode(t, rec, 404, api.CodeNotFound)
 	requireHeaders(t, rec)
 }
+
+func TestReadyz(t *testing.T) {
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "g.db"))
+	require.NoError(t, err)
+	defer st.Close()
+	var down error = errors.New("bus: connection refused")
+	srv, err := api.New(api.Options{Store: st, Clock: clock.NewManual(t0), Ready: func(context.Context) error { return down }})
+	require.NoError(t, err)
+	rec := httptest.NewRecorder()
+	srv.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	requireCode(t, rec, 503, api.CodeUnavailable)
+	require.NotContains(t, rec.Body.String(), "connection refused", "causes stay in the log")
+	down = nil
+	rec = httptest.NewRecorder()
+	srv.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	require.Equal(t, 200, rec.Code)
+}

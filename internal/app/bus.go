@@ -25,10 +25,15 @@ func (a *App) startBus(ctx context.Context) error {
 	return nil
 }
 
-// busReady reports whether the bus is open.
-func (a *App) busReady(context.Context) error {
+// busReady reports whether both JetStream streams answer.
+func (a *App) busReady(ctx context.Context) error {
 	if a.bus == nil {
 		return errors.New("not started")
+	}
+	for _, st := range []bus.Stream{bus.Events, bus.Security} {
+		if _, err := a.bus.StreamInfo(ctx, st); err != nil {
+			return err
+		}
 	}
 	return nil
 }
