@@ -264,3 +264,52 @@ func (s *Service) Routes(mux *http.ServeMux) {
 	mux.Handle("POST /ocsp/{tenant}", s.OCSPHandler())
 	mux.Handle("GET /ocsp/{tenant}/{req...}", s.OCSPHandler())
 }
+
+// RevokeDevices revokes every unrevoked certificate of the listed devices
+// (a batch chosen by a registry selector) in one transaction, or with
+// dryRun only returns what it would revoke. It returns the certificates
+// revoked (or to be revoked).
+func (s *Service) RevokeDevices(ctx context.Context, tenant event.TenantID, devices []event.DeviceID, reason int, actor string, dryRun bool) ([]store.Certificate, error) {
+	if err := checkReason(reason); err != nil {
+		return nil, err
+	}
+	var done []store.Certificate
+	collect := func(tx store.Tx) ([]store.Certificate, error) {
+		var live []store.Certificate
+		for _, d := range devices {
+			certs, err := tx.Certificates().ByDevice(ctx, tenant, d)
+			if err != nil {
+				return nil, err
+			}
+			for _, c := range certs {
+				if c.RevokedAt == nil {
+					live = append(live, c)
+				}
+			}
+		}
+		return live, nil
+	}
+	var err error
+	if dryRun {
+		err = s.opt.Store.View(ctx, func(tx store.Tx) error {
+			done, err = collect(tx)
+			return err
+		})
+	} else {
+		err = s.opt.Store.Update(ctx, func(tx store.Tx) error {
+			live, err := collect(tx)
+			if err != nil {
+				return err
+			}
+			done, err = s.revokeIn(ctx, tx, live, reason, actor)
+			return err
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("identity: revoke devices %s: %w", tenant, err)
+	}
+	if !dryRun {
+		s.revoked(ctx, done, reason)
+	}
+	return done, nil
+}

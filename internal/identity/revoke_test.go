@@ -293,3 +293,38 @@ func evenHex(s string) string {
 	}
 	return strings.ToUpper(s)
 }
+
+func TestRevokeDevicesDryRun(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, newMemStore())
+	var all []Issued
+	for _, d := range []string{"m-1", "m-2", "m-3"} {
+		iss, err := f.svc.Issue(ctx, "acme", deviceID(d), deviceCSR(t, d), IssueOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, iss)
+	}
+	sel := []event.DeviceID{"m-1", "m-2", "ghost"}
+	st := f.st.(*memStore)
+	n0, e0 := len(st.audit), len(f.pub.kinds())
+	dry, err := f.svc.RevokeDevices(ctx, "acme", sel, ReasonPrivilegeWithdrawn, "op", true)
+	if err != nil || len(dry) != 2 || len(st.audit) != n0 || len(f.pub.kinds()) != e0 {
+		t.Fatalf("dry run: %d certs, %v, audit %d->%d", len(dry), err, n0, len(st.audit))
+	}
+	for _, c := range all {
+		if _, err := f.svc.Verify(ctx, "acme", []*x509.Certificate{c.Cert}); err != nil {
+			t.Fatalf("dry run revoked %s: %v", c.Record.Device, err)
+		}
+	}
+	done, err := f.svc.RevokeDevices(ctx, "acme", sel, ReasonPrivilegeWithdrawn, "op", false)
+	if err != nil || len(done) != 2 || len(st.audit) != n0+2 {
+		t.Fatalf("revoke: %d, %v", len(done), err)
+	}
+	for i, c := range all {
+		_, err := f.svc.Verify(ctx, "acme", []*x509.Certificate{c.Cert})
+		if revoked := errors.Is(err, ErrRevoked); revoked != (i < 2) {
+			t.Fatalf("%s: %v", c.Record.Device, err)
+		}
+	}
+}
