@@ -347,7 +347,7 @@ func (b *Bus) newJS(nc *nats.Conn, st Stream) (jetstream.JetStream, error) {
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncMaxPending(b.opts.PublishWindow),
 		jetstream.WithPublishAsyncAckHandler(func(jetstream.JetStream, *nats.Msg, *jetstream.PubAck) {
-			b.m.acked.WithLabelValues(st.String()).Inc()
+			b.m.stream[st].acked.Inc()
 		}),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
 			b.asyncFailed(st, m.Subject, err)
@@ -485,19 +485,19 @@ func (b *Bus) Publish(ctx context.Context, e *event.Event) error {
 	}
 	subj, st, data, err := b.encode(e)
 	if err != nil {
-		b.m.failed.WithLabelValues(Events.String()).Inc()
+		b.m.stream[Events].failed.Inc()
 		return err
 	}
 	var opts []jetstream.PublishOpt
 	if st == Security {
 		opts = append(opts, jetstream.WithMsgID(e.ID))
 	}
-	b.m.published.WithLabelValues(st.String()).Inc()
+	b.m.stream[st].published.Inc()
 	if _, err := b.js(st).Publish(ctx, subj, data, opts...); err != nil {
-		b.m.failed.WithLabelValues(st.String()).Inc()
+		b.m.stream[st].failed.Inc()
 		return fmt.Errorf("bus: publish %s: %w", subj, err)
 	}
-	b.m.acked.WithLabelValues(st.String()).Inc()
+	b.m.stream[st].acked.Inc()
 	return nil
 }
 
@@ -511,7 +511,7 @@ func (b *Bus) PublishAsync(ctx context.Context, e *event.Event) error {
 	}
 	subj, st, data, err := b.encode(e)
 	if err != nil {
-		b.m.failed.WithLabelValues(Events.String()).Inc()
+		b.m.stream[Events].failed.Inc()
 		return err
 	}
 	var opts []jetstream.PublishOpt
@@ -521,22 +521,22 @@ func (b *Bus) PublishAsync(ctx context.Context, e *event.Event) error {
 	for {
 		_, err := b.js(st).PublishAsync(subj, data, opts...)
 		if err == nil {
-			b.m.published.WithLabelValues(st.String()).Inc()
+			b.m.stream[st].published.Inc()
 			return nil
 		}
 		if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
-			b.m.failed.WithLabelValues(st.String()).Inc()
+			b.m.stream[st].failed.Inc()
 			return fmt.Errorf("bus: publish %s: %w", subj, err)
 		}
 		if ctx.Err() != nil {
-			b.m.failed.WithLabelValues(st.String()).Inc()
+			b.m.stream[st].failed.Inc()
 			return fmt.Errorf("bus: publish %s: window full: %w", subj, ctx.Err())
 		}
 	}
 }
 
 func (b *Bus) asyncFailed(st Stream, subj string, err error) {
-	b.m.failed.WithLabelValues(st.String()).Inc()
+	b.m.stream[st].failed.Inc()
 	b.mu.Lock()
 	b.asyncN++
 	if len(b.asyncErrs) < maxRecordedAsyncErrs {

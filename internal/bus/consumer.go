@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/garrisonhq/garrison/internal/event"
@@ -28,7 +29,10 @@ const (
 	DeliverNew
 )
 
-// ConsumerOptions configure [Bus.Consume].
+// ConsumerOptions configure [Bus.Consume]. Acknowledgements are batched:
+// an event is acknowledged (with every earlier one) at most Batch/2 events
+// or 20 ms after its handler returned nil, so after a crash up to that many
+// handled events are delivered again. Handlers must be idempotent.
 type ConsumerOptions struct {
 	// Name of the durable consumer (letters, digits, '-', '_'). Required.
 	Name string
@@ -65,6 +69,7 @@ type Consumer struct {
 	done  chan struct{}
 	once  sync.Once
 	label string
+	m     consumerCounters
 }
 
 // Consume creates or updates the durable consumer opts.Name on opts.Stream
@@ -78,7 +83,7 @@ func (b *Bus) Consume(ctx context.Context, opts ConsumerOptions) (*Consumer, err
 	}
 	cfg := jetstream.ConsumerConfig{
 		Durable:       opts.Name,
-		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckPolicy:     jetstream.AckAllPolicy,
 		AckWait:       opts.AckWait,
 		MaxAckPending: max(opts.Batch*4, 1024),
 		MaxDeliver:    -1,
@@ -110,6 +115,7 @@ func (b *Bus) Consume(ctx context.Context, opts ConsumerOptions) (*Consumer, err
 	c := &Consumer{
 		b: b, opts: opts, cons: cons, it: it, ctx: cctx, stop: cancel, done: make(chan struct{}),
 		log: b.log.With("consumer", opts.Name, "stream", stream), label: stream + "/" + opts.Name,
+		m: b.m.consumer(stream + "/" + opts.Name),
 	}
 	b.mu.Lock()
 	if b.closed {
@@ -162,54 +168,113 @@ func (o *ConsumerOptions) defaults() error {
 // Name returns the durable name.
 func (c *Consumer) Name() string { return c.opts.Name }
 
+// ackDelay is how long a handled event may wait for its acknowledgement
+// while the consumer waits for more: acknowledgements are batched (AckAll
+// policy: acknowledging an event acknowledges every earlier one).
+const ackDelay = 20 * time.Millisecond
+
+// idlePoll is how long one wait for an event lasts when nothing awaits an
+// acknowledgement.
+const idlePoll = 250 * time.Millisecond
+
 func (c *Consumer) run() {
 	defer close(c.done)
+	var pending jetstream.Msg // last handled, not yet acknowledged
+	unacked := 0
+	ackEvery := max(c.opts.Batch/2, 1)
+	flush := func(sync bool) {
+		if pending == nil {
+			return
+		}
+		var err error
+		if sync {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err = pending.DoubleAck(ctx)
+			cancel()
+		} else {
+			err = pending.Ack()
+		}
+		if err != nil {
+			c.log.Warn("bus: ack", "err", err)
+		}
+		pending, unacked = nil, 0
+	}
+	defer flush(true)
 	naking := false // after a stop interrupted a retry, hand nothing more out
 	for {
-		msg, err := c.it.Next()
+		var msg jetstream.Msg
+		var err error
+		// Next never blocks for long: each call re-checks whether a new pull
+		// request is due, which recovers from a pull that nats.go skipped
+		// while another was in flight (seen with small batches).
+		wait := idlePoll
+		if pending != nil {
+			wait = ackDelay
+		}
+		msg, err = c.it.Next(jetstream.NextMaxWait(wait))
 		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			switch {
+			case errors.Is(err, nats.ErrTimeout):
+				flush(true)
+			case errors.Is(err, jetstream.ErrMsgIteratorClosed):
 				return
+			default:
+				c.log.Warn("bus: consumer fetch", "err", err)
 			}
-			c.log.Warn("bus: consumer fetch", "err", err)
 			continue
 		}
 		if naking {
 			_ = msg.Nak()
 			continue
 		}
-		if !c.handle(msg) {
+		switch c.handle(msg, func() { flush(false) }) {
+		case handled:
+			pending = msg
+			if unacked++; unacked >= ackEvery {
+				flush(false)
+			}
+		case handedBack:
 			naking = true
 		}
 	}
 }
 
-// handle runs the handler on msg until it succeeds or gives up. It returns
-// false when a stop interrupted the retries and msg was handed back.
-func (c *Consumer) handle(msg jetstream.Msg) bool {
+type outcome int
+
+const (
+	handled    outcome = iota // handler returned nil; to be acknowledged
+	dropped                   // terminated (undecodable or out of attempts)
+	handedBack                // a stop interrupted the retries; Nak'd
+)
+
+// handle runs the handler on msg until it succeeds or gives up. Before it
+// terminates or hands back msg it calls flush, so that the batched
+// acknowledgement of earlier events cannot cover msg.
+func (c *Consumer) handle(msg jetstream.Msg, flush func()) outcome {
 	var e event.Event
 	if err := event.Unmarshal(msg.Data(), &e); err != nil {
 		c.log.Error("bus: dropping undecodable event", "subject", msg.Subject(), "err", err)
-		c.b.m.dropped.WithLabelValues(c.label).Inc()
+		c.m.dropped.Inc()
+		flush()
 		_ = msg.Term()
-		return true
+		return dropped
 	}
 	wait := c.opts.Backoff
 	for attempt := 1; ; attempt++ {
 		err := c.opts.Handler(c.ctx, &e)
 		if err == nil {
-			if err := msg.Ack(); err != nil {
-				c.log.Warn("bus: ack", "event", e.ID, "err", err)
-			}
-			c.b.m.handled.WithLabelValues(c.label).Inc()
-			return true
+			c.m.handled.Inc()
+			return handled
 		}
-		c.b.m.handlerErrs.WithLabelValues(c.label).Inc()
+		c.m.handlerErrs.Inc()
+		if attempt == 1 {
+			flush()
+		}
 		if c.opts.MaxAttempts > 0 && attempt >= c.opts.MaxAttempts {
 			c.log.Error("bus: giving up on event", "event", e.ID, "tenant", e.Tenant, "device", e.Device, "kind", e.Kind, "attempts", attempt, "err", err)
-			c.b.m.dropped.WithLabelValues(c.label).Inc()
+			c.m.dropped.Inc()
 			_ = msg.Term()
-			return true
+			return dropped
 		}
 		c.log.Warn("bus: handler failed, retrying", "event", e.ID, "tenant", e.Tenant, "device", e.Device, "attempt", attempt, "backoff", wait, "err", err)
 		_ = msg.InProgress()
@@ -219,7 +284,7 @@ func (c *Consumer) handle(msg jetstream.Msg) bool {
 		case <-c.ctx.Done():
 			t.Stop()
 			_ = msg.Nak()
-			return false
+			return handedBack
 		}
 		wait = min(wait*2, c.opts.MaxBackoff)
 	}
@@ -227,7 +292,9 @@ func (c *Consumer) handle(msg jetstream.Msg) bool {
 
 // Lag returns how many events of the consumer's filter are not yet
 // acknowledged: not yet delivered plus delivered and awaiting their ack.
-// Zero means the consumer has caught up with everything published so far.
+// The server updates the count asynchronously to publish acknowledgements,
+// so for a few milliseconds after a publish it can be lower than the truth;
+// [Consumer.WaitCaughtUp] accounts for that.
 func (c *Consumer) Lag(ctx context.Context) (uint64, error) {
 	return lag(ctx, c.cons)
 }
@@ -250,15 +317,22 @@ func lag(ctx context.Context, cons jetstream.Consumer) (uint64, error) {
 	return info.NumPending + uint64(max(info.NumAckPending, 0)), nil
 }
 
-// WaitCaughtUp polls Lag every interval until it is zero or ctx ends.
+// WaitCaughtUp polls Lag every interval until it has read zero twice in a
+// row (see Lag on why once is not enough) or ctx ends. Events published
+// before the call are then handled and acknowledged.
 func (c *Consumer) WaitCaughtUp(ctx context.Context, interval time.Duration) error {
+	zeros := 0
 	for {
 		n, err := c.Lag(ctx)
 		if err != nil {
 			return err
 		}
 		if n == 0 {
-			return nil
+			if zeros++; zeros == 2 {
+				return nil
+			}
+		} else {
+			zeros = 0
 		}
 		t := time.NewTimer(interval)
 		select {

@@ -12,6 +12,7 @@ type metrics struct {
 	published, acked, failed *prometheus.CounterVec // by stream
 	handled, handlerErrs     *prometheus.CounterVec // by consumer
 	dropped                  *prometheus.CounterVec // by consumer
+	stream                   [2]streamCounters      // indexed by Stream
 }
 
 func newMetrics(r prometheus.Registerer) *metrics {
@@ -31,7 +32,7 @@ func newMetrics(r prometheus.Registerer) *metrics {
 		}
 		return c
 	}
-	return &metrics{
+	m := &metrics{
 		published:   cv("published_total", "Events handed to JetStream.", "stream"),
 		acked:       cv("acked_total", "Events acknowledged as stored by JetStream.", "stream"),
 		failed:      cv("publish_failed_total", "Events that could not be encoded, sent or stored.", "stream"),
@@ -39,4 +40,20 @@ func newMetrics(r prometheus.Registerer) *metrics {
 		handlerErrs: cv("handler_errors_total", "Handler calls that returned an error (the event is retried).", "consumer"),
 		dropped:     cv("dropped_total", "Events a consumer gave up on (undecodable or out of attempts).", "consumer"),
 	}
+	for _, st := range []Stream{Events, Security} {
+		l := st.String()
+		m.stream[st] = streamCounters{m.published.WithLabelValues(l), m.acked.WithLabelValues(l), m.failed.WithLabelValues(l)}
+	}
+	return m
+}
+
+// streamCounters are one stream's publish counters, resolved once: they are
+// touched for every event.
+type streamCounters struct{ published, acked, failed prometheus.Counter }
+
+// consumerCounters are one consumer's counters, resolved once.
+type consumerCounters struct{ handled, handlerErrs, dropped prometheus.Counter }
+
+func (m *metrics) consumer(label string) consumerCounters {
+	return consumerCounters{m.handled.WithLabelValues(label), m.handlerErrs.WithLabelValues(label), m.dropped.WithLabelValues(label)}
 }
