@@ -37,6 +37,7 @@ func BenchmarkCryptoBound(b *testing.B) {
 	csrs := csrPool(b, 64)
 	b.ReportAllocs()
 	b.ResetTimer()
+	c0 := cpuTime()
 	for i := 0; b.Loop(); i++ {
 		csr, err := ParseCSR(csrs[i%len(csrs)], "acme", "meter-1")
 		if err != nil {
@@ -46,6 +47,7 @@ func BenchmarkCryptoBound(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	reportCPU(b, c0, b.N)
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "certs/s")
 }
 
@@ -59,6 +61,7 @@ func benchIssue(b *testing.B, st store.Store) {
 	var n atomic.Int64
 	b.ReportAllocs()
 	b.ResetTimer()
+	c0 := cpuTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			i := n.Add(1)
@@ -69,6 +72,7 @@ func benchIssue(b *testing.B, st store.Store) {
 			}
 		}
 	})
+	reportCPU(b, c0, b.N)
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "certs/s")
 }
 
@@ -104,6 +108,7 @@ func BenchmarkIssueBatchSQLite(b *testing.B) {
 	total := 0
 	b.ReportAllocs()
 	b.ResetTimer()
+	c0 := cpuTime()
 	for i := 0; b.Loop(); i++ {
 		for j := range reqs {
 			reqs[j] = BatchRequest{Device: deviceID(fmt.Sprintf("m-%d-%d", i, j)), CSR: csrs[j%len(csrs)]}
@@ -113,6 +118,7 @@ func BenchmarkIssueBatchSQLite(b *testing.B) {
 		}
 		total += size
 	}
+	reportCPU(b, c0, total)
 	b.ReportMetric(float64(total)/b.Elapsed().Seconds(), "certs/s")
 }
 
@@ -128,6 +134,7 @@ func BenchmarkOCSP(b *testing.B) {
 	req, _ := ocsp.CreateRequest(iss.Cert, iss.Chain[0], nil)
 	b.ReportAllocs()
 	b.ResetTimer()
+	c0 := cpuTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if _, err := f.svc.OCSP(ctx, "acme", req); err != nil {
@@ -136,6 +143,7 @@ func BenchmarkOCSP(b *testing.B) {
 			}
 		}
 	})
+	reportCPU(b, c0, b.N)
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "responses/s")
 }
 

@@ -582,27 +582,39 @@ func (s *Service) TrustPool(ctx context.Context, tenant event.TenantID) (*x509.C
 // one of the tenant's trusted CAs at the current time for client auth; a
 // certificate of a platform issuing CA must be on record and not revoked,
 // and its URI SAN must name this tenant. For a certificate of an external
-// (factory) CA the device is its URI SAN if it has ours, else its CN.
+// (factory) CA the device is its URI SAN if it has ours, else its CN. On
+// failure it still returns what it could read from the leaf (for logs and
+// events), and an error wrapping ErrUntrusted, ErrExpired, ErrRevoked or
+// ErrUnknownCert.
 func (s *Service) Verify(ctx context.Context, tenant event.TenantID, chain []*x509.Certificate) (DeviceIdentity, error) {
 	if len(chain) == 0 {
 		return DeviceIdentity{}, fmt.Errorf("identity: verify: %w: no certificate", ErrUntrusted)
 	}
+	leaf := chain[0]
+	id := DeviceIdentity{Tenant: tenant, Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter}
+	t, d, hasURI := parseDeviceURI(leaf.URIs)
+	if hasURI && t == tenant {
+		id.Device = d
+	}
 	if err := checkIDs(tenant, ""); err != nil {
-		return DeviceIdentity{}, err
+		return id, err
 	}
 	p, err := s.pool(ctx, tenant)
 	if err != nil {
-		return DeviceIdentity{}, err
+		return id, err
 	}
-	leaf := chain[0]
 	inter := x509.NewCertPool()
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
-	chains, err := leaf.Verify(x509.VerifyOptions{Roots: p.pool, Intermediates: inter, CurrentTime: s.clk.Now(),
+	now := s.clk.Now()
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: p.pool, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	if err != nil {
-		return DeviceIdentity{}, fmt.Errorf("identity: verify: %w: %w", ErrUntrusted, err)
+		if now.After(leaf.NotAfter) || now.Before(leaf.NotBefore) {
+			return id, fmt.Errorf("identity: verify %s: %w: %w: %w", id.Serial, ErrExpired, ErrUntrusted, err)
+		}
+		return id, fmt.Errorf("identity: verify %s: %w: %w", id.Serial, ErrUntrusted, err)
 	}
 	// The anchor is the last certificate of a verified chain.
 	var anchor store.CA
@@ -613,19 +625,17 @@ func (s *Service) Verify(ctx context.Context, tenant event.TenantID, chain []*x5
 		}
 	}
 	if anchor.ID == "" {
-		return DeviceIdentity{}, fmt.Errorf("identity: verify: %w: no tenant CA in chain", ErrUntrusted)
+		return id, fmt.Errorf("identity: verify: %w: no tenant CA in chain", ErrUntrusted)
 	}
-	id := DeviceIdentity{Tenant: tenant, Serial: leaf.SerialNumber.Text(16), Issuer: anchor.ID, NotAfter: leaf.NotAfter}
-	t, d, ok := parseDeviceURI(leaf.URIs)
+	id.Issuer = anchor.ID
 	switch {
-	case ok && t != tenant:
-		return DeviceIdentity{}, fmt.Errorf("identity: verify: %w: certificate names tenant %q", ErrUntrusted, t)
-	case ok:
-		id.Device = d
+	case hasURI && t != tenant:
+		return id, fmt.Errorf("identity: verify: %w: certificate names tenant %q", ErrUntrusted, t)
+	case hasURI:
 	case anchor.Role == RoleExternal && deviceRE.MatchString(leaf.Subject.CommonName):
 		id.Device = event.DeviceID(leaf.Subject.CommonName)
 	default:
-		return DeviceIdentity{}, fmt.Errorf("identity: verify: %w: no device identity in certificate", ErrUntrusted)
+		return id, fmt.Errorf("identity: verify: %w: no device identity in certificate", ErrUntrusted)
 	}
 	var rec store.Certificate
 	err = s.opt.Store.View(ctx, func(tx store.Tx) error {
@@ -636,19 +646,34 @@ func (s *Service) Verify(ctx context.Context, tenant event.TenantID, chain []*x5
 	switch {
 	case err == nil:
 		if rec.RevokedAt != nil {
-			return DeviceIdentity{}, fmt.Errorf("identity: verify %s: %w", id.Serial, ErrRevoked)
+			return id, fmt.Errorf("identity: verify %s: %w", id.Serial, ErrRevoked)
 		}
 		if rec.Device != id.Device || string(rec.DER) != string(leaf.Raw) {
-			return DeviceIdentity{}, fmt.Errorf("identity: verify %s: %w: does not match the issued certificate", id.Serial, ErrUnknownCert)
+			return id, fmt.Errorf("identity: verify %s: %w: does not match the issued certificate", id.Serial, ErrUnknownCert)
 		}
 	case errors.Is(err, store.ErrNotFound):
 		if anchor.Role == RoleIssuing {
-			return DeviceIdentity{}, fmt.Errorf("identity: verify %s: %w", id.Serial, ErrUnknownCert)
+			return id, fmt.Errorf("identity: verify %s: %w", id.Serial, ErrUnknownCert)
 		}
 	default:
-		return DeviceIdentity{}, fmt.Errorf("identity: verify: %w", err)
+		return id, fmt.Errorf("identity: verify: %w", err)
 	}
 	return id, nil
+}
+
+// VerifyClient is Verify for a caller that does not know the tenant yet
+// (the broker at connect): the tenant is read from the leaf's URI SAN
+// (garrison://TENANT/devices/DEVICE). Certificates of external CAs without
+// that SAN need [Service.Verify] with the tenant.
+func (s *Service) VerifyClient(ctx context.Context, chain []*x509.Certificate) (DeviceIdentity, error) {
+	if len(chain) == 0 {
+		return DeviceIdentity{}, fmt.Errorf("identity: verify: %w: no certificate", ErrUntrusted)
+	}
+	t, _, ok := parseDeviceURI(chain[0].URIs)
+	if !ok {
+		return DeviceIdentity{Serial: chain[0].SerialNumber.Text(16)}, fmt.Errorf("identity: verify: %w: no garrison URI SAN", ErrUntrusted)
+	}
+	return s.Verify(ctx, t, chain)
 }
 
 // parseDeviceURI finds garrison://TENANT/devices/DEVICE among uris.

@@ -188,6 +188,9 @@ func TestTenantIsolation(t *testing.T) {
 	if _, err := f.svc.Verify(ctx, "tenant-b", append([]*x509.Certificate{a.Cert}, a.Chain...)); !errors.Is(err, ErrUntrusted) {
 		t.Fatalf("tenant-a cert verified for tenant-b: %v", err)
 	}
+	if id, err := f.svc.VerifyClient(ctx, []*x509.Certificate{a.Cert}); err != nil || id.Tenant != "tenant-a" || id.Device != "meter-1" {
+		t.Fatalf("VerifyClient: %+v %v", id, err)
+	}
 	pool, _ := f.svc.TrustPool(ctx, "tenant-b")
 	if _, err := a.Cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, CurrentTime: t0}); err == nil {
 		t.Fatal("tenant-b trust pool accepts tenant-a certificate")

@@ -27,10 +27,10 @@ type capPub struct {
 	events []event.Event
 }
 
-func (p *capPub) Publish(ctx context.Context, e event.Event) error {
+func (p *capPub) Publish(ctx context.Context, e *event.Event) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.events = append(p.events, e)
+	p.events = append(p.events, *e)
 	return nil
 }
 

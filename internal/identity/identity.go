@@ -54,6 +54,9 @@ var (
 	ErrBadID = errors.New("bad tenant or device id")
 	// ErrUntrusted: the chain does not verify against the tenant's trust pool.
 	ErrUntrusted = errors.New("certificate not trusted")
+	// ErrExpired: the certificate is outside its validity period (also
+	// wraps ErrUntrusted).
+	ErrExpired = errors.New("certificate expired")
 	// ErrRevoked: the certificate (or its CA) is revoked.
 	ErrRevoked = errors.New("certificate revoked")
 	// ErrUnknownCert: the certificate verifies but the platform has no
@@ -73,7 +76,7 @@ const (
 
 // Publisher sends an event on the bus. The bus package satisfies it.
 type Publisher interface {
-	Publish(ctx context.Context, e event.Event) error
+	Publish(ctx context.Context, e *event.Event) error
 }
 
 // AuditFunc appends one audit record inside tx. The default is
@@ -220,7 +223,7 @@ func (s *Service) publish(ctx context.Context, kind event.Kind, tenant event.Ten
 	}
 	now := s.clk.Now()
 	e := event.Event{ID: event.NewID(now), Tenant: tenant, Device: device, Kind: kind, Time: now, Source: "identity", Attrs: attrs}
-	if err := s.opt.Publisher.Publish(ctx, e); err != nil {
+	if err := s.opt.Publisher.Publish(ctx, &e); err != nil {
 		s.log.WarnContext(ctx, "identity: publish failed", "tenant", tenant, "device", device, "kind", kind, "err", err)
 	}
 }

@@ -78,7 +78,7 @@ func TestIssueCertificateFields(t *testing.T) {
 		t.Fatalf("short: %v %v", short.Cert.NotAfter, err)
 	}
 	f.clk.Advance(3 * time.Hour)
-	if _, err := f.svc.Verify(ctx, "acme", []*x509.Certificate{short.Cert}); !errors.Is(err, ErrUntrusted) {
+	if id, err := f.svc.Verify(ctx, "acme", []*x509.Certificate{short.Cert}); !errors.Is(err, ErrUntrusted) || !errors.Is(err, ErrExpired) || id.Device != "meter-0018" {
 		t.Fatalf("expired cert verified: %v", err)
 	}
 }
