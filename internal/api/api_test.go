@@ -430,3 +430,19 @@ func TestReadyz(t *testing.T) {
 	srv.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
 	require.Equal(t, 200, rec.Code)
 }
+
+func TestTokensDieWithOperatorAndTenant(t *testing.T) {
+	e := newEnv(t)
+	w := e.world(t)
+	plat := w.tokens[store.RolePlatformAdmin]
+	base := "/api/v1/tenants/" + string(w.tenant)
+	viewer := w.tokens[store.RoleViewer]
+	require.Equal(t, 200, e.do("GET", "/api/v1/whoami", viewer, "").Code)
+	require.Equal(t, 204, e.do("DELETE", base+"/operators/op-viewer-1", plat, "").Code)
+	requireCode(t, e.do("GET", "/api/v1/whoami", viewer, ""), 401, api.CodeUnauthenticated)
+
+	admin := w.tokens[store.RoleAdmin]
+	require.Equal(t, 200, e.do("GET", "/api/v1/whoami", admin, "").Code)
+	require.Equal(t, 204, e.do("DELETE", base, plat, "").Code)
+	requireCode(t, e.do("GET", "/api/v1/whoami", admin, ""), 401, api.CodeUnauthenticated)
+}

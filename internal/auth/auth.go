@@ -120,7 +120,8 @@ type Authenticator struct {
 
 // Authenticate returns the principal a token stands for, or an error
 // wrapping one of the package's sentinel errors (or the store's error if it
-// failed).
+// failed). A token whose operator or tenant no longer exists is
+// [ErrUnknown].
 func (a *Authenticator) Authenticate(ctx context.Context, tok string) (Principal, error) {
 	id, secret, err := Parse(tok)
 	if err != nil {
@@ -129,7 +130,16 @@ func (a *Authenticator) Authenticate(ctx context.Context, tok string) (Principal
 	var t store.Token
 	err = a.Store.View(ctx, func(tx store.Tx) error {
 		var err error
-		t, err = tx.Tokens().Lookup(ctx, id)
+		if t, err = tx.Tokens().Lookup(ctx, id); err != nil {
+			return err
+		}
+		// A token dies with its operator and its tenant.
+		if _, err = tx.Operators().Get(ctx, t.Tenant, t.Operator); err != nil {
+			return err
+		}
+		if t.Tenant != "" {
+			_, err = tx.Tenants().Get(ctx, t.Tenant)
+		}
 		return err
 	})
 	if errors.Is(err, store.ErrNotFound) {
