@@ -181,7 +181,7 @@ func FlagName(key string) string {
 	return strings.NewReplacer(".", "-", "_", "-").Replace(key)
 }
 
-// Flags lists the keys that [BindFlags] exposes as flags.
+// flagKeys lists the keys that [BindFlags] exposes as flags (read only).
 var flagKeys = []string{"data_dir", "log.level", "log.format", "api.addr", "http.addr", "store.url", "bus.url"}
 
 // BindFlags registers the configuration flags on fs with empty defaults

@@ -124,11 +124,11 @@ func TestValidate(t *testing.T) {
 
 func TestRedact(t *testing.T) {
 	for in, want := range map[string]string{
-		"":                                           "",
-		"postgres://u:hunter2@h:5432/db":             "postgres://u:xxxxx@h:5432/db",
+		"":                               "",
+		"postgres://u:hunter2@h:5432/db": "postgres://u:xxxxx@h:5432/db",
 		"postgres://h/db?password=hunter2&sslmode=x": "postgres://h/db?password=xxxxx&sslmode=x",
-		"nats://h:4222":                              "nats://h:4222",
-		"postgres://u:p%zz@h":                        "(unparseable, redacted)",
+		"nats://h:4222":       "nats://h:4222",
+		"postgres://u:p%zz@h": "(unparseable, redacted)",
 	} {
 		got := RedactURL(in)
 		require.Equal(t, want, got, in)
