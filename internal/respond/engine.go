@@ -634,7 +634,7 @@ func (e *Engine) execute(ctx context.Context, a alert.Alert, playbook string, st
 		}
 		return err
 	}
-	if (st.Kind.Disruptive() || st.Kind == StepWaitApproval) && act.Device == "" && st.Kind != StepWaitApproval {
+	if st.Kind.Disruptive() && act.Device == "" {
 		skip = "the alert names no device"
 	} else {
 		backoff := e.o.RetryBackoff

@@ -373,6 +373,14 @@ func TestBlastRadiusGuardFlood(t *testing.T) {
 	f.fleet(t, "other", 50)
 	wantCap := respond.Guard{}.Cap(fleet)
 	require.Equal(t, 20, wantCap)
+	// Quarantine only (no notify), to keep the flood's commits down.
+	doc := `playbooks:
+  - name: contain
+    trigger: {kinds: [net.telnet_scan, identity.clone_suspected]}
+    steps: [quarantine]
+`
+	_, err := f.eng.SetPlaybooks(ctx, "acme", []byte(doc), "op")
+	require.NoError(t, err)
 
 	for i := 0; i < fleet; i++ {
 		f.clk.Advance(time.Second)
@@ -382,6 +390,7 @@ func TestBlastRadiusGuardFlood(t *testing.T) {
 	quarantined, err := f.reg.Count(ctx, "acme", registry.Selector{State: store.StateQuarantined})
 	require.NoError(t, err)
 	require.Equal(t, wantCap, quarantined)
+	require.Len(t, f.actions(t, "acme", store.ActionFilter{Kind: "quarantine", State: store.ActionDone}), wantCap)
 	waiting := f.actions(t, "acme", store.ActionFilter{Kind: "quarantine", State: store.ActionApproval})
 	require.Len(t, waiting, fleet-wantCap)
 	require.Contains(t, waiting[0].Reason, "blast-radius guard")
@@ -533,4 +542,35 @@ func TestHandleRejectsBadAlerts(t *testing.T) {
 	} {
 		require.ErrorIs(t, f.eng.Handle(context.Background(), a), store.ErrInvalid)
 	}
+}
+
+func TestBlastRadiusGuardConcurrent(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, nil)
+	const fleet = 200
+	f.fleet(t, "acme", fleet)
+	wantCap := respond.Guard{}.Cap(fleet) // max(10, 4)
+	require.Equal(t, 10, wantCap)
+	var wg sync.WaitGroup
+	errs := make(chan error, fleet)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < fleet; i += 8 {
+				errs <- f.eng.Handle(ctx, mkAlert("acme", fmt.Sprintf("al-%04d", i), event.DeviceID(fmt.Sprintf("dev-%05d", i)), alert.TelnetScan, t0))
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	quarantined, err := f.reg.Count(ctx, "acme", registry.Selector{State: store.StateQuarantined})
+	require.NoError(t, err)
+	require.Equal(t, wantCap, quarantined)
+	require.Len(t, f.actions(t, "acme", store.ActionFilter{Kind: "quarantine", State: store.ActionApproval}), fleet-wantCap)
+	_, raised := f.rec.counts()
+	require.Equal(t, 1, raised)
 }
