@@ -374,6 +374,12 @@ func TestSetStateSelected(t *testing.T) {
 			wantRefused++ // registered cannot be quarantined
 		}
 	}
+	pv, err := f.reg.Preview(ctx, "acme", sel, 3)
+	require.NoError(t, err)
+	require.Equal(t, wantChanged+wantRefused, pv.Count)
+	require.Len(t, pv.Sample, 3)
+	require.Equal(t, "acme-meter-2", pv.Sample[0].Model)
+	require.Len(t, auditRecords(t, f.st, "acme"), len(fleet)) // a preview changes nothing
 	var batches int
 	res, err := f.reg.SetStateSelected(ctx, "acme", sel, store.StateQuarantined, "op", "mass", 3, func(registry.MassResult) { batches++ })
 	require.NoError(t, err)

@@ -328,3 +328,32 @@ func (r *Registry) SetStateSelected(ctx context.Context, tenant event.TenantID, 
 		f.After = last
 	}
 }
+
+// Preview is a dry run of a mass action: how many devices the selector
+// matches now and the first sample of them (by id). Nothing is changed.
+type Preview struct {
+	Count  int            `json:"count"`
+	Sample []store.Device `json:"sample"`
+}
+
+// Preview returns the count and a sample of up to sample devices selected,
+// read in one consistent snapshot.
+func (r *Registry) Preview(ctx context.Context, tenant event.TenantID, sel Selector, sample int) (Preview, error) {
+	var p Preview
+	f := sel.Filter()
+	f.Limit = max(sample, 1)
+	err := r.st.View(ctx, func(tx store.Tx) error {
+		var err error
+		if p.Count, err = tx.Devices().Count(ctx, tenant, sel.Filter()); err != nil {
+			return err
+		}
+		if sample > 0 {
+			p.Sample, err = tx.Devices().List(ctx, tenant, f)
+		}
+		return err
+	})
+	if err != nil {
+		return Preview{}, fmt.Errorf("registry preview %s %q: %w", tenant, sel, err)
+	}
+	return p, nil
+}
