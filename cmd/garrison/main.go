@@ -66,6 +66,7 @@ func newRootCmd(e *cliEnv) *cobra.Command {
 		newTenantCmd(e),
 		newTokenCmd(e),
 		newAuditCmd(e),
+		newSimulateCmd(e),
 	)
 	return root
 }
