@@ -93,7 +93,12 @@ func openStore(tb testing.TB) store.Store {
 // SIM and revocation back-end; mod adjusts the options.
 func newFixture(tb testing.TB, mod func(*respond.Options)) *fixture {
 	tb.Helper()
-	f := &fixture{st: openStore(tb), clk: clock.NewManual(t0), rec: &recorder{}}
+	return newFixtureOn(tb, openStore(tb), mod)
+}
+
+func newFixtureOn(tb testing.TB, st store.Store, mod func(*respond.Options)) *fixture {
+	tb.Helper()
+	f := &fixture{st: st, clk: clock.NewManual(t0), rec: &recorder{}}
 	var err error
 	f.reg, err = registry.New(registry.Options{Store: f.st, Clock: f.clk})
 	require.NoError(tb, err)
@@ -545,8 +550,11 @@ func TestHandleRejectsBadAlerts(t *testing.T) {
 }
 
 func TestBlastRadiusGuardConcurrent(t *testing.T) {
+	testGuardConcurrent(t, newFixture(t, nil))
+}
+
+func testGuardConcurrent(t *testing.T, f *fixture) {
 	ctx := context.Background()
-	f := newFixture(t, nil)
 	const fleet = 200
 	f.fleet(t, "acme", fleet)
 	wantCap := respond.Guard{}.Cap(fleet) // max(10, 4)
