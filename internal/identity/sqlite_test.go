@@ -13,6 +13,7 @@ import (
 	"github.com/garrisonhq/garrison/internal/audit"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/store"
+	"github.com/garrisonhq/garrison/internal/store/postgres/pgtest"
 	"github.com/garrisonhq/garrison/internal/store/sqlite"
 )
 
@@ -43,9 +44,14 @@ func auditCount(t testing.TB, st store.Store, tenant string) int {
 // TestSQLiteLifecycle runs the whole identity life on the embedded store:
 // create, restart, concurrent issuance (group commit), batch issuance,
 // rotation, revocation, CRL and OCSP.
-func TestSQLiteLifecycle(t *testing.T) {
+func TestSQLiteLifecycle(t *testing.T) { testLifecycle(t, openSQLite(t)) }
+
+// TestPostgresLifecycle is the same on PostgreSQL (skipped unless
+// GARRISON_TEST_POSTGRES_URL is set).
+func TestPostgresLifecycle(t *testing.T) { testLifecycle(t, pgtest.Open(t)) }
+
+func testLifecycle(t *testing.T, db store.Store) {
 	ctx := context.Background()
-	db := openSQLite(t)
 	f := newFixture(t, db)
 	first, err := f.svc.Issue(ctx, "acme", "meter-0", deviceCSR(t, "meter-0"), IssueOptions{})
 	if err != nil {
