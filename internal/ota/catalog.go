@@ -1,0 +1,659 @@
+package ota
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/garrisonhq/garrison/internal/audit"
+	"github.com/garrisonhq/garrison/internal/clock"
+	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/store"
+)
+
+// Settings keys, per tenant. Values are JSON.
+const (
+	settingRoot       = "ota.root"            // rootRecord
+	settingKeys       = "ota.keys"            // the keys document (Keys.Marshal)
+	settingIndex      = "ota.releases"        // []string digests, sorted
+	settingRelease    = "ota.release/"        // + digest: Entry
+	settingModel      = "ota.model/"          // + model: modelRecord
+	defaultMaxArtSize = int64(1 << 30)        // 1 GiB
+	artifactsDir      = "artifacts"           // under DataDir
+	artifactsSHA256   = "artifacts/sha256"    // content-addressed files
+	artifactsTmp      = "artifacts/tmp"       // uploads in progress
+	auditSetRoot      = "ota.root.set"        // audit actions
+	auditSetKeys      = "ota.keys.set"        //
+	auditAddRelease   = "ota.release.add"     //
+	auditSetMin       = "ota.min_version.set" //
+	artifactFilePerm  = os.FileMode(0o644)    //
+	artifactDirPerm   = os.FileMode(0o755)    //
+	maxStoredReleases = 100_000               // per tenant index
+)
+
+// Options configure a Catalog.
+type Options struct {
+	Store   store.Store
+	Clock   clock.Clock
+	Logger  *slog.Logger
+	DataDir string // artifacts live under DataDir/artifacts/sha256/ab/abcdef...
+	// MaxArtifactSize bounds a manifest's size field and every upload;
+	// 0 means 1 GiB.
+	MaxArtifactSize int64
+}
+
+// Catalog is a tenant-scoped firmware catalog. It is safe for concurrent
+// use; all state is in the store and the artifact directory.
+type Catalog struct {
+	st      store.Store
+	clk     clock.Clock
+	log     *slog.Logger
+	dir     string
+	maxSize int64
+}
+
+// New validates o and returns a Catalog. It creates the artifact
+// directories.
+func New(o Options) (*Catalog, error) {
+	if o.Store == nil || o.Clock == nil || o.DataDir == "" {
+		return nil, errors.New("ota: Store, Clock and DataDir are required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.MaxArtifactSize <= 0 {
+		o.MaxArtifactSize = defaultMaxArtSize
+	}
+	for _, d := range []string{artifactsSHA256, artifactsTmp} {
+		if err := os.MkdirAll(filepath.Join(o.DataDir, d), artifactDirPerm); err != nil {
+			return nil, fmt.Errorf("ota: %w", err)
+		}
+	}
+	return &Catalog{st: o.Store, clk: o.Clock, log: o.Logger, dir: o.DataDir, maxSize: o.MaxArtifactSize}, nil
+}
+
+type rootRecord struct {
+	KeyID  string `json:"keyid"`
+	Public string `json:"public"` // hex
+}
+
+type modelRecord struct {
+	MinVersion string            `json:"min_version,omitempty"`
+	Releases   map[string]string `json:"releases"` // digest -> version
+}
+
+// Entry is a release in the catalog.
+type Entry struct {
+	Manifest json.RawMessage `json:"manifest"` // as re-encoded by Manifest.Marshal
+	Digest   string          `json:"sha256"`
+	Version  string          `json:"version"`
+	Models   []string        `json:"models"`
+	Size     int64           `json:"size"`
+	Expires  time.Time       `json:"expires"`
+	KeyIDs   []string        `json:"keyids"` // release keys whose signatures were valid
+	AddedAt  time.Time       `json:"added_at"`
+	AddedBy  string          `json:"added_by"`
+}
+
+// SetRoot makes pub the tenant's root key (first setup or rotation by an
+// administrator), with its audit record. A stored keys document stays in
+// place but is only used again once it verifies against the new root.
+func (c *Catalog) SetRoot(ctx context.Context, tenant event.TenantID, actor string, pub ed25519.PublicKey) error {
+	if len(pub) != ed25519.PublicKeySize {
+		return fmt.Errorf("ota set root: %w: not an Ed25519 public key", ErrMalformed)
+	}
+	rec := rootRecord{KeyID: KeyID(pub), Public: hex.EncodeToString(pub)}
+	b, _ := json.Marshal(rec)
+	err := c.st.Update(ctx, func(tx store.Tx) error {
+		if err := tx.Settings().Put(ctx, tenant, settingRoot, b); err != nil {
+			return err
+		}
+		_, err := audit.Append(ctx, tx, c.entry(tenant, actor, auditSetRoot, "ota/root", map[string]any{"keyid": rec.KeyID}))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("ota set root: %w", err)
+	}
+	c.log.InfoContext(ctx, "ota root key set", "tenant", tenant, "keyid", rec.KeyID)
+	return nil
+}
+
+// SetKeys verifies a keys document against the tenant's root key (signed,
+// unexpired, version not below the stored one) and stores it with its
+// audit record. The same version is accepted again only with identical
+// content; a different document must carry a higher version.
+func (c *Catalog) SetKeys(ctx context.Context, tenant event.TenantID, actor string, doc []byte) (*Keys, error) {
+	var k *Keys
+	err := c.st.Update(ctx, func(tx store.Tx) error {
+		root, err := loadRoot(ctx, tx, tenant)
+		if err != nil {
+			return err
+		}
+		var last uint64
+		var prev *Keys
+		if old, err := tx.Settings().Get(ctx, tenant, settingKeys); err == nil {
+			if prev, err = ParseKeys(old); err != nil {
+				return fmt.Errorf("stored keys document: %w", err)
+			}
+			last = prev.Signed.Version
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		k, err = VerifyKeys(doc, root, c.clk.Now(), last)
+		if err != nil {
+			return err
+		}
+		enc, err := k.Marshal()
+		if err != nil {
+			return err
+		}
+		if prev != nil && k.Signed.Version == last {
+			if old, _ := prev.Marshal(); !bytes.Equal(old, enc) {
+				return fmt.Errorf("%w: version %d is already stored with different content; raise the version", ErrRollback, last)
+			}
+		}
+		if err := tx.Settings().Put(ctx, tenant, settingKeys, enc); err != nil {
+			return err
+		}
+		ids := make([]string, len(k.Signed.Keys))
+		for i, tk := range k.Signed.Keys {
+			ids[i] = tk.KeyID
+		}
+		_, err = audit.Append(ctx, tx, c.entry(tenant, actor, auditSetKeys, "ota/keys", map[string]any{
+			"version": k.Signed.Version, "threshold": k.Signed.threshold(), "keyids": ids,
+			"expires": k.Signed.Expires.UTC().Format(time.RFC3339),
+		}))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ota set keys: %w", err)
+	}
+	c.log.InfoContext(ctx, "ota keys document set", "tenant", tenant, "version", k.Signed.Version)
+	return k, nil
+}
+
+func loadRoot(ctx context.Context, tx store.Tx, tenant event.TenantID) (ed25519.PublicKey, error) {
+	b, err := tx.Settings().Get(ctx, tenant, settingRoot)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: tenant has no root key", ErrNoTrust)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r rootRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("stored root key: %w", err)
+	}
+	pub, err := hex.DecodeString(r.Public)
+	if err != nil || len(pub) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("stored root key: %w", ErrMalformed)
+	}
+	return pub, nil
+}
+
+// trust loads the tenant's keys document and re-verifies it against the
+// root at now (so an expired keys document stops every verification).
+func (c *Catalog) trust(ctx context.Context, tx store.Tx, tenant event.TenantID, now time.Time) (*Keys, error) {
+	root, err := loadRoot(ctx, tx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	doc, err := tx.Settings().Get(ctx, tenant, settingKeys)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: tenant has no keys document", ErrNoTrust)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return VerifyKeys(doc, root, now, 0)
+}
+
+// Keys returns the tenant's current keys document (what agents fetch), or
+// an error wrapping ErrNoTrust.
+func (c *Catalog) Keys(ctx context.Context, tenant event.TenantID) ([]byte, error) {
+	var doc []byte
+	err := c.st.View(ctx, func(tx store.Tx) error {
+		var err error
+		doc, err = tx.Settings().Get(ctx, tenant, settingKeys)
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("%w: tenant has no keys document", ErrNoTrust)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ota keys: %w", err)
+	}
+	return doc, nil
+}
+
+// AddRelease verifies a signed manifest against the tenant's trust chain
+// (keys document signed by root and fresh, manifest signed by the
+// threshold of trusted unexpired release keys, manifest unexpired, version
+// not below the tenant's minimum for any model, size within the limit),
+// then streams artifact to a temporary file while hashing, refuses it if
+// it is larger or smaller than the manifest's size or its digest differs,
+// moves it to its content-addressed path and records the release with its
+// audit record in one transaction. On any refusal nothing is left behind:
+// no file, no setting, no audit record.
+func (c *Catalog) AddRelease(ctx context.Context, tenant event.TenantID, actor string, manifest []byte, artifact io.Reader) (Entry, error) {
+	m, err := ParseManifest(manifest)
+	if err != nil {
+		return Entry{}, fmt.Errorf("ota add release: %w", err)
+	}
+	if m.Signed.Size > c.maxSize {
+		return Entry{}, fmt.Errorf("ota add release: %w: manifest size %d above the catalog limit %d", ErrSize, m.Signed.Size, c.maxSize)
+	}
+	// Verify before reading a byte of the artifact.
+	if err := c.st.View(ctx, func(tx store.Tx) error {
+		_, err := c.checkRelease(ctx, tx, tenant, m)
+		return err
+	}); err != nil {
+		return Entry{}, fmt.Errorf("ota add release: %w", err)
+	}
+
+	final, created, err := c.storeArtifact(ctx, m.Signed.SHA256, m.Signed.Size, artifact)
+	if err != nil {
+		return Entry{}, fmt.Errorf("ota add release: %w", err)
+	}
+	var e Entry
+	err = c.st.Update(ctx, func(tx store.Tx) error {
+		// Re-check inside the write transaction: trust may have changed
+		// while the artifact streamed.
+		keyIDs, err := c.checkRelease(ctx, tx, tenant, m)
+		if err != nil {
+			return err
+		}
+		enc, err := m.Marshal()
+		if err != nil {
+			return err
+		}
+		now := c.clk.Now().UTC()
+		e = Entry{Manifest: enc, Digest: m.Signed.SHA256, Version: m.Signed.Version, Models: m.Signed.Models,
+			Size: m.Signed.Size, Expires: m.Signed.Expires.UTC(), KeyIDs: keyIDs, AddedAt: now, AddedBy: actor}
+		return c.record(ctx, tx, tenant, e)
+	})
+	if err != nil {
+		if created {
+			_ = os.Remove(final)
+		}
+		return Entry{}, fmt.Errorf("ota add release: %w", err)
+	}
+	c.log.InfoContext(ctx, "ota release added", "tenant", tenant, "version", e.Version, "sha256", e.Digest)
+	return e, nil
+}
+
+// checkRelease verifies m against the tenant's trust and catalog state
+// and returns the key ids whose signatures are valid.
+func (c *Catalog) checkRelease(ctx context.Context, tx store.Tx, tenant event.TenantID, m *Manifest) ([]string, error) {
+	now := c.clk.Now()
+	k, err := c.trust(ctx, tx, tenant, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := VerifyManifest(m, k, now); err != nil {
+		return nil, err
+	}
+	if _, err := tx.Settings().Get(ctx, tenant, settingRelease+m.Signed.SHA256); err == nil {
+		return nil, fmt.Errorf("%w: release %s already in the catalog", store.ErrConflict, m.Signed.SHA256)
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	v, _ := ParseVersion(m.Signed.Version)
+	for _, model := range m.Signed.Models {
+		mr, err := getModel(ctx, tx, tenant, model)
+		if err != nil {
+			return nil, err
+		}
+		if mr.MinVersion != "" {
+			if minV, err := ParseVersion(mr.MinVersion); err == nil && v.Compare(minV) < 0 {
+				return nil, fmt.Errorf("%w: release %s is below the tenant's minimum %s for model %s", ErrDowngrade, m.Signed.Version, mr.MinVersion, model)
+			}
+		}
+		for d, ver := range mr.Releases {
+			if ver == m.Signed.Version {
+				return nil, fmt.Errorf("%w: model %s already has version %s (%s)", store.ErrConflict, model, ver, d)
+			}
+		}
+	}
+	var ids []string
+	for _, s := range m.Signatures {
+		if slices.ContainsFunc(k.Signed.Keys, func(tk TrustedKey) bool { return tk.KeyID == s.KeyID }) && !slices.Contains(ids, s.KeyID) {
+			ids = append(ids, s.KeyID)
+		}
+	}
+	return ids, nil
+}
+
+func (c *Catalog) record(ctx context.Context, tx store.Tx, tenant event.TenantID, e Entry) error {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	if err := tx.Settings().Put(ctx, tenant, settingRelease+e.Digest, b); err != nil {
+		return err
+	}
+	for _, model := range e.Models {
+		mr, err := getModel(ctx, tx, tenant, model)
+		if err != nil {
+			return err
+		}
+		mr.Releases[e.Digest] = e.Version
+		if err := putJSON(ctx, tx, tenant, settingModel+model, mr); err != nil {
+			return err
+		}
+	}
+	idx, err := getIndex(ctx, tx, tenant)
+	if err != nil {
+		return err
+	}
+	if len(idx) >= maxStoredReleases {
+		return fmt.Errorf("%w: tenant has %d releases, the limit", store.ErrInvalid, len(idx))
+	}
+	i, _ := slices.BinarySearch(idx, e.Digest)
+	idx = slices.Insert(idx, i, e.Digest)
+	if err := putJSON(ctx, tx, tenant, settingIndex, idx); err != nil {
+		return err
+	}
+	_, err = audit.Append(ctx, tx, c.entry(tenant, e.AddedBy, auditAddRelease, "release/"+e.Digest, map[string]any{
+		"version": e.Version, "models": e.Models, "size": e.Size, "keyids": e.KeyIDs,
+		"expires": e.Expires.Format(time.RFC3339),
+	}))
+	return err
+}
+
+func getModel(ctx context.Context, tx store.Tx, tenant event.TenantID, model string) (modelRecord, error) {
+	mr := modelRecord{Releases: map[string]string{}}
+	b, err := tx.Settings().Get(ctx, tenant, settingModel+model)
+	if errors.Is(err, store.ErrNotFound) {
+		return mr, nil
+	}
+	if err != nil {
+		return mr, err
+	}
+	if err := json.Unmarshal(b, &mr); err != nil {
+		return mr, fmt.Errorf("stored model %s: %w", model, err)
+	}
+	if mr.Releases == nil {
+		mr.Releases = map[string]string{}
+	}
+	return mr, nil
+}
+
+func getIndex(ctx context.Context, tx store.Tx, tenant event.TenantID) ([]string, error) {
+	var idx []string
+	b, err := tx.Settings().Get(ctx, tenant, settingIndex)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(b, &idx); err != nil {
+		return nil, fmt.Errorf("stored release index: %w", err)
+	}
+	return idx, nil
+}
+
+func putJSON(ctx context.Context, tx store.Tx, tenant event.TenantID, key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return tx.Settings().Put(ctx, tenant, key, b)
+}
+
+func (c *Catalog) entry(tenant event.TenantID, actor, action, target string, details map[string]any) audit.Entry {
+	d, _ := json.Marshal(details)
+	return audit.Entry{Tenant: tenant, Time: c.clk.Now(), Actor: actor, Action: action, Target: target, Details: d}
+}
+
+// ArtifactPath returns where the artifact with that hex SHA-256 lives.
+func (c *Catalog) ArtifactPath(digest string) string {
+	return filepath.Join(c.dir, artifactsSHA256, digest[:2], digest)
+}
+
+// storeArtifact streams r into a temporary file while hashing, checks size
+// and digest, and renames it into place. created reports whether the
+// final file is new (an identical artifact may already be stored for
+// another tenant or release).
+func (c *Catalog) storeArtifact(ctx context.Context, digest string, size int64, r io.Reader) (final string, created bool, err error) {
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := filepath.Join(c.dir, artifactsTmp, digest+"."+hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, artifactFilePerm)
+	if err != nil {
+		return "", false, err
+	}
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+		if err != nil {
+			os.Remove(tmp)
+		}
+	}()
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(ctxReader{ctx, r}, size+1))
+	if err != nil {
+		return "", false, fmt.Errorf("artifact upload: %w", err)
+	}
+	switch {
+	case n > size:
+		return "", false, fmt.Errorf("%w: artifact is larger than the manifest's %d bytes", ErrSize, size)
+	case n < size:
+		return "", false, fmt.Errorf("%w: artifact truncated: %d of %d bytes", ErrSize, n, size)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != digest {
+		return "", false, fmt.Errorf("%w: artifact sha256 %s, manifest says %s", ErrDigest, got, digest)
+	}
+	if err = f.Sync(); err != nil {
+		return "", false, err
+	}
+	err = f.Close()
+	f = nil
+	if err != nil {
+		return "", false, err
+	}
+	final = c.ArtifactPath(digest)
+	if err = os.MkdirAll(filepath.Dir(final), artifactDirPerm); err != nil {
+		return "", false, err
+	}
+	if _, statErr := os.Stat(final); statErr == nil {
+		os.Remove(tmp) // identical content already stored
+		return final, false, nil
+	}
+	if err = os.Rename(tmp, final); err != nil {
+		return "", false, err
+	}
+	return final, true, nil
+}
+
+// ctxReader stops a long upload when ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// Release reports the version of the tenant's release with that digest
+// for model, and whether there is one. The detection engine's
+// firmware.unapproved reads it.
+func (c *Catalog) Release(ctx context.Context, tenant event.TenantID, model, digest string) (version string, ok bool, err error) {
+	err = c.st.View(ctx, func(tx store.Tx) error {
+		mr, err := getModel(ctx, tx, tenant, model)
+		if err != nil {
+			return err
+		}
+		version, ok = mr.Releases[strings.ToLower(digest)]
+		return nil
+	})
+	if err != nil {
+		return "", false, fmt.Errorf("ota release: %w", err)
+	}
+	return version, ok, nil
+}
+
+// MinVersion reports the tenant's minimum firmware version for model (the
+// floor below which firmware.rollback fires and releases are refused), and
+// whether one is set.
+func (c *Catalog) MinVersion(ctx context.Context, tenant event.TenantID, model string) (string, bool, error) {
+	var mr modelRecord
+	err := c.st.View(ctx, func(tx store.Tx) error {
+		var err error
+		mr, err = getModel(ctx, tx, tenant, model)
+		return err
+	})
+	if err != nil {
+		return "", false, fmt.Errorf("ota min version: %w", err)
+	}
+	return mr.MinVersion, mr.MinVersion != "", nil
+}
+
+// SetMinVersion sets the tenant's minimum version for model, with its
+// audit record. An empty version clears it.
+func (c *Catalog) SetMinVersion(ctx context.Context, tenant event.TenantID, actor, model, version string) error {
+	if err := validModel(model); err != nil {
+		return fmt.Errorf("ota set min version: %w", err)
+	}
+	if version != "" {
+		if _, err := ParseVersion(version); err != nil {
+			return fmt.Errorf("ota set min version: %w", err)
+		}
+	}
+	err := c.st.Update(ctx, func(tx store.Tx) error {
+		mr, err := getModel(ctx, tx, tenant, model)
+		if err != nil {
+			return err
+		}
+		prev := mr.MinVersion
+		mr.MinVersion = version
+		if err := putJSON(ctx, tx, tenant, settingModel+model, mr); err != nil {
+			return err
+		}
+		_, err = audit.Append(ctx, tx, c.entry(tenant, actor, auditSetMin, "model/"+model, map[string]any{"from": prev, "to": version}))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("ota set min version: %w", err)
+	}
+	return nil
+}
+
+// Releases lists the tenant's releases ordered by digest.
+func (c *Catalog) Releases(ctx context.Context, tenant event.TenantID) ([]Entry, error) {
+	var out []Entry
+	err := c.st.View(ctx, func(tx store.Tx) error {
+		idx, err := getIndex(ctx, tx, tenant)
+		if err != nil {
+			return err
+		}
+		out = make([]Entry, 0, len(idx))
+		for _, d := range idx {
+			e, err := getEntry(ctx, tx, tenant, d)
+			if err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ota releases: %w", err)
+	}
+	return out, nil
+}
+
+func getEntry(ctx context.Context, tx store.Tx, tenant event.TenantID, digest string) (Entry, error) {
+	var e Entry
+	b, err := tx.Settings().Get(ctx, tenant, settingRelease+digest)
+	if err != nil {
+		return e, err
+	}
+	if err := json.Unmarshal(b, &e); err != nil {
+		return e, fmt.Errorf("stored release %s: %w", digest, err)
+	}
+	return e, nil
+}
+
+// Entry returns the tenant's release with that digest or an error
+// wrapping store.ErrNotFound.
+func (c *Catalog) Entry(ctx context.Context, tenant event.TenantID, digest string) (Entry, error) {
+	var e Entry
+	err := c.st.View(ctx, func(tx store.Tx) error {
+		var err error
+		e, err = getEntry(ctx, tx, tenant, digest)
+		return err
+	})
+	if err != nil {
+		return Entry{}, fmt.Errorf("ota entry: %w", err)
+	}
+	return e, nil
+}
+
+// Handler serves artifacts by digest: GET or HEAD on a path whose last
+// element is the 64-hex SHA-256, with Range and If-Range (ETag
+// "sha256:<hex>") so interrupted downloads resume. tenant tells which
+// tenant the authenticated caller (a device behind mutual TLS) belongs
+// to; an artifact that is not a release of that tenant is 404, the same
+// as a missing one. Mount it behind authentication with
+// http.StripPrefix.
+func (c *Catalog) Handler(tenant func(*http.Request) (event.TenantID, bool)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		t, ok := tenant(r)
+		if !ok {
+			http.Error(w, "unauthenticated", http.StatusUnauthorized)
+			return
+		}
+		digest := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
+		if !isHex(digest, sha256.Size) {
+			http.NotFound(w, r)
+			return
+		}
+		e, err := c.Entry(r.Context(), t, digest)
+		if errors.Is(err, store.ErrNotFound) {
+			http.NotFound(w, r)
+			return
+		}
+		if err != nil {
+			c.log.ErrorContext(r.Context(), "ota artifact lookup", "tenant", t, "sha256", digest, "err", err)
+			http.Error(w, "internal error", http.StatusInternalServerError)
+			return
+		}
+		f, err := os.Open(c.ArtifactPath(digest))
+		if err != nil {
+			c.log.ErrorContext(r.Context(), "ota artifact missing", "tenant", t, "sha256", digest, "err", err)
+			http.Error(w, "artifact unavailable", http.StatusInternalServerError)
+			return
+		}
+		defer f.Close()
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("ETag", `"sha256:`+digest+`"`)
+		w.Header().Set("Cache-Control", "private, max-age=31536000, immutable")
+		http.ServeContent(w, r, "", e.AddedAt, f)
+	})
+}
