@@ -34,6 +34,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -138,6 +139,9 @@ type Bus struct {
 	consumers map[*Consumer]struct{}
 	asyncErrs []error
 	asyncN    int
+
+	// lastAck is when a consumer last acknowledged (UnixNano), see Close.
+	lastAck atomic.Int64
 }
 
 // maxRecordedAsyncErrs bounds the errors kept between two Flush calls; the
@@ -619,9 +623,24 @@ func (b *Bus) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := b.Flush(ctx)
+	if b.evSrv != nil {
+		// nats-server 2.15 writes a consumer's state at most every 100 ms
+		// and can lose the last acknowledgements when the server stops
+		// within that window (its flusher clears the dirty mark after
+		// encoding older state). Let one more write happen so a restart
+		// resumes exactly where the consumers stopped. Real time on purpose:
+		// this waits for the server's own timer.
+		if since := time.Since(time.Unix(0, b.lastAck.Load())); since < consumerStateSettle {
+			time.Sleep(consumerStateSettle - since)
+		}
+	}
 	b.shutdown()
 	return err
 }
+
+// consumerStateSettle is how long Close waits after the last acknowledgement
+// before stopping the embedded servers.
+const consumerStateSettle = 250 * time.Millisecond
 
 // shutdown drains connections and stops servers; safe on a partial Open.
 func (b *Bus) shutdown() {

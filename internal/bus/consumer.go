@@ -197,6 +197,7 @@ func (c *Consumer) run() {
 		if err != nil {
 			c.log.Warn("bus: ack", "err", err)
 		}
+		c.b.lastAck.Store(time.Now().UnixNano())
 		pending, unacked = nil, 0
 	}
 	defer flush(true)
@@ -257,6 +258,7 @@ func (c *Consumer) handle(msg jetstream.Msg, flush func()) outcome {
 		c.m.dropped.Inc()
 		flush()
 		_ = msg.Term()
+		c.b.lastAck.Store(time.Now().UnixNano())
 		return dropped
 	}
 	wait := c.opts.Backoff
@@ -274,6 +276,7 @@ func (c *Consumer) handle(msg jetstream.Msg, flush func()) outcome {
 			c.log.Error("bus: giving up on event", "event", e.ID, "tenant", e.Tenant, "device", e.Device, "kind", e.Kind, "attempts", attempt, "err", err)
 			c.m.dropped.Inc()
 			_ = msg.Term()
+			c.b.lastAck.Store(time.Now().UnixNano())
 			return dropped
 		}
 		c.log.Warn("bus: handler failed, retrying", "event", e.ID, "tenant", e.Tenant, "device", e.Device, "attempt", attempt, "backoff", wait, "err", err)
