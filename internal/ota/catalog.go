@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/garrisonhq/garrison/internal/audit"
@@ -64,6 +65,10 @@ type Catalog struct {
 	log     *slog.Logger
 	dir     string
 	maxSize int64
+	// stripes serialize adds of the same digest within this process, so a
+	// failed add never removes a file a concurrent add of the same content
+	// (another tenant) relies on.
+	stripes [64]sync.Mutex
 }
 
 // New validates o and returns a Catalog. It creates the artifact
@@ -265,6 +270,9 @@ func (c *Catalog) AddRelease(ctx context.Context, tenant event.TenantID, actor s
 		return Entry{}, fmt.Errorf("ota add release: %w", err)
 	}
 
+	mu := &c.stripes[digestStripe(m.Signed.SHA256)]
+	mu.Lock()
+	defer mu.Unlock()
 	final, created, err := c.storeArtifact(ctx, m.Signed.SHA256, m.Signed.Size, artifact)
 	if err != nil {
 		return Entry{}, fmt.Errorf("ota add release: %w", err)
@@ -294,6 +302,11 @@ func (c *Catalog) AddRelease(ctx context.Context, tenant event.TenantID, actor s
 	}
 	c.log.InfoContext(ctx, "ota release added", "tenant", tenant, "version", e.Version, "sha256", e.Digest)
 	return e, nil
+}
+
+func digestStripe(digest string) int {
+	b, _ := hex.DecodeString(digest[:2])
+	return int(b[0]) % 64
 }
 
 // checkRelease verifies m against the tenant's trust and catalog state

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -432,5 +433,43 @@ func TestHandler(t *testing.T) {
 	h.ServeHTTP(w, req)
 	if w.Code != http.StatusMethodNotAllowed {
 		t.Fatalf("POST: %d", w.Code)
+	}
+}
+
+// BenchmarkRelease is the detection engine's lookup (one store read).
+func BenchmarkRelease(b *testing.B) {
+	ctx := context.Background()
+	dir := b.TempDir()
+	st, err := sqlite.Open(ctx, filepath.Join(dir, "g.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	cat, err := New(Options{Store: st, Clock: clock.NewManual(t0), DataDir: dir})
+	if err != nil {
+		b.Fatal(err)
+	}
+	root, rel := seededKey(1), seededKey(2)
+	if err := cat.SetRoot(ctx, tenant, "op1", pubOf(root)); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := cat.SetKeys(ctx, tenant, "op1", signedKeys(b, keySet(1, 1, rel), root)); err != nil {
+		b.Fatal(err)
+	}
+	var digest string
+	for i := range 50 { // a model with 50 releases
+		art := []byte{byte(i), 1, 2, 3}
+		r := testRelease(art)
+		r.Version = "1.2." + strconv.Itoa(i+1)
+		if _, err := cat.AddRelease(ctx, tenant, "op1", signedManifest(b, r, rel), bytes.NewReader(art)); err != nil {
+			b.Fatal(err)
+		}
+		digest = r.SHA256
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, ok, err := cat.Release(ctx, tenant, "meter-x1", digest); err != nil || !ok {
+			b.Fatal(ok, err)
+		}
 	}
 }

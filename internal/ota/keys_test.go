@@ -266,3 +266,34 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	})
 }
+
+func FuzzParseKeys(f *testing.F) {
+	f.Add(signedKeys(f, keySet(1, 1, seededKey(2), seededKey(3)), seededKey(1)))
+	f.Add([]byte(`{"signatures":[],"signed":{"expires":"2027-01-01T00:00:00Z","keys":[],"threshold":0,"version":1}}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		k, err := ParseKeys(b)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("refusal %v does not wrap ErrMalformed", err)
+			}
+			return
+		}
+		enc, err := k.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		k2, err := ParseKeys(enc)
+		if err != nil {
+			t.Fatalf("re-encoded keys refused: %v\n%s", err, enc)
+		}
+		c1, _ := k.Canonical()
+		c2, _ := k2.Canonical()
+		if !bytes.Equal(c1, c2) {
+			t.Fatalf("canonical form not stable:\n%s\n%s", c1, c2)
+		}
+		if k.Signed.threshold() < 1 || k.Signed.threshold() > max(len(k.Signed.Keys), 1) {
+			t.Fatalf("threshold %d with %d keys accepted", k.Signed.Threshold, len(k.Signed.Keys))
+		}
+	})
+}

@@ -29,6 +29,7 @@ package ota
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -291,6 +292,23 @@ func signingInput(domain string, canonical []byte) []byte {
 	msg := make([]byte, 0, len(domain)+len(canonical))
 	msg = append(msg, domain...)
 	return append(msg, canonical...)
+}
+
+// NewRelease describes artifact for a manifest: it reads it to the end and
+// fills SHA256 and Size; the caller sets the other fields (or passes them
+// here) before signing.
+func NewRelease(artifact io.Reader, models []string, version, minVersion string, expires time.Time, notes string) (Release, error) {
+	h := sha256.New()
+	n, err := io.Copy(h, artifact)
+	if err != nil {
+		return Release{}, fmt.Errorf("new release: %w", err)
+	}
+	r := Release{Expires: expires, MinVersion: minVersion, Models: models, Notes: notes,
+		SHA256: hex.EncodeToString(h.Sum(nil)), Size: n, Version: version}
+	if err := r.validate(); err != nil {
+		return Release{}, fmt.Errorf("new release: %w", err)
+	}
+	return r, nil
 }
 
 // SignManifest parses manifest bytes (signed or not), adds the release

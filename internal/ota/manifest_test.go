@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 const goodManifest = `{"signatures":[],"signed":{"expires":"2026-09-01T00:00:00Z","min_version":"1.0.0","models":["m1"],"notes":"","sha256":"` +
@@ -208,4 +209,22 @@ func FuzzParseManifest(f *testing.F) {
 			t.Fatalf("canonical form not stable:\n%s\n%s", c1, c2)
 		}
 	})
+}
+
+func TestNewRelease(t *testing.T) {
+	art := []byte("some firmware image")
+	r, err := NewRelease(bytes.NewReader(art), []string{"m1"}, "2.0.0", "1.0.0", t0.Add(time.Hour), "n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := testRelease(art)
+	if r.SHA256 != want.SHA256 || r.Size != int64(len(art)) {
+		t.Fatalf("got %s %d, want %s %d", r.SHA256, r.Size, want.SHA256, len(art))
+	}
+	if _, err := NewRelease(bytes.NewReader(nil), []string{"m1"}, "2.0.0", "1.0.0", t0, ""); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("empty artifact: %v", err)
+	}
+	if _, err := NewRelease(bytes.NewReader(art), []string{"m1"}, "2.0.0", "3.0.0", t0, ""); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("min above version: %v", err)
+	}
 }
