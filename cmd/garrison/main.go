@@ -67,6 +67,7 @@ func newRootCmd(e *cliEnv) *cobra.Command {
 		newTokenCmd(e),
 		newAuditCmd(e),
 		newSimulateCmd(e),
+		newDemoCmd(e),
 	)
 	return root
 }

@@ -205,6 +205,9 @@ func (a *App) APIAddr() net.Addr { return a.apiLn.Addr() }
 // Store is the opened store (after Start).
 func (a *App) Store() store.Store { return a.store }
 
+// Bus returns the event bus (nil before Start).
+func (a *App) Bus() *bus.Bus { return a.bus }
+
 // DataDir is the absolute data directory.
 func (a *App) DataDir() string { return a.data }
 
