@@ -25,6 +25,7 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/garrisonhq/garrison/internal/alert"
 	"github.com/garrisonhq/garrison/internal/app"
@@ -162,13 +163,17 @@ func runDemo(ctx context.Context, e *cliEnv, o demoOptions) (err error) {
 	stamp := func() string {
 		return time.Unix(0, simNow.Load()).UTC().Format("Mon 15:04")
 	}
+	tty := isTerminal(out)
 	firstAttack, lastAttack := attackWindow(sc)
 	pace := &pacer{speed: o.speed, from: firstAttack.Add(-10 * time.Minute), to: lastAttack.Add(40 * time.Minute)}
 	opts := platform.ScenarioOptions{
 		Tenant: "demo",
 		OnRegister: func(ctx context.Context, d sim.Device) error {
 			if bar == nil {
-				bar = progressbar.NewOptions(fleetSize(sc), progressbar.OptionSetWriter(out),
+				if !tty {
+					fmt.Fprintf(out, "  enrolling %d devices (key on device, CSR, certificate from the tenant CA)\n", fleetSize(sc))
+				}
+				bar = progressbar.NewOptions(fleetSize(sc), progressbar.OptionSetWriter(out), progressbar.OptionSetVisibility(tty),
 					progressbar.OptionSetDescription("  enrolling devices (key on device, CSR, certificate from the tenant CA)"),
 					progressbar.OptionShowCount(), progressbar.OptionSetWidth(30), progressbar.OptionClearOnFinish())
 			}
@@ -197,11 +202,11 @@ func runDemo(ctx context.Context, e *cliEnv, o demoOptions) (err error) {
 		Observe: func(al alert.Alert) {
 			mu.Lock()
 			defer mu.Unlock()
-			if _, seen := alerts[al.ID]; seen {
-				alerts[al.ID] = al
-				return
+			key := string(al.Device) + "/" + string(al.Kind)
+			if _, seen := alerts[key]; seen {
+				return // a repeat or a later alert of the same kind
 			}
-			alerts[al.ID] = al
+			alerts[key] = al
 			nAlerts.Add(1)
 			what := plain[al.Kind]
 			if what == "" {
@@ -213,7 +218,10 @@ func runDemo(ctx context.Context, e *cliEnv, o demoOptions) (err error) {
 			}
 		},
 		OnAction: func(ev *event.Event) {
-			fmt.Fprintf(out, "  [%s] RESPONSE %-11s %s: %s (playbook %s)\n", stamp(), ev.Device, ev.Str("action"), ev.Str("outcome"), ev.Str("playbook"))
+			if ev.Str("outcome") == "skipped" {
+				return // a step with no back-end configured here (webhooks)
+			}
+			fmt.Fprintf(out, "  [%s] RESPONSE %-11s %s: %s (playbook %s)\n", ev.Time.UTC().Format("Mon 15:04"), ev.Device, ev.Str("action"), ev.Str("outcome"), ev.Str("playbook"))
 		},
 	}
 	p, err := platform.Build(ctx, a.Store(), a.Bus(), sc.Start, opts)
@@ -406,4 +414,10 @@ func printScoreboard(out io.Writer, rep *sim.Report) {
 	} else {
 		fmt.Fprintln(out, "\n  Not everything was caught: see above.")
 	}
+}
+
+// isTerminal reports whether w is a terminal (progress bars only there).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }

@@ -42,8 +42,11 @@ type ScenarioOptions struct {
 	// platform absorbs it.
 	Pace func(ctx context.Context, simTime time.Time) error
 	// Ready, if set, is called once the platform is up and the fleet is
-	// registered, before the first event (the demo starts its API here).
+	// registered, before the first event.
 	Ready func(p *Platform) error
+	// OnRegister, if set, is called after each device is registered (the
+	// demo enrols it with the CA here).
+	OnRegister func(ctx context.Context, d sim.Device) error
 }
 
 // Platform is the set of subsystems a scenario runs through.
@@ -58,12 +61,9 @@ type Platform struct {
 }
 
 // RunScenario replays sc through the real ingestion bus, detection and
-// response of a platform on embedded defaults, and scores what the platform
-// stored.
+// response of a platform on embedded defaults (SQLite and embedded NATS in
+// o.DataDir), and scores what the platform stored.
 func RunScenario(ctx context.Context, sc *sim.Scenario, o ScenarioOptions) (rep *sim.Report, err error) {
-	if o.Tenant == "" {
-		o.Tenant = "sim"
-	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -78,13 +78,12 @@ func RunScenario(ctx context.Context, sc *sim.Scenario, o ScenarioOptions) (rep 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	clk := clock.NewManual(sc.Start)
 	st, err := sqlite.Open(ctx, filepath.Join(dir, "garrison.db"))
 	if err != nil {
 		return nil, err
 	}
 	defer st.Close()
-	b, err := bus.Open(ctx, bus.Options{DataDir: dir, Logger: o.Logger, Clock: clk})
+	b, err := bus.Open(ctx, bus.Options{DataDir: dir, Logger: o.Logger})
 	if err != nil {
 		return nil, err
 	}
@@ -93,16 +92,37 @@ func RunScenario(ctx context.Context, sc *sim.Scenario, o ScenarioOptions) (rep 
 			err = cerr
 		}
 	}()
+	p, err := Build(ctx, st, b, sc.Start, o)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	return p.Run(ctx, sc, o)
+}
+
+// Build assembles the registry, detection and response for o.Tenant on an
+// open store and bus, creates the tenant, and starts detection. The
+// platform's clock starts at start and follows the event time of what Run
+// publishes.
+func Build(ctx context.Context, st store.Store, b *bus.Bus, start time.Time, o ScenarioOptions) (*Platform, error) {
+	if o.Tenant == "" {
+		o.Tenant = "sim"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	clk := clock.NewManual(start)
 	pub := busPublisher{b: b, onAction: o.OnAction}
 	reg, err := registry.New(registry.Options{Store: st, Clock: clk, Logger: o.Logger, Publisher: pub})
 	if err != nil {
 		return nil, err
 	}
 	if err := createTenant(ctx, st, clk, o.Tenant); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("create tenant %s: %w", o.Tenant, err)
 	}
 	p := &Platform{Store: st, Bus: b, Registry: reg, Clock: clk, Tenant: o.Tenant}
 	det, err := NewDetection(Options{Bus: b, Store: st, Clock: clk, Logger: o.Logger, Observe: o.Observe,
+		Name: "garrison-" + string(o.Tenant),
 		Responder: responderFunc(func(ctx context.Context, a alert.Alert) error { return p.Respond.Handle(ctx, a) })})
 	if err != nil {
 		return nil, err
@@ -119,28 +139,37 @@ func RunScenario(ctx context.Context, sc *sim.Scenario, o ScenarioOptions) (rep 
 	if err := det.Start(ctx); err != nil {
 		return nil, err
 	}
-	defer det.Stop()
+	return p, nil
+}
 
-	setup := &simSetup{p: p}
+// Close stops detection and response.
+func (p *Platform) Close() { p.Detection.Stop() }
+
+// Run replays sc into p and scores what p stored.
+func (p *Platform) Run(ctx context.Context, sc *sim.Scenario, o ScenarioOptions) (*sim.Report, error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	setup := &simSetup{p: p, onRegister: o.OnRegister}
 	sink := &simSink{p: p, pace: o.Pace}
-	ready := o.Ready
 	sink.beforeFirst = func() error {
-		if ready != nil {
-			return ready(p)
+		if o.Ready != nil {
+			return o.Ready(p)
 		}
 		return nil
 	}
 	return sim.Run(ctx, sc, sim.RunOptions{
-		Tenant: o.Tenant, Sink: sink, Setup: setup, Results: storeResults{p: p},
+		Tenant: p.Tenant, Sink: sink, Setup: setup, Results: storeResults{p: p},
 		Progress: o.Progress, PlatformRevokes: true,
 		Drain: func(ctx context.Context) error {
 			t0 := time.Now()
-			if err := b.Flush(ctx); err != nil {
+			if err := p.Bus.Flush(ctx); err != nil {
 				return err
 			}
 			t1 := time.Now()
-			err := det.Drain(ctx)
-			o.Logger.Info("scenario drained", "flush", t1.Sub(t0), "drain", time.Since(t1), "engine_devices", det.Engine.Devices())
+			err := p.Detection.Drain(ctx)
+			log.Info("scenario drained", "flush", t1.Sub(t0), "drain", time.Since(t1), "devices", p.Detection.Engine.Devices())
 			return err
 		},
 	})
@@ -203,7 +232,10 @@ func (s *simSink) Publish(ctx context.Context, ev *event.Event) error {
 
 // simSetup registers the simulated fleet through the registry, and the
 // catalog and threat feed through the detection plane's import paths.
-type simSetup struct{ p *Platform }
+type simSetup struct {
+	p          *Platform
+	onRegister func(ctx context.Context, d sim.Device) error
+}
 
 func (s *simSetup) RegisterDevice(ctx context.Context, d sim.Device) error {
 	var dests []string
@@ -229,6 +261,9 @@ func (s *simSetup) RegisterDevice(ctx context.Context, d sim.Device) error {
 		return fmt.Errorf("register %s: %w", d.ID, err)
 	}
 	s.p.Detection.Directory().Put(Profile(dev))
+	if s.onRegister != nil {
+		return s.onRegister(ctx, d)
+	}
 	return nil
 }
 
