@@ -122,7 +122,7 @@ func Build(ctx context.Context, st store.Store, b *bus.Bus, start time.Time, o S
 	}
 	p := &Platform{Store: st, Bus: b, Registry: reg, Clock: clk, Tenant: o.Tenant}
 	det, err := NewDetection(Options{Bus: b, Store: st, Clock: clk, Logger: o.Logger, Observe: o.Observe,
-		Name: "garrison-" + string(o.Tenant),
+		Name:      "garrison-" + string(o.Tenant),
 		Responder: responderFunc(func(ctx context.Context, a alert.Alert) error { return p.Respond.Handle(ctx, a) })})
 	if err != nil {
 		return nil, err
