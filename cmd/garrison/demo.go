@@ -188,8 +188,10 @@ func runDemo(ctx context.Context, e *cliEnv, o demoOptions) (err error) {
 				_ = bar.Finish()
 			}
 			fmt.Fprintf(out, "  %d devices enrolled with their own certificates; SIM bindings registered.\n\n", enrolled)
-			fmt.Fprintf(out, "  Streaming: telemetry over MQTT, RADIUS accounting and flow records. A quiet day\n")
-			fmt.Fprintf(out, "  runs at full speed so detectors learn each device; then the attacks unfold at %gx.\n\n", o.speed)
+			fmt.Fprintf(out, "  Streaming: the fleet's broker sessions and publishes, RADIUS accounting, flow\n")
+			fmt.Fprintf(out, "  records and device metrics enter the event bus as the ingestion components publish\n")
+			fmt.Fprintf(out, "  them. A quiet day replays at full speed so detectors learn each device's normal;\n")
+			fmt.Fprintf(out, "  then the attacks unfold at %gx.\n\n", o.speed)
 			return nil
 		},
 		Progress: func(t time.Time, n int) {
