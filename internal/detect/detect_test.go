@@ -90,7 +90,7 @@ func attacks() []attack {
 				}
 			}, allowed: []alert.Kind{alert.ImpossibleTravel}},
 		{name: "data exfiltration x10", fleet: vans, device: 4, kind: alert.DataSpike, within: 30 * time.Minute, inject: scalePublishes(10, 2*time.Hour, false)},
-		{name: "data exfiltration x4 meters", fleet: meters, device: 7, kind: alert.DataSpike, within: 2 * time.Hour, inject: scalePublishes(4, 3*time.Hour, false)},
+		{name: "data exfiltration x4 meters", fleet: meters, device: 7, kind: alert.DataSpike, within: 3 * time.Hour, inject: scalePublishes(4, 3*time.Hour, false)},
 		{name: "data exfiltration x5 hourly", fleet: gws, device: 7, kind: alert.DataSpike, within: 5 * time.Hour, inject: scalePublishes(5, 6*time.Hour, false)},
 		{name: "message flood x30", fleet: vans, device: 8, kind: alert.MessageRateSpike, within: 10 * time.Minute, inject: scalePublishes(30, 20*time.Minute, true)},
 		{name: "message flood x4 meters", fleet: meters, device: 9, kind: alert.MessageRateSpike, within: 2 * time.Hour, inject: scalePublishes(4, 3*time.Hour, true)},

@@ -69,17 +69,23 @@ func (p *platform) Alerts(context.Context) ([]alert.Alert, error) {
 }
 func (p *platform) Actions(context.Context) ([]store.Action, error) { return nil, nil }
 
-// TestScenarios replays every scenario file in $GARRISON_SCENARIOS (for
-// example /work/shared/scenarios) through the simulator into the engine and
-// checks detection and false alerts (responses are not this package's).
+// TestScenarios replays this package's own harder scenarios
+// (testdata/scenarios) and every scenario file in $GARRISON_SCENARIOS (for
+// example /work/shared/scenarios) through the simulator into the engine,
+// checking detection and false alerts (responses are not this package's).
 func TestScenarios(t *testing.T) {
-	dir := os.Getenv("GARRISON_SCENARIOS")
-	if dir == "" {
-		t.Skip("GARRISON_SCENARIOS is unset: set it to a folder of scenario yaml files")
+	if testing.Short() {
+		t.Skip("scenario replays take seconds each; run without -short")
 	}
-	files, _ := filepath.Glob(filepath.Join(dir, "*.yaml"))
-	if len(files) == 0 {
-		t.Fatalf("no scenarios in %s", dir)
+	files, _ := filepath.Glob(filepath.Join("testdata", "scenarios", "*.yaml"))
+	if dir := os.Getenv("GARRISON_SCENARIOS"); dir != "" {
+		more, _ := filepath.Glob(filepath.Join(dir, "*.yaml"))
+		if len(more) == 0 {
+			t.Fatalf("no scenarios in %s", dir)
+		}
+		files = append(files, more...)
+	} else {
+		t.Log("GARRISON_SCENARIOS is unset: only testdata/scenarios are replayed")
 	}
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {

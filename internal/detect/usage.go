@@ -23,8 +23,9 @@ import (
 // (48 buckets, EW mean and variance) plus a global level. A closed window
 // fires when its rate, divided by the cohort's current geometric-mean ratio
 // (so that a fleet-wide shift does not fire everywhere), is at least
-// MinRatio x and Z standard deviations above the bucket; the open window is
-// checked early against the stricter EarlyRatio.
+// MinRatio x and Z standard deviations above the bucket; a short recent
+// window (10 min or 3 cadences) is checked on every publish against the
+// stricter EarlyRatio, for early detection.
 
 const burstGap = 15 // seconds
 
@@ -44,23 +45,26 @@ type baseline struct {
 
 type usageState struct {
 	Win     usageWin
+	Rec     usageWin // a short recent window, checked early against EarlyRatio
 	LastPub int64
 	Cad     float32 // learned cadence (s)
 	B, M    baseline
-	Fired   int64 // unix s of the last usage alert
+	Fired   int64    // unix s of the last usage alert
+	Pend    [2]int64 // unix s a (volume, messages) spike was first seen, awaiting confirmation
+	Outage  int64    // unix s of the end of the last silence (>= 3 cadences and 10 min)
 }
 
 // usageObs is what one publish produced for the usage detectors.
 type usageObs struct {
 	closed    usageWin
 	hasClosed bool
-	open      *usageWin
-	anomalous bool // a detector fired on the closed window: do not learn it
+	open      *usageWin // the recent window
+	anomalous bool      // a detector fired on the closed window: do not learn it
 }
 
 func windowLen(cad float32) int32 {
 	w := 4 * float64(cad)
-	return int32(math.Min(math.Max(w, 1800), 4*3600))
+	return int32(math.Min(math.Max(w, 1800), 3*3600))
 }
 
 func (u *usageState) observe(now int64, bytes float64) usageObs {
@@ -73,9 +77,12 @@ func (u *usageState) observe(now int64, bytes float64) usageObs {
 			if u.Cad == 0 {
 				u.Cad = g
 			} else {
-				u.Cad += 0.05 * (min(max(g, u.Cad/2), 2*u.Cad) - u.Cad)
+				u.Cad += 0.2 * (min(max(g, u.Cad/2), 2*u.Cad) - u.Cad)
 			}
 		}
+	}
+	if u.Cad > 0 && gap >= max(600, int64(3*u.Cad)) {
+		u.Outage = now // a catch-up burst may follow, spread over minutes
 	}
 	if w := &u.Win; w.First != 0 {
 		span := now - w.First
@@ -84,14 +91,25 @@ func (u *usageState) observe(now int64, bytes float64) usageObs {
 			*w = usageWin{}
 		}
 	}
+	if w := &u.Rec; w.First != 0 {
+		span := now - w.First
+		if span >= int64(w.W) && (gap >= burstGap || span >= 2*int64(w.W)) {
+			*w = usageWin{}
+		}
+	}
 	if u.Win.First == 0 {
 		u.Win = usageWin{First: now, Prev: u.LastPub, W: windowLen(u.Cad)}
 	}
-	u.Win.Bytes += float32(bytes)
-	u.Win.Count++
-	u.Win.Last = max(u.Win.Last, now)
+	if u.Rec.First == 0 {
+		u.Rec = usageWin{First: now, Prev: u.LastPub, W: int32(min(max(600, 3*u.Cad), float32(u.Win.W)))}
+	}
+	for _, w := range []*usageWin{&u.Win, &u.Rec} {
+		w.Bytes += float32(bytes)
+		w.Count++
+		w.Last = max(w.Last, now)
+	}
 	u.LastPub = max(u.LastPub, now)
-	o.open = &u.Win
+	o.open = &u.Rec
 	return o
 }
 
@@ -122,9 +140,9 @@ func bucketOf(at int64) int {
 // [from, to]: the highest learned bucket among the hours it spans, so that
 // a window over a morning ramp is not read as a spike. An hour never
 // observed compares with the device's peak level.
-func (bl *baseline) expect(from, to int64, floorFrac, minCV float64) (mean, std float64, ok bool) {
+func (bl *baseline) expect(from, to int64, floorFrac, minCV float64) (mean, std float64, learned, ok bool) {
 	if bl.GN < 8 {
-		return 0, 0, false
+		return 0, 0, false, false
 	}
 	found := false
 	for t, n := from-from%3600, 0; t <= to && n < 10; t, n = t+3600, n+1 {
@@ -154,10 +172,15 @@ func (bl *baseline) expect(from, to int64, floorFrac, minCV float64) (mean, std 
 	}
 	mean = math.Max(mean, floorFrac*float64(bl.GMean))
 	std = math.Max(std, minCV*mean)
-	return mean, std, mean > 0
+	return mean, std, found, mean > 0
 }
 
 func (bl *baseline) learn(b int, r float64) {
+	if bl.N[b] > 0 && bl.Mean[b] > 0 {
+		// winsorise: a level may at most double per sample, so a spike
+		// that was not (yet) alerted cannot become the baseline at once
+		r = math.Min(r, 2*float64(bl.Mean[b]))
+	}
 	n := float64(bl.N[b])
 	a := 0.1
 	if n < 10 {
@@ -190,6 +213,14 @@ type UsageSettings struct {
 	// CohortMin is how many recent windows the cohort needs before its
 	// shift is taken into account.
 	CohortMin int `json:"cohort_min"`
+	// ImmediateRatio: a spike this strong over a learned hour fires at
+	// once; weaker ones, and any over an hour never observed, must still be
+	// there Confirm later and not be shared by the cohort (at least
+	// CohortShare of its devices, and 3, starting to spike in the same
+	// hours: a new schedule, a holiday, a rollout).
+	ImmediateRatio float64  `json:"immediate_ratio"`
+	Confirm        Duration `json:"confirm"`
+	CohortShare    float64  `json:"cohort_share"`
 	// PerMessageRatio (usage.volume only): the volume ratio divided by the
 	// message-rate ratio must reach this, so a message flood is reported
 	// once, as usage.message_rate_spike.
@@ -197,7 +228,7 @@ type UsageSettings struct {
 }
 
 func defaultUsage() any {
-	return &UsageSettings{Warmup: Duration(24 * time.Hour), MinRatio: 3, EarlyRatio: 6, Z: 5, FloorFrac: 0.3, MinCV: 0.25, CohortMin: 5, PerMessageRatio: 2}
+	return &UsageSettings{Warmup: Duration(24 * time.Hour), MinRatio: 3, EarlyRatio: 6, Z: 5, FloorFrac: 0.2, MinCV: 0.25, CohortMin: 5, PerMessageRatio: 2, ImmediateRatio: 8, Confirm: Duration(15 * time.Minute), CohortShare: 0.1}
 }
 
 var dataSpikeDetector = &Detector{
@@ -232,7 +263,7 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 		if cov <= 0 {
 			return false
 		}
-		if early && float64(cov) < math.Max(float64(w.W)/5, 3*float64(u.Cad)) {
+		if early && cov < min(int64(w.W)/2, int64(0.9*u.Cad)) {
 			return false
 		}
 		v := float64(w.Bytes)
@@ -241,30 +272,46 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 		}
 		r := v / float64(cov) * 3600
 		b := bucketOf(at)
-		from := w.Prev
-		if w.Last-w.Prev > 2*3600 {
-			from = w.Last - 2*3600 // long windows: the recent hours carry the volume
-		}
-		mean, std, ok := bl.expect(from, w.Last, s.FloorFrac, s.MinCV)
+		from := w.Prev // a long window (e.g. holding an outage and its catch-up) is compared with its busiest hour
+		mean, std, learned, ok := bl.expect(from, w.Last, s.FloorFrac, s.MinCV)
 		if !ok {
 			return false
 		}
 		shift := cohort.shift(msgs, at, s.CohortMin)
 		adj := r / shift
-		if adj < ratioMin*mean || (adj-mean)/std < s.Z {
-			return false
-		}
+		ratio := adj / mean
+		fire := adj >= ratioMin*mean && (adj-mean)/std >= s.Z
 		perMsg := 0.0
-		if !msgs {
+		if !msgs && fire {
 			// volume explained by more messages is usage.messages' finding:
 			// require the bytes per message to have grown as well
-			mm, _, ok := u.M.expect(from, w.Last, s.FloorFrac, s.MinCV)
-			if ok {
+			if mm, _, _, ok := u.M.expect(from, w.Last, s.FloorFrac, s.MinCV); ok {
 				msgRatio := math.Max(1, float64(w.Count)/float64(cov)*3600/mm)
-				perMsg = adj / mean / msgRatio
-				if perMsg < s.PerMessageRatio {
-					return false
-				}
+				perMsg = ratio / msgRatio
+				fire = perMsg >= s.PerMessageRatio
+			}
+		}
+		if !fire {
+			return false
+		}
+		adj = ratio * mean
+		m := 0
+		if msgs {
+			m = 1
+		}
+		if !learned || adj < s.ImmediateRatio*mean {
+			p := &u.Pend[m]
+			if *p == 0 || c.now-*p > u.pendHorizon() {
+				*p = c.now
+				cohort.pending(m, c.now)
+				return false
+			}
+			if c.now-*p < secs(s.Confirm) {
+				return false
+			}
+			if cohort.fleetWide(m, c.now, s.CohortShare) {
+				*p = 0 // the cohort's new normal: learn it
+				return false
 			}
 		}
 		c.raise(det,
@@ -279,10 +326,25 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 	if o.hasClosed && check(&o.closed, s.MinRatio, false) {
 		o.anomalous = true
 	}
-	if o.open != nil {
-		check(o.open, s.EarlyRatio, true)
+	if o.open != nil && c.now-u.Outage > 1800 {
+		// the short window is skipped for 30 min after a silence: a
+		// catch-up burst spread over minutes is normalised only by the
+		// long window that holds the silence
+		early := s.EarlyRatio
+		m := 0
+		if msgs {
+			m = 1
+		}
+		if u.Pend[m] != 0 {
+			early = s.MinRatio // confirming a spike already seen
+		}
+		check(o.open, early, true)
 	}
 }
+
+// pendHorizon is how long a spike awaits confirmation: two long windows,
+// at least 2h.
+func (u *usageState) pendHorizon() int64 { return max(7200, 2*int64(u.Win.W)) }
 
 // usagePrepare runs before the usage detectors, usageLearn after them.
 func usagePrepare(c *call) {
@@ -307,17 +369,29 @@ func usageLearn(c *call) {
 	rb := float64(o.closed.Bytes) / float64(cov) * 3600
 	rm := float64(o.closed.Count) / float64(cov) * 3600
 	b := bucketOf(at)
+	suspicious := false
 	if u.B.GN >= 8 && c.st.warm(c.now, Duration(24*time.Hour)) {
 		co := c.e.cohort(c.key.t, c.group())
-		if mb, _, ok := u.B.expect(o.closed.Prev, o.closed.Last, 0.3, 0.25); ok {
-			co.add(false, at, rb/mb)
-		}
-		if mm, _, ok := u.M.expect(o.closed.Prev, o.closed.Last, 0.3, 0.25); ok {
-			co.add(true, at, rm/mm)
+		for m, r := range [2]float64{rb, rm} {
+			bl := &u.B
+			if m == 1 {
+				bl = &u.M
+			}
+			mean, _, learned, ok := bl.expect(o.closed.Prev, o.closed.Last, 0.3, 0.25)
+			if !ok {
+				continue
+			}
+			co.add(m == 1, at, r/mean)
+			// a learned hour more than doubling is learned only when the
+			// cohort moves with it (else it may be an attack still below
+			// the alert threshold)
+			if learned && bl.N[b] >= 2 && r >= 2*mean && !co.fleetWide(m, c.now, 0.1) {
+				suspicious = true
+			}
 		}
 	}
-	if o.anomalous || c.now-u.Fired < 3600 {
-		return // do not learn the attack
+	if suspicious || o.anomalous || c.now-u.Fired < 3600 || (u.Pend[0] != 0 && c.now-u.Pend[0] < u.pendHorizon()) || (u.Pend[1] != 0 && c.now-u.Pend[1] < u.pendHorizon()) {
+		return // do not learn the attack, nor a spike awaiting confirmation
 	}
 	u.B.learn(b, rb)
 	u.M.learn(b, rm)
@@ -333,12 +407,14 @@ func (c *call) group() string {
 
 // cohortState aggregates what a cohort's devices do, for the cohort checks.
 type cohortState struct {
-	Devices int
-	Slot    [2][2]int64 // [metric][slot] epoch hour
-	SumLog  [2][2]float64
-	N       [2][2]int32
-	Ports   map[uint16]int32 // listening port -> devices that learned it
-	Dests   map[uint32]int32 // destination hash -> devices that learned it
+	Devices  int
+	Slot     [2][2]int64 // [metric][slot] epoch hour
+	SumLog   [2][2]float64
+	N        [2][2]int32
+	PendSlot [2][2]int64      // [metric][slot] epoch hour
+	PendN    [2][2]int32      // devices whose usage started spiking in that hour
+	Ports    map[uint16]int32 // listening port -> devices that learned it
+	Dests    map[uint32]int32 // destination hash -> devices that learned it
 }
 
 func (e *Engine) cohort(t event.TenantID, group string) cohortView {
@@ -397,4 +473,32 @@ func (v cohortView) shift(msgs bool, at int64, minN int) float64 {
 		return 1
 	}
 	return math.Max(1, math.Exp(sum/float64(n)))
+}
+
+// pending records that a device of the cohort started spiking at now.
+func (v cohortView) pending(m int, now int64) {
+	h := now / 3600
+	v.e.cohortMu.Lock()
+	defer v.e.cohortMu.Unlock()
+	i := h % 2
+	if v.c.PendSlot[m][i] != h {
+		v.c.PendSlot[m][i], v.c.PendN[m][i] = h, 0
+	}
+	v.c.PendN[m][i]++
+}
+
+// fleetWide reports whether enough of the cohort started spiking in the
+// current or previous hour for the change to be the cohort's, not one
+// device's.
+func (v cohortView) fleetWide(m int, now int64, share float64) bool {
+	h := now / 3600
+	v.e.cohortMu.Lock()
+	defer v.e.cohortMu.Unlock()
+	var n int32
+	for i := range 2 {
+		if d := h - v.c.PendSlot[m][i]; d >= 0 && d <= 1 {
+			n += v.c.PendN[m][i]
+		}
+	}
+	return n >= 3 && float64(n) >= share*float64(v.c.Devices)
 }
