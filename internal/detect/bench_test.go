@@ -164,13 +164,17 @@ func BenchmarkStateMemory(b *testing.B) {
 // Run with -benchtime=1x.
 func BenchmarkLatencyPaced(b *testing.B) {
 	w, evs := benchStream(b)
-	evs = evs[:min(len(evs), 200_000)]
+	// warm the engine unpaced up to shortly before the attacks, then pace
+	// 100,000 events (2 s) that include them
+	half := 0
+	for half < len(evs) && evs[half].Time.Before(t0.Add(30*time.Hour-time.Minute)) {
+		half++
+	}
+	evs = evs[:min(len(evs), half+100_000)]
 	ctx := context.Background()
 	for b.Loop() {
 		s := &latSink{}
 		e := w.engine(s, Settings{})
-		// warm the engine on the first half unpaced, then pace the rest
-		half := len(evs) / 2
 		for i := range evs[:half] {
 			_ = e.Process(ctx, &evs[i])
 		}

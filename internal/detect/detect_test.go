@@ -424,3 +424,25 @@ func TestConcurrentPartitions(t *testing.T) {
 		}
 	}
 }
+
+// TestLateness: events slightly out of order are processed, events beyond
+// the lateness bound are dropped and counted.
+func TestLateness(t *testing.T) {
+	w := newWorld()
+	w.dir.Put(Profile{Tenant: tenant, ID: "d1", Model: "m"})
+	sink := &recSink{}
+	e := w.engine(sink, Settings{})
+	ctx := context.Background()
+	at := func(d time.Duration, reason string) *event.Event {
+		return &event.Event{Tenant: tenant, Device: "d1", Kind: event.MQTTAuthFailed, Time: t0.Add(d), Attrs: map[string]any{"reason": reason}}
+	}
+	_ = e.Process(ctx, at(10*time.Minute, "bad_password"))
+	_ = e.Process(ctx, at(9*time.Minute, "revoked_cert")) // 1 min late: processed
+	if len(sink.alerts) != 1 || e.Late() != 0 {
+		t.Fatalf("slightly late event: %d alerts, %d late", len(sink.alerts), e.Late())
+	}
+	_ = e.Process(ctx, at(5*time.Minute, "revoked_cert")) // 5 min late: dropped
+	if len(sink.alerts) != 1 || e.Late() != 1 {
+		t.Fatalf("too late event: %d alerts, %d late", len(sink.alerts), e.Late())
+	}
+}
