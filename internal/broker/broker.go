@@ -160,6 +160,7 @@ type session struct {
 	remote      string
 	sessionID   string
 	quarantined atomic.Bool
+	kicked      atomic.Value // string: why the platform closed the session
 	rate        *bucket
 	violations  atomic.Int64
 	cl          *mqtt.Client
@@ -290,6 +291,9 @@ func (b *Broker) Kick(t event.TenantID, d event.DeviceID, reason string) bool {
 		return false
 	}
 	b.metrics.kicks.Add(1)
+	// Recorded first: the client may close its end on our DISCONNECT before
+	// the server records its own cause.
+	sess.kicked.Store(reason)
 	b.log.Info("mqtt kick", "tenant", t, "device", d, "reason", reason)
 	_ = b.srv.DisconnectClient(sess.cl, packets.ErrAdministrativeAction)
 	return true

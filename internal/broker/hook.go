@@ -137,7 +137,10 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	}
 	reason := "client"
 	var code packets.Code
+	_, kicked := s.kicked.Load().(string)
 	switch {
+	case kicked:
+		reason = "kicked"
 	case errors.As(err, &code) && code == packets.ErrSessionTakenOver:
 		reason = "session_taken_over"
 	case errors.As(err, &code) && code == packets.ErrAdministrativeAction:
