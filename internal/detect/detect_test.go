@@ -446,3 +446,24 @@ func TestLateness(t *testing.T) {
 		t.Fatalf("too late event: %d alerts, %d late", len(sink.alerts), e.Late())
 	}
 }
+
+// TestInboundFlowsAreNotScans: many remotes reaching the device (reported
+// with direction "in") are neither a scan nor new destinations of it.
+func TestInboundFlowsAreNotScans(t *testing.T) {
+	w := newWorld()
+	f := sensors
+	f.n = 3
+	w.addFleet(12, f, 40*time.Hour)
+	id := devID(f, 1)
+	at := t0.Add(30 * time.Hour)
+	for k := range 300 {
+		ev := flow(id, f, 1, at.Add(time.Duration(k)*2*time.Second), fmt.Sprintf("198.18.0.%d", k%250+1), float64(30000+k), 80)
+		ev.Attrs["direction"] = "in"
+		w.add(ev)
+	}
+	sink := &recSink{}
+	run(t, w.engine(sink, Settings{}), w.sorted())
+	if got := sink.firsts(); len(got) != 0 {
+		t.Fatalf("inbound flows raised:\n%s", describe(got))
+	}
+}

@@ -61,6 +61,11 @@ type netState struct {
 
 func isTelnet(port int64) bool { return port == 23 || port == 2323 }
 
+// inbound reports a flow towards the device (the collector reports it from
+// the device's side, so dst is the remote and dst_port the remote's port):
+// the scan and destination detectors judge only what the device initiates.
+func inbound(ev *event.Event) bool { return ev.Str("direction") == "in" }
+
 // ThreatIntelSettings tunes net.threat_intel.
 type ThreatIntelSettings struct {
 	CheckSource bool `json:"check_source"` // also match src_ip of flows (inbound)
@@ -113,7 +118,7 @@ var telnetScanDetector = &Detector{
 	run: func(c *call, d *Detector, cfg any) {
 		s := cfg.(*ScanSettings)
 		port := c.ev.Int("dst_port")
-		if !isTelnet(port) {
+		if !isTelnet(port) || inbound(c.ev) {
 			return
 		}
 		n := &c.st.Net
@@ -139,7 +144,7 @@ var portScanDetector = &Detector{
 	run: func(c *call, d *Detector, cfg any) {
 		s := cfg.(*ScanSettings)
 		port := c.ev.Int("dst_port")
-		if isTelnet(port) {
+		if isTelnet(port) || inbound(c.ev) {
 			return
 		}
 		n := &c.st.Net
@@ -187,8 +192,8 @@ var destinationDetector = &Detector{
 	},
 	run: func(c *call, d *Detector, cfg any) {
 		s := cfg.(*DestinationSettings)
-		if c.intelHit {
-			return // net.threat_intel already explains it
+		if c.intelHit || inbound(c.ev) {
+			return // net.threat_intel already explains it, or not initiated by the device
 		}
 		dst, ok := parseIP(c.ev.Str("dst_ip"))
 		if !ok {
