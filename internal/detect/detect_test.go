@@ -467,3 +467,25 @@ func TestInboundFlowsAreNotScans(t *testing.T) {
 		t.Fatalf("inbound flows raised:\n%s", describe(got))
 	}
 }
+
+// TestSIMSwapIMEISV: an IMEISV of the bound device is not a swap; one of
+// another device is (RADIUS Access-Request decisions included).
+func TestSIMSwapIMEISV(t *testing.T) {
+	w := newWorld()
+	w.dir.Put(Profile{Tenant: tenant, ID: "m1", Model: "m", IMEI: "359342780000160", IMSI: "214070000000001"})
+	sink := &recSink{}
+	e := w.engine(sink, Settings{})
+	for i, c := range []struct {
+		imeisv string
+		alerts int
+	}{{"3593427800001601", 0}, {"3566666666666601", 1}} {
+		ev := event.Event{Tenant: tenant, Kind: event.NetSession, Time: t0.Add(time.Duration(i) * time.Minute), Attrs: map[string]any{"status": "auth", "decision": "reject", "imsi": "214070000000001", "imeisv": c.imeisv}}
+		_ = e.Process(context.Background(), &ev)
+		if len(sink.alerts) != c.alerts {
+			t.Fatalf("imeisv %s: %d alerts, want %d", c.imeisv, len(sink.alerts), c.alerts)
+		}
+	}
+	if sink.alerts[0].Device != "m1" || sink.alerts[0].Kind != alert.SIMIMEIMismatch {
+		t.Fatalf("%+v", sink.alerts[0])
+	}
+}

@@ -29,6 +29,9 @@ var simSwapDetector = &Detector{
 		s := cfg.(*SIMSwapSettings)
 		imei, imsi, iccid := digits(c.ev.Str("imei")), c.ev.Str("imsi"), c.ev.Str("iccid")
 		if imei == "" {
+			imei = digits(c.ev.Str("imeisv")) // same first 14 digits
+		}
+		if imei == "" {
 			return
 		}
 		p, ok := c.prof, c.hasProf
