@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/garrisonhq/garrison/internal/alert"
 	"github.com/garrisonhq/garrison/internal/api"
 	"github.com/garrisonhq/garrison/internal/audit"
 	"github.com/garrisonhq/garrison/internal/auth"
@@ -57,6 +58,8 @@ type world struct {
 	expiredTok     string
 	revokedTok     string
 	newTenantInput string
+	alertID        string
+	deviceID       event.DeviceID
 }
 
 func (e *env) token(ctx context.Context, tx store.Tx, tenant event.TenantID, op store.Operator, role store.Role, exp time.Time) (string, string) {
@@ -106,6 +109,13 @@ func (e *env) world(t testing.TB) world {
 		w.platVictimOp = pv.ID
 		w.platVictimTok, _ = e.token(ctx, tx, "", pv, store.RolePlatformAdmin, exp)
 		_, w.expiredTok = e.token(ctx, tx, w.tenant, v, store.RoleViewer, e.clk.Now())
+		w.deviceID = event.DeviceID(fmt.Sprintf("dev-%d", e.n))
+		require.NoError(t, tx.Devices().Create(ctx, store.Device{Tenant: w.tenant, ID: w.deviceID, Model: "m1",
+			State: store.StateActive, CreatedAt: e.clk.Now(), UpdatedAt: e.clk.Now()}))
+		w.alertID = fmt.Sprintf("al-%d", e.n)
+		require.NoError(t, tx.Alerts().Put(ctx, alert.Alert{ID: w.alertID, Tenant: w.tenant, Device: w.deviceID,
+			Kind: alert.PortScan, Severity: alert.High, Detector: "net", FirstSeen: e.clk.Now(), LastSeen: e.clk.Now(),
+			Count: 1, State: alert.Open, Evidence: alert.Evidence{Summary: "scan"}}))
 		var id string
 		id, w.revokedTok = e.token(ctx, tx, w.tenant, v, store.RoleViewer, exp)
 		return tx.Tokens().Revoke(ctx, w.tenant, id, e.clk.Now())
@@ -146,6 +156,7 @@ var allowed = map[auth.Permission][]store.Role{
 	auth.PermTokensRead:     {store.RolePlatformAdmin, store.RoleAdmin, store.RoleAuditor},
 	auth.PermTokensWrite:    {store.RolePlatformAdmin, store.RoleAdmin},
 	auth.PermAuditRead:      {store.RolePlatformAdmin, store.RoleAdmin, store.RoleAuditor},
+	auth.PermAlertsWrite:    {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator},
 }
 
 func may(perm auth.Permission, r store.Role) bool {
@@ -174,6 +185,13 @@ func request(rt api.Route, w world, tenant event.TenantID) (string, string) {
 		path = strings.ReplaceAll(path, "{id}", w.platVictimTok)
 	case strings.Contains(path, "/tokens/{id}"):
 		path = strings.ReplaceAll(path, "{id}", w.victimTok)
+	case strings.Contains(path, "/alerts/{id}"):
+		path = strings.ReplaceAll(path, "{id}", w.alertID)
+	case strings.Contains(path, "/devices/{id}"):
+		path = strings.ReplaceAll(path, "{id}", string(w.deviceID))
+	}
+	if strings.Contains(path, "{") {
+		panic("no path values for " + rt.Pattern)
 	}
 	if rt.Req == nil {
 		return path, ""
@@ -189,6 +207,8 @@ func request(rt api.Route, w world, tenant event.TenantID) (string, string) {
 		return path, `{"name":"ci"}`
 	case strings.HasSuffix(rt.Pattern, "/tokens"):
 		return path, `{"name":"ci","role":"viewer","ttl":"1h"}`
+	case strings.HasSuffix(rt.Pattern, "/resolve"):
+		return path, `{"note":"checked"}`
 	}
 	panic("no request body for " + rt.Pattern)
 }

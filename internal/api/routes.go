@@ -112,6 +112,14 @@ func (s *Server) table() []Route {
 		op(get, t+"/audit", auth.PermAuditRead, ScopeTenant, ok, "List audit records.", (*Server).listAudit),
 		op(get, t+"/audit/verify", auth.PermAuditRead, ScopeTenant, ok, "Recompute the audit hash chain.", (*Server).verifyAudit),
 
+		op(get, t+"/alerts", auth.PermTenantRead, ScopeTenant, ok, "List alerts, newest first.", (*Server).listAlerts),
+		op(get, t+"/alerts/{id}", auth.PermTenantRead, ScopeTenant, ok, "Get an alert with its evidence.", (*Server).getAlert),
+		op(post, t+"/alerts/{id}/ack", auth.PermAlertsWrite, ScopeTenant, ok, "Acknowledge an open alert.", (*Server).ackAlert),
+		op(post, t+"/alerts/{id}/resolve", auth.PermAlertsWrite, ScopeTenant, ok, "Resolve an open or acknowledged alert, or mark it a false positive.", (*Server).resolveAlert),
+		op(get, t+"/actions", auth.PermTenantRead, ScopeTenant, ok, "List response actions, oldest first.", (*Server).listActions),
+		op(get, t+"/devices", auth.PermTenantRead, ScopeTenant, ok, "List devices ordered by id.", (*Server).listDevices),
+		op(get, t+"/devices/{id}", auth.PermTenantRead, ScopeTenant, ok, "Get a device.", (*Server).getDevice),
+
 		op(post, p+"/operators", auth.PermPlatform, ScopePlatform, created, "Create a platform admin.", (*Server).createOperator),
 		op(get, p+"/operators", auth.PermPlatform, ScopePlatform, ok, "List platform admins.", (*Server).listOperators),
 		op(get, p+"/operators/{id}", auth.PermPlatform, ScopePlatform, ok, "Get a platform admin.", (*Server).getOperator),
@@ -126,6 +134,12 @@ func (s *Server) table() []Route {
 		switch rs[i].Pattern {
 		case t + "/audit", p + "/audit":
 			rs[i].Query = []string{"after", "limit"}
+		case t + "/alerts":
+			rs[i].Query = []string{"device", "kind", "state", "since", "limit"}
+		case t + "/actions":
+			rs[i].Query = []string{"device", "state", "limit"}
+		case t + "/devices":
+			rs[i].Query = []string{"model", "state", "after", "limit"}
 		}
 	}
 	return rs

@@ -15,14 +15,15 @@ const (
 	PermTokensRead     Permission = "tokens:read"
 	PermTokensWrite    Permission = "tokens:write"
 	PermAuditRead      Permission = "audit:read"
+	PermAlertsWrite    Permission = "alerts:write" // acknowledge and resolve alerts
 )
 
 // grants is the whole role model. platform-admin holds every permission in
 // every tenant and is not listed.
 var grants = map[store.Role][]Permission{
 	store.RoleAdmin: {PermAuthenticated, PermTenantRead, PermOperatorsRead, PermOperatorsWrite,
-		PermTokensRead, PermTokensWrite, PermAuditRead},
-	store.RoleOperator: {PermAuthenticated, PermTenantRead},
+		PermTokensRead, PermTokensWrite, PermAuditRead, PermAlertsWrite},
+	store.RoleOperator: {PermAuthenticated, PermTenantRead, PermAlertsWrite},
 	store.RoleAuditor:  {PermAuthenticated, PermTenantRead, PermOperatorsRead, PermTokensRead, PermAuditRead},
 	store.RoleViewer:   {PermAuthenticated, PermTenantRead},
 }
