@@ -96,18 +96,3 @@ func FuzzACL(f *testing.F) {
 		}
 	})
 }
-
-func TestFactoryCredentials(t *testing.T) {
-	fc := LoadFactoryCredentials()
-	if fc.Len() < 60 {
-		t.Fatalf("factory list has %d pairs, want the Mirai list and kin", fc.Len())
-	}
-	for _, p := range [][2]string{{"root", "xc3511"}, {"admin", "admin"}, {"root", ""}, {"ubnt", "ubnt"}} {
-		if !fc.Match(p[0], p[1]) {
-			t.Errorf("%v not matched", p)
-		}
-	}
-	if fc.Match("gw-0001", "Zq8!random") {
-		t.Error("random credential matched")
-	}
-}

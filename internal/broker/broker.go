@@ -40,6 +40,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/garrisonhq/garrison/internal/clock"
+	"github.com/garrisonhq/garrison/internal/creds"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/store"
 )
@@ -83,7 +84,7 @@ type Options struct {
 	Verifier         Verifier        // required
 	States           States          // required
 	Publisher        Publisher       // required
-	Credentials      *FactoryCredentials
+	Credentials      *creds.List // default: the built-in factory list
 	Clock            clock.Clock
 	Logger           *slog.Logger
 	MaxHandshakes    int           // concurrent TLS handshakes, default 4×GOMAXPROCS... 64
@@ -105,7 +106,7 @@ func (o *Options) defaults() error {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Credentials == nil {
-		o.Credentials = LoadFactoryCredentials()
+		o.Credentials = creds.Factory()
 	}
 	if o.MaxHandshakes <= 0 {
 		o.MaxHandshakes = 64

@@ -66,7 +66,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	}
 	if pk.Connect.UsernameFlag || pk.Connect.PasswordFlag {
 		user, pass := string(pk.Connect.Username), string(pk.Connect.Password)
-		if h.b.opts.Credentials.Match(user, pass) {
+		if h.b.opts.Credentials.Pair(user, pass) {
 			return refuse("default_credentials", map[string]any{"username": user})
 		}
 		if pk.Connect.PasswordFlag {

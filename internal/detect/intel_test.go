@@ -123,23 +123,6 @@ func FuzzParseFeed(f *testing.F) {
 	})
 }
 
-func FuzzParseCredentials(f *testing.F) {
-	f.Add([]byte("root xc3511\nadmin\n# c\n"))
-	f.Add([]byte(factoryCredentialsData))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := ParseCredentials(bytes.NewReader(data))
-		if err != nil {
-			return
-		}
-		for _, line := range strings.Split(string(data), "\n") {
-			fs := strings.Fields(line)
-			if len(fs) == 2 && len(line) <= 1024 && !strings.HasPrefix(strings.TrimSpace(line), "#") && !strings.ContainsAny(line, "\r\x85\u2028") && c.Len() > 0 {
-				_ = c.Pair(fs[0], fs[1])
-			}
-		}
-	})
-}
-
 func TestFactoryCredentials(t *testing.T) {
 	c := FactoryCredentials()
 	if c.Len() < 60 || !c.Pair("root", "xc3511") || !c.Pair("admin", "admin") || c.Pair("root", "hunter2") || !c.User("support") {
