@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -278,8 +279,14 @@ func startDemoApp(ctx context.Context, dir, addr string, first io.Writer) (*app.
 	} else {
 		cfg.API.Addr = "127.0.0.1:0" // the usual port is taken: any free one
 	}
+	cfg.HTTP.Addr = "127.0.0.1:0"   // CRL/OCSP: any free port, the demo does not use them
+	cfg.Broker.Addr = "127.0.0.1:0" // MQTT: idem
 	cfg.Log.Level = "error"
-	a, err := app.New(cfg, config.Source{}, app.Options{Out: first, Logger: newLogger(io.Discard, "error", "")})
+	pass, err := demoPassphrase(dir)
+	if err != nil {
+		return nil, err
+	}
+	a, err := app.New(cfg, config.Source{}, app.Options{Out: first, Logger: newLogger(io.Discard, "error", ""), KeyPassphrase: pass})
 	if err != nil {
 		return nil, err
 	}
@@ -422,4 +429,19 @@ func printScoreboard(out io.Writer, rep *sim.Report) {
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// demoPassphrase makes the demo's own key passphrase (the demo needs no
+// operator secret): random, kept in the demo's data directory so a reused
+// --data-dir opens its CA keys again.
+func demoPassphrase(dir string) ([]byte, error) {
+	path := filepath.Join(dir, "demo-key-passphrase")
+	if b, err := os.ReadFile(path); err == nil && len(b) >= 12 {
+		return b, nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	pass := []byte(rand.Text())
+	return pass, os.WriteFile(path, pass, 0o600)
 }

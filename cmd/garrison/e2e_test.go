@@ -79,8 +79,7 @@ func startServe(t *testing.T, data string) (*server, *syncBuf) {
 	addrFile := filepath.Join(data, "run", "api.addr")
 	os.Remove(addrFile) // a kill -9 leaves the old one behind
 	out, errb := &syncBuf{}, &syncBuf{}
-	cmd := exec.Command(binary, "serve", "--data-dir", data, "--api-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-level", "warn")
-	cmd.Env = cleanEnv()
+	cmd := serveCmd(data, "GARRISON_KEY_PASSPHRASE="+testPassphrase)
 	cmd.Stdout, cmd.Stderr = out, errb
 	require.NoError(t, cmd.Start())
 	s := &server{cmd: cmd, data: data, done: make(chan struct{})}
@@ -105,6 +104,17 @@ func startServe(t *testing.T, data string) (*server, *syncBuf) {
 	}
 	time.Sleep(50 * time.Millisecond)
 	return s, out
+}
+
+// testPassphrase seals the CA keys of the servers these tests start.
+const testPassphrase = "e2e-test-passphrase-not-secret"
+
+// serveCmd is serve on random ports with a clean environment plus env.
+func serveCmd(data string, env ...string) *exec.Cmd {
+	cmd := exec.Command(binary, "serve", "--data-dir", data, "--api-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+		"--broker-addr", "127.0.0.1:0", "--log-level", "warn")
+	cmd.Env = append(cleanEnv(), env...)
+	return cmd
 }
 
 func (s *server) kill() {

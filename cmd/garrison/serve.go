@@ -15,8 +15,10 @@ func newServeCmd(e *cliEnv) *cobra.Command {
 	var file string
 	cmd := &cobra.Command{
 		Use:   "serve",
-		Short: "Run the platform (SQLite and embedded NATS by default, HTTPS API on :8443)",
-		Args:  cobra.NoArgs,
+		Short: "Run the platform (SQLite and embedded NATS by default; HTTPS API and EST on :8443, CRL/OCSP on :8080, MQTT over mTLS on :8883)",
+		Long: "Run the platform. The CA private keys are sealed with a passphrase that must be given in\n" +
+			"GARRISON_KEY_PASSPHRASE or in a file named by --key-passphrase-file; serve refuses to start without one.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, src, err := config.Load(config.Input{File: file, Environ: e.Environ, Flags: cmd.Flags()})
 			if err != nil {
@@ -25,8 +27,12 @@ func newServeCmd(e *cliEnv) *cobra.Command {
 			if err := cfg.Validate(src); err != nil {
 				return err
 			}
+			pass, err := cfg.KeyPassphrase(e.Environ)
+			if err != nil {
+				return err
+			}
 			log := newLogger(e.Stderr, cfg.Log.Level, cfg.Log.Format)
-			a, err := app.New(cfg, src, app.Options{Logger: log, Clock: clock.Real{}, Out: e.Stdout})
+			a, err := app.New(cfg, src, app.Options{Logger: log, Clock: clock.Real{}, Out: e.Stdout, KeyPassphrase: pass})
 			if err != nil {
 				return err
 			}

@@ -12,7 +12,16 @@
 // First start: the platform admin operator and a bootstrap API token are
 // created in one transaction (with their audit records), and the token is
 // printed once to the configured writer. The API's TLS certificate is
-// created in <data_dir>/tls and reused afterwards.
+// created in <data_dir>/tls and reused afterwards; the MQTT broker presents
+// the same certificate.
+//
+// Listeners: the HTTPS API (api.addr, with EST under /.well-known/est/),
+// the plain-HTTP CRL and OCSP responder (http.addr, nothing else) and MQTT
+// over mutual TLS (broker.addr). The real API and MQTT addresses are
+// written to <data_dir>/run/api.addr and mqtt.addr (useful with :0).
+//
+// The CA private keys are sealed with [Options.KeyPassphrase]; New refuses
+// to build an App without one ([config.ErrNoPassphrase]).
 package app
 
 import (
@@ -21,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -33,9 +43,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/garrisonhq/garrison/internal/api"
+	"github.com/garrisonhq/garrison/internal/broker"
 	"github.com/garrisonhq/garrison/internal/bus"
 	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/config"
+	"github.com/garrisonhq/garrison/internal/identity"
 	"github.com/garrisonhq/garrison/internal/store"
 	"github.com/garrisonhq/garrison/internal/tlsutil"
 )
@@ -46,6 +58,9 @@ type Options struct {
 	Clock  clock.Clock
 	// Out receives the one-time bootstrap message (stdout in serve).
 	Out io.Writer
+	// KeyPassphrase seals the CA private keys (required; serve reads it
+	// with config.Config.KeyPassphrase). It is never logged.
+	KeyPassphrase []byte
 }
 
 // App is one Garrison process. Fields are set by Start, in order.
@@ -56,13 +71,19 @@ type App struct {
 	out  io.Writer
 	data string // absolute data dir
 
-	metrics *prometheus.Registry
-	store   store.Store
-	bus     *bus.Bus
-	tls     tlsutil.Result
-	api     *api.Server
-	apiLn   net.Listener
-	apiSrv  *http.Server
+	passphrase []byte
+
+	metrics  *prometheus.Registry
+	store    store.Store
+	bus      *bus.Bus
+	httpLn   net.Listener
+	identity *identity.Service
+	httpSrv  *http.Server
+	tls      tlsutil.Result
+	api      *api.Server
+	apiLn    net.Listener
+	apiSrv   *http.Server
+	broker   *broker.Broker
 
 	// announce prints the first-start message once the API listens.
 	announce func() error
@@ -93,11 +114,15 @@ func New(cfg config.Config, src config.Source, opt Options) (*App, error) {
 	if opt.Out == nil {
 		opt.Out = io.Discard
 	}
+	if len(opt.KeyPassphrase) == 0 {
+		return nil, config.ErrNoPassphrase
+	}
 	data, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("app: data dir: %w", err)
 	}
-	return &App{cfg: cfg, log: opt.Logger, clk: opt.Clock, out: opt.Out, data: data, fail: make(chan error, 1)}, nil
+	return &App{cfg: cfg, log: opt.Logger, clk: opt.Clock, out: opt.Out, data: data,
+		passphrase: append([]byte(nil), opt.KeyPassphrase...), fail: make(chan error, 1)}, nil
 }
 
 // Start brings every subsystem up, in this order. On error, what was
@@ -118,8 +143,12 @@ func (a *App) Start(ctx context.Context) (err error) {
 		{"store", a.startStore},
 		{"bus", a.startBus},
 		{"bootstrap", a.bootstrap},
+		{"http listener", a.listenHTTP},
+		{"identity", a.startIdentity},
+		{"http (CRL, OCSP)", a.startHTTP},
 		{"tls", a.startTLS},
-		{"api", a.startAPI},
+		{"api (with EST)", a.startAPI},
+		{"broker", a.startBroker},
 		{"announce", a.startAnnounce},
 	}
 	for _, s := range steps {
@@ -127,7 +156,8 @@ func (a *App) Start(ctx context.Context) (err error) {
 			return fmt.Errorf("start %s: %w", s.name, err)
 		}
 	}
-	a.log.Info("garrison ready", "api", "https://"+a.apiLn.Addr().String())
+	a.log.Info("garrison ready", "api", "https://"+a.apiLn.Addr().String(),
+		"http", "http://"+a.httpLn.Addr().String(), "mqtt", a.broker.Addr().String())
 	return nil
 }
 
@@ -202,6 +232,18 @@ func (a *App) goroutine(name string, fn func() error) {
 // APIAddr is the API's listening address once started (useful with :0).
 func (a *App) APIAddr() net.Addr { return a.apiLn.Addr() }
 
+// MQTTAddr is the broker's listening address once started.
+func (a *App) MQTTAddr() net.Addr { return a.broker.Addr() }
+
+// HTTPAddr is the plain-HTTP (CRL, OCSP) listening address once started.
+func (a *App) HTTPAddr() net.Addr { return a.httpLn.Addr() }
+
+// Broker is the MQTT broker (after Start).
+func (a *App) Broker() *broker.Broker { return a.broker }
+
+// Identity is the CA service (after Start).
+func (a *App) Identity() *identity.Service { return a.identity }
+
 // Store is the opened store (after Start).
 func (a *App) Store() store.Store { return a.store }
 
@@ -260,14 +302,18 @@ func (a *App) startAPI(ctx context.Context) error {
 	}
 	a.apiLn = ln
 	a.apiSrv = &http.Server{
-		Handler:           srv,
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{a.tls.Cert}, MinVersion: tls.VersionTLS12},
+		Handler: withEST(srv, a.identity),
+		// EST re-enrolment reads the device certificate from the
+		// connection; a certificate is asked for, never required, and
+		// verified only by the EST handlers. API clients send none.
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{a.tls.Cert}, MinVersion: tls.VersionTLS12,
+			ClientAuth: tls.RequestClientCert},
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+		ErrorLog:          a.errorLog(),
 	}
 	a.onStop("api", func(ctx context.Context) error {
 		err := a.apiSrv.Shutdown(ctx)
@@ -282,6 +328,8 @@ func (a *App) startAPI(ctx context.Context) error {
 	})
 	return writeFileAtomic(filepath.Join(a.data, "run", "api.addr"), []byte(ln.Addr().String()+"\n"))
 }
+
+func (a *App) errorLog() *log.Logger { return slog.NewLogLogger(a.log.Handler(), slog.LevelDebug) }
 
 // ready reports whether the store and the bus answer.
 func (a *App) ready(ctx context.Context) error {

@@ -25,28 +25,35 @@ import (
 
 var tokenRE = regexp.MustCompile(`gar_[0-9a-f]{16}_[0-9a-f]{64}`)
 
+// testPass seals the CA keys of the apps these tests start.
+var testPass = []byte("app-test-passphrase-not-secret")
+
 func testConfig(t *testing.T) config.Config {
 	cfg := config.Default()
 	cfg.DataDir = filepath.Join(t.TempDir(), "data")
 	cfg.API.Addr = "127.0.0.1:0"
 	cfg.HTTP.Addr = "127.0.0.1:0"
+	cfg.Broker.Addr = "127.0.0.1:0"
 	cfg.ShutdownTimeout = 10 * time.Second
 	return cfg
 }
 
 func TestNewHasNoSideEffects(t *testing.T) {
 	cfg := testConfig(t)
-	_, err := app.New(cfg, nil, app.Options{})
+	_, err := app.New(cfg, nil, app.Options{KeyPassphrase: testPass})
 	require.NoError(t, err)
 	_, err = os.Stat(cfg.DataDir)
 	require.ErrorIs(t, err, os.ErrNotExist)
 
 	cfg.API.Addr = "nope"
 	cfg.Log.Level = "loud"
-	_, err = app.New(cfg, nil, app.Options{})
+	_, err = app.New(cfg, nil, app.Options{KeyPassphrase: testPass})
 	require.ErrorIs(t, err, config.ErrInvalid)
 	require.Contains(t, err.Error(), "api.addr")
 	require.Contains(t, err.Error(), "log.level")
+
+	_, err = app.New(testConfig(t), nil, app.Options{})
+	require.ErrorIs(t, err, config.ErrNoPassphrase, "no passphrase, no app")
 }
 
 func TestStartStopEmbedded(t *testing.T) {
@@ -84,7 +91,7 @@ func TestStartStopPostgresAndNATS(t *testing.T) {
 func runLifecycle(t *testing.T, cfg config.Config) {
 	ctx := context.Background()
 	var out bytes.Buffer
-	a, err := app.New(cfg, nil, app.Options{Out: &out})
+	a, err := app.New(cfg, nil, app.Options{Out: &out, KeyPassphrase: testPass})
 	require.NoError(t, err)
 	require.NoError(t, a.Start(ctx))
 	stopped := false
@@ -98,6 +105,9 @@ func runLifecycle(t *testing.T, cfg config.Config) {
 	addr, err := os.ReadFile(filepath.Join(a.DataDir(), "run", "api.addr"))
 	require.NoError(t, err)
 	require.Equal(t, a.APIAddr().String()+"\n", string(addr))
+	addr, err = os.ReadFile(filepath.Join(a.DataDir(), "run", "mqtt.addr"))
+	require.NoError(t, err)
+	require.Equal(t, a.MQTTAddr().String()+"\n", string(addr))
 
 	c := client(t, a)
 	code, body := do(t, c, a, "GET", "/healthz", "")
@@ -116,12 +126,14 @@ func runLifecycle(t *testing.T, cfg config.Config) {
 
 	require.NoError(t, a.Stop(ctx))
 	stopped = true
-	_, err = os.Stat(filepath.Join(a.DataDir(), "run", "api.addr"))
-	require.ErrorIs(t, err, os.ErrNotExist, "a clean stop removes the address file")
+	for _, f := range []string{"api.addr", "mqtt.addr"} {
+		_, err = os.Stat(filepath.Join(a.DataDir(), "run", f))
+		require.ErrorIs(t, err, os.ErrNotExist, "a clean stop removes the address file %s", f)
+	}
 
 	// Second start: the token still works and is not printed again.
 	out.Reset()
-	b, err := app.New(cfg, nil, app.Options{Out: &out})
+	b, err := app.New(cfg, nil, app.Options{Out: &out, KeyPassphrase: testPass})
 	require.NoError(t, err)
 	require.NoError(t, b.Start(ctx))
 	defer b.Stop(context.Background())

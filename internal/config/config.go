@@ -9,6 +9,8 @@
 // ("default", "file garrison.yaml", "env GARRISON_API_ADDR",
 // "flag --api-addr").
 //
+// GARRISON_KEY_PASSPHRASE is a secret, not a key: it is read only by
+// [Config.KeyPassphrase], never stored in Config, never printed.
 // GARRISON_URL, GARRISON_TOKEN and GARRISON_CA_FILE belong to the operator
 // CLI and GARRISON_TEST_* to the test suite; neither is configuration and
 // both are ignored here. Other GARRISON_* variables that name no key are
@@ -45,8 +47,24 @@ type Config struct {
 	Log             Log           `yaml:"log"`
 	API             API           `yaml:"api"`
 	HTTP            HTTP          `yaml:"http"`
+	Broker          Broker        `yaml:"broker"`
+	Identity        Identity      `yaml:"identity"`
 	Store           Store         `yaml:"store"`
 	Bus             Bus           `yaml:"bus"`
+}
+
+// Broker configures the MQTT broker's mutual-TLS listener.
+type Broker struct {
+	Addr string `yaml:"addr" help:"MQTT over mutual TLS listen address; :0 picks a free port (written to <data_dir>/run/mqtt.addr)"`
+}
+
+// Identity configures the certificate authority. The key passphrase itself
+// is never a configuration value: it comes from the environment variable
+// GARRISON_KEY_PASSPHRASE or from the file named here (see [Config.KeyPassphrase]).
+type Identity struct {
+	KeyPassphraseFile string        `yaml:"key_passphrase_file" help:"file holding the passphrase that seals CA private keys (else env GARRISON_KEY_PASSPHRASE)"`
+	PublicURL         string        `yaml:"public_url" help:"plain-HTTP base URL devices use for CRL and OCSP; empty: http://localhost:<http port>"`
+	CertLifetime      time.Duration `yaml:"cert_lifetime" help:"lifetime of device certificates"`
 }
 
 // Log configures the process logger.
@@ -85,6 +103,8 @@ func Default() Config {
 		Log:             Log{Level: "info", Format: "auto"},
 		API:             API{Addr: ":8443", MaxBodyBytes: 1 << 20, TokenTTL: 90 * 24 * time.Hour},
 		HTTP:            HTTP{Addr: ":8080"},
+		Broker:          Broker{Addr: ":8883"},
+		Identity:        Identity{CertLifetime: 90 * 24 * time.Hour},
 	}
 }
 
@@ -178,11 +198,14 @@ func EnvName(key string) string {
 
 // FlagName returns the command-line flag that sets key (without dashes).
 func FlagName(key string) string {
+	if key == "identity.key_passphrase_file" {
+		return "key-passphrase-file" // the name the documentation promises
+	}
 	return strings.NewReplacer(".", "-", "_", "-").Replace(key)
 }
 
 // flagKeys lists the keys that [BindFlags] exposes as flags (read only).
-var flagKeys = []string{"data_dir", "log.level", "log.format", "api.addr", "http.addr", "store.url", "bus.url"}
+var flagKeys = []string{"data_dir", "log.level", "log.format", "api.addr", "http.addr", "broker.addr", "identity.key_passphrase_file", "store.url", "bus.url"}
 
 // BindFlags registers the configuration flags on fs with empty defaults
 // (defaults come from [Default]; only flags the user set are applied).
@@ -414,6 +437,17 @@ func (c Config) Validate(src Source) error {
 	}
 	if err := checkAddr(c.HTTP.Addr); err != nil {
 		bad("http.addr", "%v", err)
+	}
+	if err := checkAddr(c.Broker.Addr); err != nil {
+		bad("broker.addr", "%v", err)
+	}
+	if c.Identity.PublicURL != "" {
+		if u, err := url.Parse(c.Identity.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
+			bad("identity.public_url", "want an http:// or https:// URL with a host and no user info, got %q", c.Identity.PublicURL)
+		}
+	}
+	if c.Identity.CertLifetime < time.Hour || c.Identity.CertLifetime > 10*365*24*time.Hour {
+		bad("identity.cert_lifetime", "must be between 1h and 87600h, got %s", c.Identity.CertLifetime)
 	}
 	if c.API.MaxBodyBytes < 1024 || c.API.MaxBodyBytes > 64<<20 {
 		bad("api.max_body_bytes", "must be between 1024 and 67108864, got %d", c.API.MaxBodyBytes)

@@ -1,0 +1,97 @@
+package app
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/garrisonhq/garrison/internal/broker"
+	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/identity"
+	"github.com/garrisonhq/garrison/internal/store"
+)
+
+// startBroker runs the MQTT broker over mutual TLS with the API's server
+// certificate; client chains are checked by identity, device states read
+// from the store, events go to the bus.
+func (a *App) startBroker(ctx context.Context) error {
+	b, err := broker.New(broker.Options{
+		Addr:        a.cfg.Broker.Addr,
+		Certificate: a.tls.Cert,
+		Verifier:    brokerVerifier{a.identity},
+		States:      storeStates{a.store},
+		Publisher:   a.bus,
+		Clock:       a.clk,
+		Logger:      a.log.With("component", "broker"),
+	})
+	if err != nil {
+		return err
+	}
+	if err := b.Start(ctx); err != nil {
+		return err
+	}
+	a.broker = b
+	a.onStop("broker", func(context.Context) error {
+		err := b.Close()
+		os.Remove(filepath.Join(a.data, "run", "mqtt.addr"))
+		return err
+	})
+	addr := b.Addr()
+	if addr == nil {
+		return errors.New("broker: no listening address after start")
+	}
+	return writeFileAtomic(filepath.Join(a.data, "run", "mqtt.addr"), []byte(addr.String()+"\n"))
+}
+
+// clientVerifier is what the broker adapter needs of identity.
+type clientVerifier interface {
+	VerifyClient(ctx context.Context, chain []*x509.Certificate) (identity.DeviceIdentity, error)
+}
+
+// brokerVerifier adapts identity's verification to the broker, mapping
+// identity's errors onto the broker's refusal reasons.
+type brokerVerifier struct{ id clientVerifier }
+
+var _ broker.Verifier = brokerVerifier{}
+
+func (v brokerVerifier) VerifyClient(ctx context.Context, chain []*x509.Certificate) (broker.Identity, error) {
+	d, err := v.id.VerifyClient(ctx, chain)
+	bid := broker.Identity{Tenant: d.Tenant, Device: d.Device, Serial: d.Serial}
+	if err == nil {
+		return bid, nil
+	}
+	return bid, mapVerifyErr(err)
+}
+
+// mapVerifyErr wraps err with the broker sentinel for its cause. Expired
+// is checked before untrusted because identity's ErrExpired also wraps
+// ErrUntrusted. Errors of neither kind (a store outage) pass unchanged.
+func mapVerifyErr(err error) error {
+	switch {
+	case errors.Is(err, identity.ErrRevoked):
+		return fmt.Errorf("%w: %w", broker.ErrRevoked, err)
+	case errors.Is(err, identity.ErrExpired):
+		return fmt.Errorf("%w: %w", broker.ErrExpired, err)
+	case errors.Is(err, identity.ErrUnknownCert), errors.Is(err, identity.ErrUntrusted), errors.Is(err, identity.ErrBadID):
+		return fmt.Errorf("%w: %w", broker.ErrUnknown, err)
+	}
+	return err
+}
+
+// storeStates reads a device's lifecycle state from the registry store.
+type storeStates struct{ st store.Store }
+
+var _ broker.States = storeStates{}
+
+func (s storeStates) DeviceState(ctx context.Context, t event.TenantID, d event.DeviceID) (store.DeviceState, error) {
+	var st store.DeviceState
+	err := s.st.View(ctx, func(tx store.Tx) error {
+		dev, err := tx.Devices().Get(ctx, t, d)
+		st = dev.State
+		return err
+	})
+	return st, err
+}
