@@ -55,6 +55,28 @@ func TestOpenAPIMatchesMux(t *testing.T) {
 	for _, r := range refs {
 		require.Contains(t, doc.Comps.Schemas, r[1])
 	}
+	// The alert, action and device routes are in it with their filters and
+	// response schemas.
+	for path, want := range map[string][]string{
+		"/api/v1/tenants/{tenant}/alerts":  {"tenant", "device", "kind", "state", "since", "limit"},
+		"/api/v1/tenants/{tenant}/actions": {"tenant", "device", "state", "limit"},
+		"/api/v1/tenants/{tenant}/devices": {"tenant", "model", "state", "after", "limit"},
+	} {
+		var opn struct {
+			Parameters []struct{ Name string } `json:"parameters"`
+		}
+		require.Contains(t, doc.Paths, path)
+		require.NoError(t, json.Unmarshal(doc.Paths[path]["get"], &opn))
+		var got []string
+		for _, p := range opn.Parameters {
+			got = append(got, p.Name)
+		}
+		require.ElementsMatch(t, want, got, path)
+	}
+	for _, name := range []string{"AlertAlert", "StoreAction", "StoreDevice", "ResolveAlertRequest"} {
+		require.Contains(t, doc.Comps.Schemas, name)
+	}
+	require.Contains(t, string(doc.Paths["/api/v1/tenants/{tenant}/alerts/{id}/resolve"]["post"]), "ResolveAlertRequest")
 	// Secrets and hashes are not in any schema.
 	require.NotContains(t, string(doc.Comps.Schemas["StoreToken"]), `"hash"`)
 }
