@@ -228,3 +228,14 @@ func check(r store.AuditRecord, tenant event.TenantID, want int64, prev []byte) 
 	}
 	return Altered, "hash does not match the record's content"
 }
+
+// Record appends one record whose details are details marshalled to a JSON
+// object, in tx (the caller's Update, so the record commits with the change).
+func Record(ctx context.Context, tx store.Tx, tenant event.TenantID, at time.Time, actor, action, target string, details map[string]any) error {
+	b, err := json.Marshal(details)
+	if err != nil {
+		return fmt.Errorf("audit details: %w", err)
+	}
+	_, err = Append(ctx, tx, Entry{Tenant: tenant, Time: at, Actor: actor, Action: action, Target: target, Details: b})
+	return err
+}

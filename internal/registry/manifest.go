@@ -10,6 +10,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/garrisonhq/garrison/internal/audit"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/store"
 )
@@ -261,7 +262,7 @@ func (r *Registry) Import(ctx context.Context, tenant event.TenantID, in io.Read
 		if ie.Total > 0 {
 			return ie
 		}
-		return appendAudit(ctx, tx, tenant, now, actor, "device.import", "manifest:"+sum, map[string]any{
+		return audit.Record(ctx, tx, tenant, now, actor, "device.import", "manifest:"+sum, map[string]any{
 			"count": len(rows), "first": rows[0].id, "last": rows[len(rows)-1].id, "sha256": sum,
 		})
 	})

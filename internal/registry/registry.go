@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/garrisonhq/garrison/internal/audit"
 	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/store"
@@ -129,7 +130,7 @@ func (r *Registry) Register(ctx context.Context, d store.Device, actor string) (
 		if err := tx.Devices().Create(ctx, d); err != nil {
 			return err
 		}
-		return appendAudit(ctx, tx, d.Tenant, now, actor, "device.register", string(d.ID), map[string]any{
+		return audit.Record(ctx, tx, d.Tenant, now, actor, "device.register", string(d.ID), map[string]any{
 			"model": d.Model, "serial": d.Serial, "imei": d.IMEI, "iccid": d.ICCID, "imsi": d.IMSI, "state": d.State,
 		})
 	})
@@ -196,7 +197,7 @@ func SetStateTx(ctx context.Context, tx store.Tx, tenant event.TenantID, id even
 	if err := tx.Devices().Update(ctx, d); err != nil {
 		return store.Device{}, from, err
 	}
-	if err := appendAudit(ctx, tx, tenant, now, actor, "device.state", string(id), map[string]any{
+	if err := audit.Record(ctx, tx, tenant, now, actor, "device.state", string(id), map[string]any{
 		"from": from, "to": to, "reason": reason,
 	}); err != nil {
 		return store.Device{}, from, err
@@ -268,7 +269,7 @@ func (r *Registry) BindSIM(ctx context.Context, tenant event.TenantID, id event.
 		if err := tx.Devices().Update(ctx, d); err != nil {
 			return err
 		}
-		return appendAudit(ctx, tx, tenant, now, actor, "device.bind_sim", string(id), map[string]any{"old": old, "new": b})
+		return audit.Record(ctx, tx, tenant, now, actor, "device.bind_sim", string(id), map[string]any{"old": old, "new": b})
 	})
 	if err != nil {
 		return store.Device{}, fmt.Errorf("registry bind sim %s/%s: %w", tenant, id, err)

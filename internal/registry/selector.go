@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/garrisonhq/garrison/internal/audit"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/store"
 )
@@ -305,7 +306,7 @@ func (r *Registry) SetStateSelected(ctx context.Context, tenant event.TenantID, 
 			for i, c := range changes {
 				devices[i] = map[string]string{"id": string(c.id), "from": string(c.from)}
 			}
-			return appendAudit(ctx, tx, tenant, now, actor, "device.state.bulk", "selector:"+sel.String(), map[string]any{
+			return audit.Record(ctx, tx, tenant, now, actor, "device.state.bulk", "selector:"+sel.String(), map[string]any{
 				"to": to, "reason": reason, "selector": sel.String(), "count": len(changes), "devices": devices,
 			})
 		})

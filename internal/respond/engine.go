@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/garrisonhq/garrison/internal/alert"
+	"github.com/garrisonhq/garrison/internal/audit"
 	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/store"
@@ -239,7 +240,7 @@ func (e *Engine) SetPlaybooks(ctx context.Context, tenant event.TenantID, doc []
 			return err
 		}
 		sum := sha256.Sum256(doc)
-		return appendAudit(ctx, tx, tenant, now, actor, "playbooks.update", SettingsKey, map[string]any{
+		return audit.Record(ctx, tx, tenant, now, actor, "playbooks.update", SettingsKey, map[string]any{
 			"version": version, "sha256": fmt.Sprintf("%x", sum),
 		})
 	})
@@ -707,7 +708,7 @@ func auditAction(ctx context.Context, tx store.Tx, act store.Action, now time.Ti
 	if by != "" {
 		actor = by
 	}
-	return appendAudit(ctx, tx, act.Tenant, now, actor, "action."+string(act.State), "action:"+act.ID, d)
+	return audit.Record(ctx, tx, act.Tenant, now, actor, "action."+string(act.State), "action:"+act.ID, d)
 }
 
 func (e *Engine) publishAction(ctx context.Context, act store.Action, now time.Time) {
@@ -820,7 +821,7 @@ func (e *Engine) Resolve(ctx context.Context, tenant event.TenantID, alertID str
 		if err := tx.Alerts().SetState(ctx, tenant, alertID, state); err != nil {
 			return err
 		}
-		return appendAudit(ctx, tx, tenant, now, operator, "alert.state", "alert:"+alertID, map[string]any{
+		return audit.Record(ctx, tx, tenant, now, operator, "alert.state", "alert:"+alertID, map[string]any{
 			"from": a.State, "to": state})
 	})
 	if err != nil {
