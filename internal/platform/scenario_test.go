@@ -14,10 +14,10 @@ import (
 
 // raceSubset are the library scenarios still replayed under the race
 // detector (10x slower): short ones that cross every path of the plane
-// (detection, merging, quarantine through the registry, revocation).
+// (detection, alert store, quarantine through the registry, revocation).
 var raceSubset = map[string]bool{
 	"attack-revoked-cert-use.yaml": true,
-	"attack-clone.yaml":            true,
+	"attack-sim-swap.yaml":         true,
 }
 
 // TestScenarioLibrary replays every scenario of the project's own library
