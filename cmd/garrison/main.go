@@ -66,6 +66,7 @@ func newRootCmd(e *cliEnv) *cobra.Command {
 		newTenantCmd(e),
 		newTokenCmd(e),
 		newAuditCmd(e),
+		newAlertCmd(e),
 		newSimulateCmd(e),
 		newDemoCmd(e),
 	)

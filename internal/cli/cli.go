@@ -203,6 +203,10 @@ func sanitize(s string) string {
 	}, s)
 }
 
+// Sanitize replaces control characters of a server-supplied string, so that
+// text printed outside a table cannot move the terminal either.
+func Sanitize(s string) string { return sanitize(s) }
+
 // Time formats a time for tables.
 func Time(t time.Time) string {
 	if t.IsZero() {
