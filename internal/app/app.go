@@ -20,6 +20,11 @@
 // over mutual TLS (broker.addr). The real API and MQTT addresses are
 // written to <data_dir>/run/api.addr and mqtt.addr (useful with :0).
 //
+// Live MQTT sessions follow identity and the registry: a node closes a
+// device's sessions when one of its certificates is revoked
+// (identity.cert_revoked) and re-authorises them on device.state, through
+// a durable bus consumer per node (named after the host).
+//
 // The CA private keys are sealed with [Options.KeyPassphrase]; New refuses
 // to build an App without one ([config.ErrNoPassphrase]).
 package app
@@ -149,6 +154,7 @@ func (a *App) Start(ctx context.Context) (err error) {
 		{"tls", a.startTLS},
 		{"api (with EST)", a.startAPI},
 		{"broker", a.startBroker},
+		{"broker follows revocations", a.followRevocations},
 		{"announce", a.startAnnounce},
 	}
 	for _, s := range steps {

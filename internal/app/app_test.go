@@ -64,6 +64,12 @@ func TestStartStopEmbedded(t *testing.T) {
 // TestStartStopPostgresAndNATS runs the same lifecycle on PostgreSQL and an
 // external NATS JetStream server.
 func TestStartStopPostgresAndNATS(t *testing.T) {
+	runLifecycle(t, pgNATSConfig(t))
+}
+
+// pgNATSConfig is testConfig on PostgreSQL (a private schema, dropped
+// afterwards) and external NATS, or a skip when they are not configured.
+func pgNATSConfig(t *testing.T) config.Config {
 	pgURL, natsURL := os.Getenv("GARRISON_TEST_POSTGRES_URL"), os.Getenv("GARRISON_TEST_NATS_URL")
 	if pgURL == "" || natsURL == "" {
 		t.Skip("set GARRISON_TEST_POSTGRES_URL and GARRISON_TEST_NATS_URL to run against PostgreSQL and external NATS")
@@ -85,7 +91,7 @@ func TestStartStopPostgresAndNATS(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Store.URL = pgURL + sep + "search_path=" + schema
 	cfg.Bus.URL = natsURL
-	runLifecycle(t, cfg)
+	return cfg
 }
 
 func runLifecycle(t *testing.T, cfg config.Config) {

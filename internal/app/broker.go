@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/garrisonhq/garrison/internal/broker"
+	"github.com/garrisonhq/garrison/internal/bus"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/identity"
 	"github.com/garrisonhq/garrison/internal/store"
@@ -94,4 +96,61 @@ func (s storeStates) DeviceState(ctx context.Context, t event.TenantID, d event.
 		return err
 	})
 	return st, err
+}
+
+// sessionKicker is what the revocation follower needs of the broker.
+type sessionKicker interface {
+	Kick(t event.TenantID, d event.DeviceID, reason string) bool
+	SetState(t event.TenantID, d event.DeviceID, s store.DeviceState) bool
+}
+
+// followRevocations closes live MQTT sessions when identity revokes a
+// certificate (the device may reconnect only with a certificate that still
+// verifies) and re-authorises them on registry state changes. Each node has
+// its own durable consumer, so every node closes its own sessions.
+func (a *App) followRevocations(ctx context.Context) error {
+	node := nodeName()
+	for _, k := range []event.Kind{event.CertRevoked, event.DeviceState} {
+		c, err := a.bus.Consume(ctx, bus.ConsumerOptions{
+			Name:    "broker-" + node + "-" + strings.ReplaceAll(string(k), ".", "_"),
+			Stream:  a.bus.StreamFor(k),
+			Filters: []string{bus.KindFilter(k)},
+			Deliver: bus.DeliverNew,
+			Handler: func(_ context.Context, e *event.Event) error { applyToSessions(a.broker, e); return nil },
+		})
+		if err != nil {
+			return err
+		}
+		a.onStop("broker follower "+string(k), func(context.Context) error { c.Stop(); return nil })
+	}
+	return nil
+}
+
+// applyToSessions acts on one identity or registry event.
+func applyToSessions(b sessionKicker, e *event.Event) {
+	switch e.Kind {
+	case event.CertRevoked:
+		if e.Device != "" {
+			b.Kick(e.Tenant, e.Device, "certificate_revoked")
+		}
+	case event.DeviceState:
+		if to, ok := e.Attrs["to"].(string); ok && e.Device != "" {
+			b.SetState(e.Tenant, e.Device, store.DeviceState(to))
+		}
+	}
+}
+
+// nodeName names this process's durable consumers: the host name, reduced
+// to the characters a consumer name may hold.
+func nodeName() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		h = "node"
+	}
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '_'
+	}, h)
 }

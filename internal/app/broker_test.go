@@ -6,7 +6,9 @@ import (
 	"testing"
 
 	"github.com/garrisonhq/garrison/internal/broker"
+	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/identity"
+	"github.com/garrisonhq/garrison/internal/store"
 )
 
 func TestMapVerifyErr(t *testing.T) {
@@ -35,6 +37,43 @@ func TestMapVerifyErr(t *testing.T) {
 				if other != tc.want && errors.Is(got, other) {
 					t.Fatalf("%v also wraps %v", got, other)
 				}
+			}
+		})
+	}
+}
+
+type fakeKicker struct {
+	kicked []string
+	states []string
+}
+
+func (f *fakeKicker) Kick(t event.TenantID, d event.DeviceID, reason string) bool {
+	f.kicked = append(f.kicked, string(t)+"/"+string(d)+":"+reason)
+	return true
+}
+
+func (f *fakeKicker) SetState(t event.TenantID, d event.DeviceID, s store.DeviceState) bool {
+	f.states = append(f.states, string(t)+"/"+string(d)+":"+string(s))
+	return true
+}
+
+func TestApplyToSessions(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		ev             event.Event
+		kicked, states []string
+	}{
+		{"revoked", event.Event{Kind: event.CertRevoked, Tenant: "t", Device: "d", Attrs: map[string]any{"serial": "1f"}}, []string{"t/d:certificate_revoked"}, nil},
+		{"revoked without device", event.Event{Kind: event.CertRevoked, Tenant: "t"}, nil, nil},
+		{"quarantined", event.Event{Kind: event.DeviceState, Tenant: "t", Device: "d", Attrs: map[string]any{"from": "active", "to": "quarantined"}}, nil, []string{"t/d:quarantined"}},
+		{"state without to", event.Event{Kind: event.DeviceState, Tenant: "t", Device: "d", Attrs: map[string]any{"from": "active"}}, nil, nil},
+		{"other kind", event.Event{Kind: event.CertIssued, Tenant: "t", Device: "d"}, nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var f fakeKicker
+			applyToSessions(&f, &tc.ev)
+			if fmt.Sprint(f.kicked) != fmt.Sprint(tc.kicked) || fmt.Sprint(f.states) != fmt.Sprint(tc.states) {
+				t.Fatalf("kicked %v states %v, want %v %v", f.kicked, f.states, tc.kicked, tc.states)
 			}
 		})
 	}

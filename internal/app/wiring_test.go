@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/garrisonhq/garrison/internal/app"
+	"github.com/garrisonhq/garrison/internal/config"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/identity"
 	"github.com/garrisonhq/garrison/internal/store"
@@ -34,13 +35,23 @@ import (
 // revoked, a new connection is refused, and the CRL on the plain-HTTP port
 // lists it. The API still wants a token; EST answers on the API port.
 func TestDeviceConnectsThenIsRevoked(t *testing.T) {
+	deviceLifecycle(t, testConfig(t))
+}
+
+// TestDeviceConnectsThenIsRevokedPostgresAndNATS is the same on the
+// scale-out back-ends.
+func TestDeviceConnectsThenIsRevokedPostgresAndNATS(t *testing.T) {
+	deviceLifecycle(t, pgNATSConfig(t))
+}
+
+func deviceLifecycle(t *testing.T, cfg config.Config) {
 	pub, err := exec.LookPath("mosquitto_pub")
 	if err != nil {
 		t.Skip("mosquitto_pub not installed (Debian package mosquitto-clients); it is the third-party MQTT client of this test")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	a, err := app.New(testConfig(t), nil, app.Options{KeyPassphrase: testPass})
+	a, err := app.New(cfg, nil, app.Options{KeyPassphrase: testPass})
 	require.NoError(t, err)
 	require.NoError(t, a.Start(ctx))
 	defer a.Stop(context.Background())
@@ -93,10 +104,30 @@ func TestDeviceConnectsThenIsRevoked(t *testing.T) {
 		"the broker saw the publish")
 	require.Equal(t, before.Denied, a.Broker().Stats().Denied, "its own telemetry topic is allowed")
 
+	// A live session (a subscriber on its command topic) is closed when the
+	// certificate is revoked, through the revocation event on the bus.
+	if sub, err := exec.LookPath("mosquitto_sub"); err == nil {
+		live := exec.CommandContext(ctx, sub, "-h", "localhost", "-p", port, "-V", "mqttv311",
+			"--cafile", caFile, "--cert", certFile, "--key", keyFile, "-i", string(device),
+			"-t", "devices/"+string(device)+"/commands")
+		require.NoError(t, live.Start())
+		defer func() { _ = live.Process.Kill(); _ = live.Wait() }()
+		require.Eventually(t, func() bool { return a.Broker().Stats().Sessions == 1 }, 5*time.Second, 20*time.Millisecond,
+			"the subscriber is connected")
+	} else {
+		t.Log("mosquitto_sub not installed: the live-session kick is not checked here")
+	}
+	kicksBefore := a.Broker().Stats().Kicks
+
 	// Revoke: the next connection is refused by the broker.
 	n, err := a.Identity().RevokeDevice(ctx, tenant, device, 1, "test")
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
+	if _, err := exec.LookPath("mosquitto_sub"); err == nil {
+		require.Eventually(t, func() bool { return a.Broker().Stats().Sessions == 0 }, 2*time.Second, 10*time.Millisecond,
+			"the live session is closed within the second after revocation")
+		require.Greater(t, a.Broker().Stats().Kicks, kicksBefore)
+	}
 	before = a.Broker().Stats()
 	out, err = publish()
 	require.Error(t, err, "a revoked certificate must not connect: %s", out)
