@@ -256,3 +256,71 @@ func TestAlertsForeignTenant(t *testing.T) {
 	requireCode(t, e.do("POST", "/api/v1/tenants/"+string(other.tenant)+"/alerts/"+other.alertID+"/ack", admin, ""), 404, api.CodeNotFound)
 	require.Equal(t, alert.Open, e.alertState(t, other.tenant, other.alertID))
 }
+
+// TestAlertConcurrentAck races operators acknowledging one alert: exactly
+// one wins, the others get 409, and one audit record is written.
+func TestAlertConcurrentAck(t *testing.T) {
+	e := newEnv(t)
+	w := e.world(t)
+	path := "/api/v1/tenants/" + string(w.tenant) + "/alerts/" + w.alertID + "/ack"
+	before := e.head(t, w.tenant)
+	const n = 8
+	codes := make(chan int, n)
+	for range n {
+		go func() { codes <- e.do("POST", path, w.tokens[store.RoleOperator], "").Code }()
+	}
+	won := 0
+	for range n {
+		switch c := <-codes; c {
+		case 200:
+			won++
+		case 409:
+		default:
+			t.Fatalf("status %d", c)
+		}
+	}
+	require.Equal(t, 1, won)
+	require.Equal(t, before+1, e.head(t, w.tenant))
+}
+
+// FuzzListQueries throws arbitrary query strings at the alert, action and
+// device lists: every answer is a JSON array or a clean 400.
+func FuzzListQueries(f *testing.F) {
+	for _, s := range []struct {
+		which uint8
+		q     string
+	}{
+		{0, "device=d1&kind=net.port_scan&state=open&since=2026-11-24T00:00:00Z&limit=5"},
+		{0, "since=2026-13-40T99:00:00Z"},
+		{0, "limit=%00"},
+		{1, "device=d1&state=done&limit=1000"},
+		{2, "model=m2&state=active&after=d1&limit=2"},
+		{2, "after=%ff%fe&state="},
+	} {
+		f.Add(s.which, s.q)
+	}
+	e := newEnv(f)
+	w := e.world(f)
+	base := "/api/v1/tenants/" + string(w.tenant)
+	paths := []string{base + "/alerts", base + "/actions", base + "/devices"}
+	f.Fuzz(func(t *testing.T, which uint8, q string) {
+		u := paths[int(which)%len(paths)] + "?" + url.PathEscape(q)
+		u = strings.ReplaceAll(u, "%26", "&")
+		u = strings.ReplaceAll(u, "%3D", "=")
+		rec := e.do("GET", u, w.tokens[store.RoleViewer], "")
+		switch rec.Code {
+		case 200:
+			var xs []json.RawMessage
+			if err := json.Unmarshal(rec.Body.Bytes(), &xs); err != nil {
+				t.Fatalf("not an array: %s", rec.Body.String())
+			}
+		case 400:
+			var eb api.ErrorBody
+			if err := json.Unmarshal(rec.Body.Bytes(), &eb); err != nil || eb.Error.Code != api.CodeBadRequest {
+				t.Fatalf("error body %q", rec.Body.String())
+			}
+		default:
+			t.Fatalf("status %d for %q: %s", rec.Code, u, rec.Body.String())
+		}
+	})
+}
