@@ -121,7 +121,7 @@ func runDemo(ctx context.Context, e *cliEnv, o demoOptions) (err error) {
 
 	// The platform itself: store, bus, HTTPS API.
 	var first bytes.Buffer
-	a, err := startDemoApp(ctx, dir, o.addr, &first)
+	a, pass, err := startDemoApp(ctx, dir, o.addr, &first)
 	if err != nil {
 		return err
 	}
@@ -135,9 +135,9 @@ func runDemo(ctx context.Context, e *cliEnv, o demoOptions) (err error) {
 	token := regexp.MustCompile(`gar_[0-9a-f]+_[0-9a-f]+`).FindString(first.String())
 	fmt.Fprintf(out, "  data directory  %s\n  API             https://%s/api/v1 (certificate %s/tls/server.crt)\n\n", dir, a.APIAddr(), dir)
 
-	// The demo makes its own CA passphrase; serve requires the operator's.
-	pass := make([]byte, 32)
-	_, _ = rand.Read(pass)
+	// The demo makes its own CA passphrase (see demoPassphrase); serve
+	// requires the operator's. The app's CA and this one share the store,
+	// so they share the passphrase.
 	sealer, err := identity.NewSealer(pass)
 	if err != nil {
 		return err
@@ -270,7 +270,7 @@ func runDemo(ctx context.Context, e *cliEnv, o demoOptions) (err error) {
 	return nil
 }
 
-func startDemoApp(ctx context.Context, dir, addr string, first io.Writer) (*app.App, error) {
+func startDemoApp(ctx context.Context, dir, addr string, first io.Writer) (*app.App, []byte, error) {
 	cfg := config.Default()
 	cfg.DataDir = dir
 	cfg.API.Addr = addr
@@ -284,16 +284,16 @@ func startDemoApp(ctx context.Context, dir, addr string, first io.Writer) (*app.
 	cfg.Log.Level = "error"
 	pass, err := demoPassphrase(dir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	a, err := app.New(cfg, config.Source{}, app.Options{Out: first, Logger: newLogger(io.Discard, "error", ""), KeyPassphrase: pass})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := a.Start(ctx); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return a, nil
+	return a, pass, nil
 }
 
 // enrolDevice does what the agent does on first boot: make a key that never
