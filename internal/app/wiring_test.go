@@ -156,6 +156,23 @@ func deviceLifecycle(t *testing.T, cfg config.Config) {
 		require.Contains(t, strings.ToUpper(string(out)), strings.ToUpper(iss.Cert.SerialNumber.Text(16)))
 	}
 
+	// OCSP on the same port, asked by openssl as a real client.
+	if openssl, err := exec.LookPath("openssl"); err == nil {
+		leafFile, issuerFile, chainFile := filepath.Join(dir, "leaf.pem"), filepath.Join(dir, "issuer.pem"), filepath.Join(dir, "chain.pem")
+		require.NoError(t, os.WriteFile(leafFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: iss.Cert.Raw}), 0o600))
+		require.NoError(t, os.WriteFile(issuerFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: iss.Chain[0].Raw}), 0o600))
+		var chain bytes.Buffer
+		for _, c := range iss.Chain {
+			require.NoError(t, pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+		}
+		require.NoError(t, os.WriteFile(chainFile, chain.Bytes(), 0o600))
+		out, err := exec.Command(openssl, "ocsp", "-issuer", issuerFile, "-cert", leafFile, "-CAfile", chainFile,
+			"-url", "http://"+a.HTTPAddr().String()+"/ocsp/"+string(tenant)).CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		require.Contains(t, string(out), leafFile+": revoked", "%s", out)
+		require.Contains(t, string(out), "Response verify OK", "%s", out)
+	}
+
 	// The plain-HTTP port serves only CRL and OCSP.
 	code, _ = get(t, http.DefaultClient, "http://"+a.HTTPAddr().String()+"/healthz")
 	require.Equal(t, 404, code)
