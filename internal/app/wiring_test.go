@@ -6,8 +6,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"io"
 	"net"
@@ -104,6 +106,26 @@ func deviceLifecycle(t *testing.T, cfg config.Config) {
 		"the broker saw the publish")
 	require.Equal(t, before.Denied, a.Broker().Stats().Denied, "its own telemetry topic is allowed")
 
+	// EST re-enrolment on the API port, authenticated by the device
+	// certificate presented in the TLS handshake (the API listener asks
+	// for one without requiring it).
+	pair, err := tls.X509KeyPair(certPEM.Bytes(), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
+	require.NoError(t, err)
+	reenroll := func() int {
+		pool, err := tlsutil.Pool(caFile)
+		require.NoError(t, err)
+		dc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+			RootCAs: pool, ServerName: "localhost", Certificates: []tls.Certificate{pair}}}}
+		defer dc.CloseIdleConnections()
+		resp, err := dc.Post("https://"+a.APIAddr().String()+"/.well-known/est/"+string(tenant)+"/simplereenroll",
+			"application/pkcs10", strings.NewReader(base64.StdEncoding.EncodeToString(csr)))
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode
+	}
+	require.Equal(t, 200, reenroll(), "re-enrolment with the current certificate")
+
 	// A live session (a subscriber on its command topic) is closed when the
 	// certificate is revoked, through the revocation event on the bus.
 	if sub, err := exec.LookPath("mosquitto_sub"); err == nil {
@@ -122,7 +144,7 @@ func deviceLifecycle(t *testing.T, cfg config.Config) {
 	// Revoke: the next connection is refused by the broker.
 	n, err := a.Identity().RevokeDevice(ctx, tenant, device, 1, "test")
 	require.NoError(t, err)
-	require.Equal(t, 1, n)
+	require.Equal(t, 2, n, "the first certificate and its EST renewal")
 	if _, err := exec.LookPath("mosquitto_sub"); err == nil {
 		require.Eventually(t, func() bool { return a.Broker().Stats().Sessions == 0 }, 2*time.Second, 10*time.Millisecond,
 			"the live session is closed within the second after revocation")
@@ -132,6 +154,8 @@ func deviceLifecycle(t *testing.T, cfg config.Config) {
 	out, err = publish()
 	require.Error(t, err, "a revoked certificate must not connect: %s", out)
 	require.Greater(t, a.Broker().Stats().Refused, before.Refused, "refused by the broker, not lost on the way")
+
+	require.NotEqual(t, 200, reenroll(), "a revoked certificate cannot re-enrol")
 
 	// The CRL, at the URL the certificate names, lists the serial.
 	require.Len(t, iss.Cert.CRLDistributionPoints, 1)
