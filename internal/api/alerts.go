@@ -129,6 +129,13 @@ type ResolveAlertRequest struct {
 	Note          string `json:"note,omitempty"`
 }
 
+// alertCAS is the store's atomic state change (sqlstore's alerts have it):
+// checking the state and then calling SetState would let two concurrent
+// requests both move an alert on PostgreSQL, which writes at READ COMMITTED.
+type alertCAS interface {
+	CompareAndSetState(ctx context.Context, tenant event.TenantID, id string, from []alert.State, to alert.State) (bool, error)
+}
+
 // transition moves alert id to state to if its current state is one of
 // from, with the audit record in the same transaction; 409 otherwise.
 func (s *Server) transition(ctx context.Context, c *call, to alert.State, action string, details map[string]string, from ...alert.State) (alert.Alert, error) {
@@ -139,15 +146,20 @@ func (s *Server) transition(ctx context.Context, c *call, to alert.State, action
 		if a, err = tx.Alerts().Get(ctx, c.tenant, id); err != nil {
 			return err
 		}
-		ok := false
-		for _, f := range from {
-			ok = ok || a.State == f
-		}
+		cas, ok := tx.Alerts().(alertCAS)
 		if !ok {
-			return errorf(http.StatusConflict, CodeConflict, fmt.Sprintf("alert is %s; cannot move it to %s", a.State, to))
+			return fmt.Errorf("api: store %T cannot change alert states atomically", tx.Alerts())
 		}
-		if err := tx.Alerts().SetState(ctx, c.tenant, id, to); err != nil {
+		moved, err := cas.CompareAndSetState(ctx, c.tenant, id, from, to)
+		if err != nil {
 			return err
+		}
+		if !moved {
+			// Re-read: a concurrent change may have moved it since Get.
+			if a, err = tx.Alerts().Get(ctx, c.tenant, id); err != nil {
+				return err
+			}
+			return errorf(http.StatusConflict, CodeConflict, fmt.Sprintf("alert is %s; cannot move it to %s", a.State, to))
 		}
 		if details == nil {
 			details = map[string]string{}

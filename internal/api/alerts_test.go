@@ -13,8 +13,10 @@ import (
 
 	"github.com/garrisonhq/garrison/internal/alert"
 	"github.com/garrisonhq/garrison/internal/api"
+	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/store"
+	"github.com/garrisonhq/garrison/internal/store/postgres/pgtest"
 )
 
 // seedAlerts stores, besides the world's own open alert, alerts of several
@@ -259,8 +261,19 @@ func TestAlertsForeignTenant(t *testing.T) {
 
 // TestAlertConcurrentAck races operators acknowledging one alert: exactly
 // one wins, the others get 409, and one audit record is written.
-func TestAlertConcurrentAck(t *testing.T) {
-	e := newEnv(t)
+func TestAlertConcurrentAck(t *testing.T) { raceAcks(t, newEnv(t)) }
+
+// TestAlertConcurrentAckPostgres is the same race on PostgreSQL, whose
+// writes run at READ COMMITTED.
+func TestAlertConcurrentAckPostgres(t *testing.T) {
+	db := pgtest.Open(t)
+	clk := clock.NewManual(t0)
+	srv, err := api.New(api.Options{Store: db, Clock: clk, MaxBodyBytes: 4096})
+	require.NoError(t, err)
+	raceAcks(t, &env{st: db, clk: clk, srv: srv})
+}
+
+func raceAcks(t *testing.T, e *env) {
 	w := e.world(t)
 	path := "/api/v1/tenants/" + string(w.tenant) + "/alerts/" + w.alertID + "/ack"
 	before := e.head(t, w.tenant)

@@ -262,6 +262,26 @@ func (s alerts) SetState(ctx context.Context, tenant event.TenantID, id string, 
 	return nil
 }
 
+// CompareAndSetState sets the alert's state to to only if it is one of
+// from, in one statement, so two transactions cannot both move it (at READ
+// COMMITTED the loser re-reads the row and matches nothing). It reports
+// whether the row changed; an absent alert is false, nil.
+func (s alerts) CompareAndSetState(ctx context.Context, tenant event.TenantID, id string, from []alert.State, to alert.State) (bool, error) {
+	if len(from) == 0 {
+		return false, nil
+	}
+	q := `UPDATE alerts SET state = ? WHERE tenant = ? AND id = ? AND state IN (?` + strings.Repeat(`, ?`, len(from)-1) + `)`
+	args := []any{string(to), string(tenant), id}
+	for _, f := range from {
+		args = append(args, string(f))
+	}
+	n, err := s.c.Exec(ctx, q, args...)
+	if err != nil {
+		return false, fmt.Errorf("alerts compare and set state %s/%s: %w", tenant, id, err)
+	}
+	return n > 0, nil
+}
+
 type actions struct{ *tx }
 
 const actionCols = `tenant, id, device, kind, alert_id, playbook, actor, state, reason, undo, attempts, created_at, updated_at`
