@@ -84,7 +84,7 @@ type Options struct {
 	Verifier         Verifier        // required
 	States           States          // required
 	Publisher        Publisher       // required
-	Credentials      *creds.List // default: the built-in factory list
+	Credentials      *creds.List     // default: the built-in factory list
 	Clock            clock.Clock
 	Logger           *slog.Logger
 	MaxHandshakes    int           // concurrent TLS handshakes, default 4×GOMAXPROCS... 64
