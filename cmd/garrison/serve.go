@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"os/signal"
 	"syscall"
 
@@ -32,6 +33,11 @@ func newServeCmd(e *cliEnv) *cobra.Command {
 				return err
 			}
 			log := newLogger(e.Stderr, cfg.Log.Level, cfg.Log.Format)
+			if f := cfg.Identity.KeyPassphraseFile; f != "" {
+				if fi, err := os.Stat(f); err == nil && fi.Mode().Perm()&0o077 != 0 {
+					log.Warn("key passphrase file is readable by other users; chmod 0400 it", "path", f, "mode", fi.Mode().Perm().String())
+				}
+			}
 			a, err := app.New(cfg, src, app.Options{Logger: log, Clock: clock.Real{}, Out: e.Stdout, KeyPassphrase: pass})
 			if err != nil {
 				return err

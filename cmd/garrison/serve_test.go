@@ -56,15 +56,16 @@ func TestServePassphraseFile(t *testing.T) {
 	pf := filepath.Join(dir, "pass")
 	require.NoError(t, os.WriteFile(pf, []byte(testPassphrase+"\n"), 0o600))
 	cmd := serveCmd(data, "GARRISON_IDENTITY_KEY_PASSPHRASE_FILE="+pf)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &syncBuf{}
+	cmd.Stdout, cmd.Stderr = out, out
 	require.NoError(t, cmd.Start())
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
 	addrFile := filepath.Join(data, "run", "mqtt.addr")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if b, err := os.ReadFile(addrFile); err == nil && strings.HasSuffix(string(b), "\n") {
+		// The bootstrap token is printed last, once everything started.
+		if b, err := os.ReadFile(addrFile); err == nil && strings.HasSuffix(string(b), "\n") && tokenRE.MatchString(out.String()) {
 			break
 		}
 		select {

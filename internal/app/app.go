@@ -178,6 +178,12 @@ func (a *App) startAnnounce(context.Context) error {
 // stops everything within the configured shutdown timeout.
 func (a *App) Run(ctx context.Context) error {
 	if err := a.Start(ctx); err != nil {
+		if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.Cause(ctx))) {
+			// Asked to stop while starting: Start stopped what it had
+			// started; that is a clean stop, not a failure.
+			a.log.Info("stopped during start", "reason", context.Cause(ctx))
+			return nil
+		}
 		return err
 	}
 	var runErr error

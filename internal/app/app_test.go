@@ -94,6 +94,17 @@ func pgNATSConfig(t *testing.T) config.Config {
 	return cfg
 }
 
+// TestRunStoppedDuringStart: a stop requested while starting is a clean
+// stop, not a failure.
+func TestRunStoppedDuringStart(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	a, err := app.New(testConfig(t), nil, app.Options{KeyPassphrase: testPass})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.NoError(t, a.Run(ctx))
+}
+
 func runLifecycle(t *testing.T, cfg config.Config) {
 	ctx := context.Background()
 	var out bytes.Buffer

@@ -46,6 +46,7 @@ func (a *App) publicURL() string {
 // passphrase stops the start here.
 func (a *App) startIdentity(ctx context.Context) error {
 	sealer, err := identity.NewSealer(a.passphrase)
+	clear(a.passphrase) // the Sealer holds its own copy
 	if err != nil {
 		return err
 	}
