@@ -443,7 +443,7 @@ func (c Config) Validate(src Source) error {
 	}
 	if c.Identity.PublicURL != "" {
 		if u, err := url.Parse(c.Identity.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
-			bad("identity.public_url", "want an http:// or https:// URL with a host and no user info, got %q", c.Identity.PublicURL)
+			bad("identity.public_url", "want an http:// or https:// URL with a host and no user info, got %q", RedactURL(c.Identity.PublicURL))
 		}
 	}
 	if c.Identity.CertLifetime < time.Hour || c.Identity.CertLifetime > 10*365*24*time.Hour {

@@ -81,7 +81,8 @@ func TestValidate(t *testing.T) {
 		want []string
 	}{
 		{"defaults", func(*Config) {}, nil},
-		{"random ports", func(c *Config) { c.API.Addr = "127.0.0.1:0"; c.HTTP.Addr = ":0" }, nil},
+		{"random ports", func(c *Config) { c.API.Addr = "127.0.0.1:0"; c.HTTP.Addr = ":0"; c.Broker.Addr = ":0" }, nil},
+		{"public url", func(c *Config) { c.Identity.PublicURL = "https://pki.example.net:8080/base" }, nil},
 		{"postgres and nats", func(c *Config) {
 			c.Store.URL = "postgres://u:p@127.0.0.1:5432/test"
 			c.Bus.URL = "nats://127.0.0.1:4222"
@@ -97,8 +98,12 @@ func TestValidate(t *testing.T) {
 			c.API.TokenTTL = time.Second
 			c.Store.URL = "mysql://u:hunter2@h/db"
 			c.Bus.URL = "nats://"
+			c.Broker.Addr = "mqtt"
+			c.Identity.PublicURL = "ftp://u:hunter2@pki"
+			c.Identity.CertLifetime = time.Minute
 		}, []string{"data_dir", "shutdown_timeout", "log.level", "log.format", "api.addr", "http.addr",
-			"api.max_body_bytes", "api.token_ttl", "store.url", "bus.url"}},
+			"api.max_body_bytes", "api.token_ttl", "store.url", "bus.url", "broker.addr", "identity.public_url",
+			"identity.cert_lifetime"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Default()
