@@ -57,8 +57,10 @@ type Options struct {
 	Observe   AlertObserver
 	Clock     clock.Clock
 	Logger    *slog.Logger
-	// Workers is the number of detect consumers per stream; partitions are
-	// spread over them (default 2).
+	// Workers is the number of detect consumers per stream (default 1: one
+	// consumer reads the whole stream in order). More than one spreads the
+	// device partitions over consumers with multi-subject filters, which
+	// needs NATS 2.10 or later and is slower on the server per message.
 	Workers int
 	// Name prefixes the durable consumer names (default "garrison").
 	Name string
