@@ -286,7 +286,8 @@ func startDemoApp(ctx context.Context, dir, addr string, first io.Writer) (*app.
 	if err != nil {
 		return nil, nil, err
 	}
-	a, err := app.New(cfg, config.Source{}, app.Options{Out: first, Logger: newLogger(io.Discard, "error", ""), KeyPassphrase: pass})
+	a, err := app.New(cfg, config.Source{}, app.Options{Out: first, Logger: newLogger(io.Discard, "error", ""), KeyPassphrase: pass,
+		NoDetection: true}) // the demo runs detection on simulated time itself
 	if err != nil {
 		return nil, nil, err
 	}

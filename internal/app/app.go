@@ -53,6 +53,7 @@ import (
 	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/config"
 	"github.com/garrisonhq/garrison/internal/identity"
+	"github.com/garrisonhq/garrison/internal/platform"
 	"github.com/garrisonhq/garrison/internal/store"
 	"github.com/garrisonhq/garrison/internal/tlsutil"
 )
@@ -66,6 +67,9 @@ type Options struct {
 	// KeyPassphrase seals the CA private keys (required; serve reads it
 	// with config.Config.KeyPassphrase). It is never logged.
 	KeyPassphrase []byte
+	// NoDetection leaves the detection and response plane out (the demo
+	// runs its own, on simulated time).
+	NoDetection bool
 }
 
 // App is one Garrison process. Fields are set by Start, in order.
@@ -78,17 +82,19 @@ type App struct {
 
 	passphrase []byte
 
-	metrics  *prometheus.Registry
-	store    store.Store
-	bus      *bus.Bus
-	httpLn   net.Listener
-	identity *identity.Service
-	httpSrv  *http.Server
-	tls      tlsutil.Result
-	api      *api.Server
-	apiLn    net.Listener
-	apiSrv   *http.Server
-	broker   *broker.Broker
+	metrics   *prometheus.Registry
+	store     store.Store
+	bus       *bus.Bus
+	httpLn    net.Listener
+	identity  *identity.Service
+	httpSrv   *http.Server
+	tls       tlsutil.Result
+	api       *api.Server
+	apiLn     net.Listener
+	apiSrv    *http.Server
+	broker    *broker.Broker
+	detection *platform.Detection
+	noDetect  bool
 
 	// announce prints the first-start message once the API listens.
 	announce func() error
@@ -126,7 +132,7 @@ func New(cfg config.Config, src config.Source, opt Options) (*App, error) {
 	if err != nil {
 		return nil, fmt.Errorf("app: data dir: %w", err)
 	}
-	return &App{cfg: cfg, log: opt.Logger, clk: opt.Clock, out: opt.Out, data: data,
+	return &App{cfg: cfg, log: opt.Logger, clk: opt.Clock, out: opt.Out, data: data, noDetect: opt.NoDetection,
 		passphrase: append([]byte(nil), opt.KeyPassphrase...), fail: make(chan error, 1)}, nil
 }
 
@@ -155,6 +161,7 @@ func (a *App) Start(ctx context.Context) (err error) {
 		{"api (with EST)", a.startAPI},
 		{"broker", a.startBroker},
 		{"broker follows revocations", a.followRevocations},
+		{"detection and response", a.startDetection},
 		{"announce", a.startAnnounce},
 	}
 	for _, s := range steps {

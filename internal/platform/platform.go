@@ -49,7 +49,7 @@ type AlertObserver func(a alert.Alert)
 type Options struct {
 	Bus       *bus.Bus
 	Store     store.Store
-	Directory *detect.MemDirectory
+	Directory Directory // default: an empty in-memory one
 	Catalog   *detect.MemCatalog
 	Intel     *detect.ThreatIntel
 	Settings  detect.Settings
@@ -118,7 +118,91 @@ func NewDetection(o Options) (*Detection, error) {
 }
 
 // Directory returns the detection directory (device profiles).
-func (d *Detection) Directory() *detect.MemDirectory { return d.o.Directory }
+func (d *Detection) Directory() Directory { return d.o.Directory }
+
+// Directory is what detection knows about devices, and how the plane keeps
+// it current (registry state changes, new registrations).
+type Directory interface {
+	detect.Directory
+	Put(p detect.Profile)
+}
+
+var (
+	_ Directory = (*detect.MemDirectory)(nil)
+	_ Directory = (*StoreDirectory)(nil)
+)
+
+// StoreDirectory is a [Directory] over the registry in the store: profiles
+// are cached in memory, a miss is looked up in the store (so devices
+// registered after start are found on their first event), and a miss in the
+// store is remembered for a minute so that traffic of unknown devices does
+// not reach the database on every event.
+type StoreDirectory struct {
+	mem   *detect.MemDirectory
+	st    store.Store
+	clock clock.Clock
+
+	mu   sync.Mutex
+	miss map[string]time.Time
+}
+
+// NewStoreDirectory returns a directory over st.
+func NewStoreDirectory(st store.Store, clk clock.Clock) *StoreDirectory {
+	return &StoreDirectory{mem: detect.NewMemDirectory(), st: st, clock: clk, miss: map[string]time.Time{}}
+}
+
+// Put caches p.
+func (s *StoreDirectory) Put(p detect.Profile) { s.mem.Put(p) }
+
+// Device returns the device's profile, from the cache or the store.
+func (s *StoreDirectory) Device(t event.TenantID, id event.DeviceID) (detect.Profile, bool) {
+	if p, ok := s.mem.Device(t, id); ok {
+		return p, true
+	}
+	return s.load("d/"+string(t)+"/"+string(id), func(ctx context.Context, tx store.Tx) (store.Device, error) {
+		return tx.Devices().Get(ctx, t, id)
+	})
+}
+
+// ByIMSI returns the profile of the device bound to imsi.
+func (s *StoreDirectory) ByIMSI(t event.TenantID, imsi string) (detect.Profile, bool) {
+	if p, ok := s.mem.ByIMSI(t, imsi); ok {
+		return p, true
+	}
+	return s.load("i/"+string(t)+"/"+imsi, func(ctx context.Context, tx store.Tx) (store.Device, error) {
+		return tx.Devices().ByIMSI(ctx, t, imsi)
+	})
+}
+
+func (s *StoreDirectory) load(key string, get func(context.Context, store.Tx) (store.Device, error)) (detect.Profile, bool) {
+	now := s.clock.Now()
+	s.mu.Lock()
+	if until, ok := s.miss[key]; ok && now.Before(until) {
+		s.mu.Unlock()
+		return detect.Profile{}, false
+	}
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var dev store.Device
+	err := s.st.View(ctx, func(tx store.Tx) error {
+		var err error
+		dev, err = get(ctx, tx)
+		return err
+	})
+	if err != nil {
+		s.mu.Lock()
+		if len(s.miss) > 100_000 {
+			clear(s.miss)
+		}
+		s.miss[key] = now.Add(time.Minute)
+		s.mu.Unlock()
+		return detect.Profile{}, false
+	}
+	p := Profile(dev)
+	s.mem.Put(p)
+	return p, true
+}
 
 // Catalog returns the firmware catalog detection reads.
 func (d *Detection) Catalog() *detect.MemCatalog { return d.o.Catalog }
@@ -328,7 +412,7 @@ func Profile(dev store.Device) detect.Profile {
 }
 
 // LoadDirectory fills the directory from every device of every tenant.
-func LoadDirectory(ctx context.Context, s store.Store, dir *detect.MemDirectory) (int, error) {
+func LoadDirectory(ctx context.Context, s store.Store, dir Directory) (int, error) {
 	n := 0
 	err := s.View(ctx, func(tx store.Tx) error {
 		tenants, err := tx.Tenants().List(ctx)

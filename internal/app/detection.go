@@ -1,0 +1,58 @@
+package app
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/garrisonhq/garrison/internal/alert"
+	"github.com/garrisonhq/garrison/internal/platform"
+	"github.com/garrisonhq/garrison/internal/registry"
+	"github.com/garrisonhq/garrison/internal/respond"
+)
+
+// startDetection runs the detection and response plane on the bus: every
+// event the broker and the other ingestion components publish goes through
+// the detectors; alerts are stored and the default playbooks act on them
+// through the registry (quarantine, SIM suspension, revocation), which the
+// broker then enforces on live sessions.
+func (a *App) startDetection(ctx context.Context) error {
+	if a.noDetect {
+		return nil
+	}
+	dir := platform.NewStoreDirectory(a.store, a.clk)
+	n, err := platform.LoadDirectory(ctx, a.store, dir)
+	if err != nil {
+		return fmt.Errorf("load device profiles: %w", err)
+	}
+	reg, err := registry.New(registry.Options{Store: a.store, Clock: a.clk, Logger: a.log.With("component", "registry"), Publisher: a.bus})
+	if err != nil {
+		return err
+	}
+	var resp *respond.Engine
+	det, err := platform.NewDetection(platform.Options{
+		Bus: a.bus, Store: a.store, Directory: dir, Clock: a.clk, Logger: a.log.With("component", "detect"),
+		Responder: handlerFunc(func(ctx context.Context, al alert.Alert) error { return resp.Handle(ctx, al) }),
+	})
+	if err != nil {
+		return err
+	}
+	backend := respond.RegistryBackend{Registry: reg}
+	resp, err = respond.New(respond.Options{
+		Store: a.store, Clock: a.clk, Logger: a.log.With("component", "respond"),
+		Quarantiner: backend, SIMBlocker: backend, Revoker: backend, Alerts: det, Publisher: a.bus,
+	})
+	if err != nil {
+		return err
+	}
+	if err := det.Start(ctx); err != nil {
+		return err
+	}
+	a.detection = det
+	a.onStop("detection", func(context.Context) error { det.Stop(); return nil })
+	a.log.Info("detection started", "devices", n)
+	return nil
+}
+
+type handlerFunc func(ctx context.Context, a alert.Alert) error
+
+func (f handlerFunc) Handle(ctx context.Context, a alert.Alert) error { return f(ctx, a) }
