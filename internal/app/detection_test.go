@@ -71,13 +71,16 @@ func TestServeDetectsAndResponds(t *testing.T) {
 		return dev.State == store.StateQuarantined
 	}, 10*time.Second, 50*time.Millisecond, "the default playbook did not quarantine the device")
 
+	// The action is stored as pending before the registry call and marked
+	// done in its own transaction after it.
 	var actions []store.Action
-	require.NoError(t, a.Store().View(ctx, func(tx store.Tx) error {
-		var err error
-		actions, err = tx.Actions().List(ctx, tenant, store.ActionFilter{Device: device, Kind: "quarantine"})
-		return err
-	}))
-	require.Len(t, actions, 1)
-	require.Equal(t, store.ActionDone, actions[0].State)
+	require.Eventually(t, func() bool {
+		require.NoError(t, a.Store().View(ctx, func(tx store.Tx) error {
+			var err error
+			actions, err = tx.Actions().List(ctx, tenant, store.ActionFilter{Device: device, Kind: "quarantine"})
+			return err
+		}))
+		return len(actions) == 1 && actions[0].State == store.ActionDone
+	}, 10*time.Second, 50*time.Millisecond, "quarantine action not done: %+v", actions)
 	require.Equal(t, "automation", actions[0].Actor)
 }
