@@ -78,6 +78,8 @@ func startServe(t *testing.T, data string) (*server, *syncBuf) {
 	t.Helper()
 	addrFile := filepath.Join(data, "run", "api.addr")
 	os.Remove(addrFile) // a kill -9 leaves the old one behind
+	_, statErr := os.Stat(filepath.Join(data, "garrison.db"))
+	first := os.IsNotExist(statErr)
 	out, errb := &syncBuf{}, &syncBuf{}
 	cmd := serveCmd(data, "GARRISON_KEY_PASSPHRASE="+testPassphrase)
 	cmd.Stdout, cmd.Stderr = out, errb
@@ -103,6 +105,11 @@ func startServe(t *testing.T, data string) (*server, *syncBuf) {
 		t.Fatal(err)
 	}
 	time.Sleep(50 * time.Millisecond)
+	// A first start prints the bootstrap token after its listeners: on a
+	// loaded machine that can take longer than the sleep above.
+	for deadline := time.Now().Add(15 * time.Second); first && !tokenRE.MatchString(out.String()) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	return s, out
 }
 

@@ -67,6 +67,13 @@ func newRootCmd(e *cliEnv) *cobra.Command {
 		newTokenCmd(e),
 		newAuditCmd(e),
 		newAlertCmd(e),
+		newIncidentCmd(e),
+		newWebhookCmd(e),
+		newCACmd(e),
+		newDeviceCmd(e),
+		newFirmwareCmd(e),
+		newCampaignCmd(e),
+		newCellsCmd(e),
 		newSimulateCmd(e),
 		newDemoCmd(e),
 	)

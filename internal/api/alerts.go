@@ -104,6 +104,9 @@ func (s *Server) listAlerts(ctx context.Context, c *call, _ noBody) ([]alert.Ale
 	if f.Limit, err = q.limit(); err != nil {
 		return nil, err
 	}
+	if f.Before, err = q.ident("before"); err != nil {
+		return nil, err
+	}
 	f.Device, f.Kind, f.State = event.DeviceID(dev), alert.Kind(kind), alert.State(state)
 	var as []alert.Alert
 	err = s.opt.Store.View(ctx, func(tx store.Tx) (err error) {
@@ -191,7 +194,16 @@ func (s *Server) resolveAlert(ctx context.Context, c *call, req ResolveAlertRequ
 	if req.Note != "" {
 		details = map[string]string{"note": req.Note}
 	}
-	return s.transition(ctx, c, to, action, details, alert.Open, alert.Acknowledged)
+	a, err := s.transition(ctx, c, to, action, details, alert.Open, alert.Acknowledged)
+	if err == nil && to == alert.FalsePositive && s.opt.Response != nil {
+		// Playbooks with restore_on_false_positive undo what they did
+		// (each undo audited with this operator); a failed undo is
+		// recorded on its action and logged, the resolution stands.
+		if rerr := s.opt.Response.RestoreFalsePositive(ctx, c.tenant, a.ID, c.p.Actor()); rerr != nil {
+			s.opt.Logger.ErrorContext(ctx, "restore after false positive failed", "tenant", c.tenant, "alert", a.ID, "err", rerr)
+		}
+	}
+	return a, err
 }
 
 // --- actions
@@ -211,6 +223,9 @@ func (s *Server) listActions(ctx context.Context, c *call, _ noBody) ([]store.Ac
 		return nil, err
 	}
 	if f.Limit, err = q.limit(); err != nil {
+		return nil, err
+	}
+	if f.After, err = q.ident("after"); err != nil {
 		return nil, err
 	}
 	f.Device, f.State = event.DeviceID(dev), store.ActionState(state)

@@ -90,6 +90,8 @@ func TestAlertFilters(t *testing.T) {
 		{"device=d2&kind=net.port_scan", []string{"s2"}},
 		{"since=" + url.QueryEscape(t0.Add(-150*time.Minute).Format(time.RFC3339)), []string{w.alertID, "s0", "s1"}},
 		{"limit=2", []string{w.alertID, "s0"}},
+		{"before=s0&limit=2", []string{"s1", "s2"}},
+		{"before=s3", []string{}},
 		{"device=nobody", []string{}},
 	} {
 		t.Run(tc.query, func(t *testing.T) {
@@ -109,11 +111,13 @@ func TestAlertFilters(t *testing.T) {
 
 	actionID := func(a store.Action) string { return a.ID }
 	for q, want := range map[string][]string{
-		"":                     {"ac0", "ac1", "ac2"},
+		"":                     {w.resp.action, "ac0", "ac1", "ac2"}, // the world's own action is older
 		"device=d2":            {"ac1", "ac2"},
 		"state=done":           {"ac0", "ac2"},
 		"device=d2&state=done": {"ac2"},
-		"limit=1":              {"ac0"},
+		"limit=1":              {w.resp.action},
+		"after=ac0&limit=1":    {"ac1"},
+		"after=ac2":            {},
 	} {
 		rec := e.do("GET", base+"/actions?"+q, viewer, "")
 		require.Equal(t, 200, rec.Code, rec.Body.String())
@@ -156,6 +160,8 @@ func TestAlertBadQueries(t *testing.T) {
 		{"/alerts?kind=" + url.QueryEscape("a b"), "kind"},
 		{"/actions?state=running", "state"},
 		{"/actions?limit=-1", "limit"},
+		{"/alerts?before=" + url.QueryEscape("s0'--"), "before"},
+		{"/actions?after=" + url.QueryEscape("a c"), "after"},
 		{"/actions?device=" + url.QueryEscape("/x"), "device"},
 		{"/devices?state=online", "state"},
 		{"/devices?model=" + url.QueryEscape("m 1"), "model"},

@@ -21,6 +21,7 @@ import (
 	"github.com/garrisonhq/garrison/internal/auth"
 	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/ota"
 	"github.com/garrisonhq/garrison/internal/store"
 	"github.com/garrisonhq/garrison/internal/store/sqlite"
 )
@@ -32,6 +33,8 @@ type env struct {
 	clk *clock.Manual
 	srv *api.Server
 	n   int
+	cat *ota.Catalog
+	eng *ota.Engine
 }
 
 func newEnv(t testing.TB) *env {
@@ -40,9 +43,13 @@ func newEnv(t testing.TB) *env {
 	require.NoError(t, err)
 	t.Cleanup(func() { st.Close() })
 	clk := clock.NewManual(t0)
-	srv, err := api.New(api.Options{Store: st, Clock: clk, MaxBodyBytes: 4096})
+	id, reg := newIdentity(t, st, clk)
+	cat, eng := newOTA(t, st, clk)
+	srv, err := api.New(api.Options{Store: st, Clock: clk, MaxBodyBytes: 4096, Identity: id, Devices: reg, Incidents: newIncidents(t, st, clk), Firmware: cat, Campaigns: eng,
+		Response:     newResponse(t, st, clk, reg),
+		Connectivity: newIngester(st, clk, &published{})})
 	require.NoError(t, err)
-	return &env{st: st, clk: clk, srv: srv}
+	return &env{st: st, clk: clk, srv: srv, cat: cat, eng: eng}
 }
 
 // world is one fresh tenant with an operator and token of every role, a
@@ -60,6 +67,9 @@ type world struct {
 	newTenantInput string
 	alertID        string
 	deviceID       event.DeviceID
+	inc            incidentWorld
+	ota            otaWorld
+	resp           responseWorld
 }
 
 func (e *env) token(ctx context.Context, tx store.Tx, tenant event.TenantID, op store.Operator, role store.Role, exp time.Time) (string, string) {
@@ -116,12 +126,15 @@ func (e *env) world(t testing.TB) world {
 		require.NoError(t, tx.Alerts().Put(ctx, alert.Alert{ID: w.alertID, Tenant: w.tenant, Device: w.deviceID,
 			Kind: alert.PortScan, Severity: alert.High, Detector: "net", FirstSeen: e.clk.Now(), LastSeen: e.clk.Now(),
 			Count: 1, State: alert.Open, Evidence: alert.Evidence{Summary: "scan"}}))
+		w.inc = seedIncidents(t, ctx, tx, w.tenant, e.n, e.clk.Now())
+		w.resp = seedResponse(t, ctx, tx, w.tenant, e.n, e.clk.Now(), w.alertID, w.deviceID)
 		var id string
 		id, w.revokedTok = e.token(ctx, tx, w.tenant, v, store.RoleViewer, exp)
 		return tx.Tokens().Revoke(ctx, w.tenant, id, e.clk.Now())
 	})
 	require.NoError(t, err)
 	w.newTenantInput = fmt.Sprintf(`{"id":"new-%d","name":"New"}`, e.n)
+	e.otaWorld(t, &w)
 	return w
 }
 
@@ -148,15 +161,25 @@ func (e *env) do(method, path, token, body string, hdr ...string) *httptest.Resp
 // allowed is the role model the API must implement, written out by hand so
 // the test does not trust the code it checks.
 var allowed = map[auth.Permission][]store.Role{
-	auth.PermAuthenticated:  {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator, store.RoleAuditor, store.RoleViewer},
-	auth.PermPlatform:       {store.RolePlatformAdmin},
-	auth.PermTenantRead:     {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator, store.RoleAuditor, store.RoleViewer},
-	auth.PermOperatorsRead:  {store.RolePlatformAdmin, store.RoleAdmin, store.RoleAuditor},
-	auth.PermOperatorsWrite: {store.RolePlatformAdmin, store.RoleAdmin},
-	auth.PermTokensRead:     {store.RolePlatformAdmin, store.RoleAdmin, store.RoleAuditor},
-	auth.PermTokensWrite:    {store.RolePlatformAdmin, store.RoleAdmin},
-	auth.PermAuditRead:      {store.RolePlatformAdmin, store.RoleAdmin, store.RoleAuditor},
-	auth.PermAlertsWrite:    {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator},
+	auth.PermAuthenticated:     {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator, store.RoleAuditor, store.RoleViewer},
+	auth.PermPlatform:          {store.RolePlatformAdmin},
+	auth.PermTenantRead:        {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator, store.RoleAuditor, store.RoleViewer},
+	auth.PermOperatorsRead:     {store.RolePlatformAdmin, store.RoleAdmin, store.RoleAuditor},
+	auth.PermOperatorsWrite:    {store.RolePlatformAdmin, store.RoleAdmin},
+	auth.PermTokensRead:        {store.RolePlatformAdmin, store.RoleAdmin, store.RoleAuditor},
+	auth.PermTokensWrite:       {store.RolePlatformAdmin, store.RoleAdmin},
+	auth.PermAuditRead:         {store.RolePlatformAdmin, store.RoleAdmin, store.RoleAuditor},
+	auth.PermAlertsWrite:       {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator},
+	auth.PermDevicesWrite:      {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator},
+	auth.PermCAWrite:           {store.RolePlatformAdmin, store.RoleAdmin},
+	auth.PermIncidentsWrite:    {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator},
+	auth.PermExportsRead:       {store.RolePlatformAdmin, store.RoleAdmin, store.RoleAuditor},
+	auth.PermExportsWrite:      {store.RolePlatformAdmin, store.RoleAdmin},
+	auth.PermFirmwareWrite:     {store.RolePlatformAdmin, store.RoleAdmin},
+	auth.PermCampaignsWrite:    {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator},
+	auth.PermPlaybooksWrite:    {store.RolePlatformAdmin, store.RoleAdmin},
+	auth.PermResponseWrite:     {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator},
+	auth.PermConnectivityWrite: {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator},
 }
 
 func may(perm auth.Permission, r store.Role) bool {
@@ -176,6 +199,8 @@ func may(perm auth.Permission, r store.Role) bool {
 func request(rt api.Route, w world, tenant event.TenantID) (string, string) {
 	path := strings.ReplaceAll(rt.Pattern, "{tenant}", string(tenant))
 	platform := strings.HasPrefix(rt.Pattern, "/api/v1/platform")
+	path = w.inc.fill(path)
+	path = w.resp.fill(path)
 	switch {
 	case strings.Contains(path, "/operators/{id}") && platform:
 		path = strings.ReplaceAll(path, "{id}", w.platVictimOp)
@@ -189,11 +214,13 @@ func request(rt api.Route, w world, tenant event.TenantID) (string, string) {
 		path = strings.ReplaceAll(path, "{id}", w.alertID)
 	case strings.Contains(path, "/devices/{id}"):
 		path = strings.ReplaceAll(path, "{id}", string(w.deviceID))
+	case strings.Contains(path, "/campaigns/{id}"):
+		path = strings.ReplaceAll(path, "{id}", w.ota.campaign(rt.Pattern))
 	}
 	if strings.Contains(path, "{") {
 		panic("no path values for " + rt.Pattern)
 	}
-	if rt.Req == nil {
+	if rt.Req == nil && rt.Body == "" {
 		return path, ""
 	}
 	switch {
@@ -209,6 +236,21 @@ func request(rt api.Route, w world, tenant event.TenantID) (string, string) {
 		return path, `{"name":"ci","role":"viewer","ttl":"1h"}`
 	case strings.HasSuffix(rt.Pattern, "/resolve"):
 		return path, `{"note":"checked"}`
+	}
+	if body, ok := identityBody(rt.Pattern); ok {
+		return path, body
+	}
+	if body, ok := incidentBody(rt.Pattern, w.alertID); ok {
+		return path, body
+	}
+	if body, ok := w.ota.body(rt.Pattern); ok {
+		return path, body
+	}
+	if body, ok := w.resp.body(rt.Pattern); ok {
+		return path, body
+	}
+	if body, ok := connectivityBody(rt.Pattern); ok {
+		return path, body
 	}
 	panic("no request body for " + rt.Pattern)
 }
@@ -250,7 +292,7 @@ func TestRBACEveryRoute(t *testing.T) {
 					chain = api.PlatformChain
 				}
 				before := e.head(t, chain)
-				rec := e.do(rt.Method, path, tok, body)
+				rec := e.do(rt.Method, path, tok, body, bodyType(rt)...)
 				mutating := rt.Method != http.MethodGet
 
 				switch {
@@ -289,7 +331,7 @@ func TestRBACEveryRoute(t *testing.T) {
 				path, body := request(rt, w, w.tenant)
 				for _, tok := range []string{"", "gar_nope", w.expiredTok, w.revokedTok, w.tokens[store.RoleAdmin] + "x",
 					strings.Replace(w.tokens[store.RoleAdmin], "_", "-", -1)} {
-					rec := e.do(rt.Method, path, tok, body)
+					rec := e.do(rt.Method, path, tok, body, bodyType(rt)...)
 					requireCode(t, rec, http.StatusUnauthorized, api.CodeUnauthenticated)
 				}
 			})

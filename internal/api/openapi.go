@@ -46,6 +46,11 @@ func (s *Server) OpenAPI() map[string]any {
 		if params != nil {
 			opn["parameters"] = params
 		}
+		if rt.Body != "" {
+			opn["requestBody"] = map[string]any{"required": true, "content": map[string]any{
+				rt.Body: map[string]any{"schema": map[string]any{"type": "string"}},
+			}}
+		}
 		if rt.Req != nil {
 			opn["requestBody"] = map[string]any{"required": true, "content": map[string]any{
 				"application/json": map[string]any{"schema": schemaOf(rt.Req, schemas)},

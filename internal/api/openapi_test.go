@@ -58,8 +58,8 @@ func TestOpenAPIMatchesMux(t *testing.T) {
 	// The alert, action and device routes are in it with their filters and
 	// response schemas.
 	for path, want := range map[string][]string{
-		"/api/v1/tenants/{tenant}/alerts":  {"tenant", "device", "kind", "state", "since", "limit"},
-		"/api/v1/tenants/{tenant}/actions": {"tenant", "device", "state", "limit"},
+		"/api/v1/tenants/{tenant}/alerts":  {"tenant", "device", "kind", "state", "since", "before", "limit"},
+		"/api/v1/tenants/{tenant}/actions": {"tenant", "device", "state", "after", "limit"},
 		"/api/v1/tenants/{tenant}/devices": {"tenant", "model", "state", "after", "limit"},
 	} {
 		var opn struct {

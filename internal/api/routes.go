@@ -33,6 +33,9 @@ type Route struct {
 	Resp    reflect.Type // nil when it returns no body (204)
 	Query   []string     // query parameters it reads
 	Raw     bool         // writes its own response (metrics, openapi)
+	// Body is the content type of a request body that is not JSON (the
+	// handler reads it itself), e.g. text/csv.
+	Body string
 	// ContentType of a Raw route's response.
 	ContentType string
 
@@ -130,16 +133,35 @@ func (s *Server) table() []Route {
 		op(get, p+"/audit", auth.PermPlatform, ScopePlatform, ok, "List the platform's audit records.", (*Server).listAudit),
 		op(get, p+"/audit/verify", auth.PermPlatform, ScopePlatform, ok, "Recompute the platform's audit hash chain.", (*Server).verifyAudit),
 	}
+	rs = append(rs, s.identityRoutes(t)...)
+	rs = append(rs, s.deviceRoutes(t)...)
+	rs = append(rs, s.incidentRoutes(t)...)
+	rs = append(rs, s.exportRoutes(t)...)
+	rs = append(rs, s.firmwareRoutes(t)...)
+	rs = append(rs, s.responseRoutes(t)...)
+	rs = append(rs, s.connectivityRoutes(t, p)...)
 	for i := range rs {
 		switch rs[i].Pattern {
 		case t + "/audit", p + "/audit":
 			rs[i].Query = []string{"after", "limit"}
 		case t + "/alerts":
-			rs[i].Query = []string{"device", "kind", "state", "since", "limit"}
+			rs[i].Query = []string{"device", "kind", "state", "since", "before", "limit"}
+		case t + "/approvals":
+			rs[i].Query = []string{"after", "limit"}
+		case t + "/mass":
+			rs[i].Query = []string{"limit"}
+		case t + "/mass/preview":
+			rs[i].Query = []string{"selector", "sample"}
 		case t + "/actions":
-			rs[i].Query = []string{"device", "state", "limit"}
+			rs[i].Query = []string{"device", "state", "after", "limit"}
 		case t + "/devices":
 			rs[i].Query = []string{"model", "state", "after", "limit"}
+		case t + "/incidents":
+			if rs[i].Method == get {
+				rs[i].Query = []string{"state", "device", "open", "limit"}
+			}
+		case t + "/deliveries":
+			rs[i].Query = []string{"state", "limit"}
 		}
 	}
 	return rs

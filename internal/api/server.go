@@ -60,6 +60,26 @@ type Options struct {
 	// Registry receives the API's metrics and is served on /metrics; a new
 	// one when nil.
 	Registry *prometheus.Registry
+	// Identity serves the CA, enrolment-token and revocation routes, and
+	// Devices the registry's write routes; those routes answer 503 when nil.
+	Identity CAService
+	Devices  DeviceRegistry
+	// Incidents serves the incident and runbook routes (503 when nil).
+	Incidents IncidentService
+	// Firmware serves the catalog routes and Campaigns the campaign
+	// writes; those routes answer 503 when nil.
+	Firmware  FirmwareCatalog
+	Campaigns CampaignEngine
+	// Response serves the playbook, approval and mass-action routes and
+	// restores devices when an alert is resolved as a false positive (503
+	// on its routes when nil).
+	Response ResponseService
+	// Connectivity ingests providers' webhook records (the route answers
+	// 503 when nil); CellCache, optional, is told when a cell import
+	// changed the table; CellImportMaxBytes bounds one import (1 GiB when 0).
+	Connectivity       ConnectivityIngester
+	CellCache          CellCache
+	CellImportMaxBytes int64
 }
 
 // Server is the API's http.Handler.
@@ -148,6 +168,9 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.code = code
 	w.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the connection (deadlines).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // wrap authenticates, scopes and authorizes a request, then runs the
 // route's handler, recording metrics.

@@ -53,6 +53,7 @@ import (
 	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/config"
 	"github.com/garrisonhq/garrison/internal/identity"
+	"github.com/garrisonhq/garrison/internal/ota"
 	"github.com/garrisonhq/garrison/internal/platform"
 	"github.com/garrisonhq/garrison/internal/store"
 	"github.com/garrisonhq/garrison/internal/tlsutil"
@@ -94,7 +95,12 @@ type App struct {
 	apiSrv    *http.Server
 	broker    *broker.Broker
 	detection *platform.Detection
+	incidents *incidents
 	noDetect  bool
+	conn      connectivityPlane
+
+	otaCatalog *ota.Catalog
+	otaEngine  *ota.Engine
 
 	// announce prints the first-start message once the API listens.
 	announce func() error
@@ -158,8 +164,12 @@ func (a *App) Start(ctx context.Context) (err error) {
 		{"identity", a.startIdentity},
 		{"http (CRL, OCSP)", a.startHTTP},
 		{"tls", a.startTLS},
+		{"connectivity (RADIUS, flows, cells)", a.startConnectivity},
+		{"firmware catalog", a.startOTA},
+		{"incidents and exports", a.startIncidents},
 		{"api (with EST)", a.startAPI},
 		{"broker", a.startBroker},
+		{"firmware campaigns", a.runCampaigns},
 		{"broker follows revocations", a.followRevocations},
 		{"detection and response", a.startDetection},
 		{"announce", a.startAnnounce},
@@ -302,7 +312,14 @@ func (a *App) startTLS(context.Context) error {
 }
 
 func (a *App) startAPI(ctx context.Context) error {
+	reg, err := a.apiRegistry()
+	if err != nil {
+		return err
+	}
 	srv, err := api.New(api.Options{
+		Identity:     a.identity,
+		Devices:      reg,
+		Incidents:    a.incidents.svc,
 		Store:        a.store,
 		Clock:        a.clk,
 		Logger:       a.log.With("component", "api"),
@@ -310,6 +327,10 @@ func (a *App) startAPI(ctx context.Context) error {
 		TokenTTL:     a.cfg.API.TokenTTL,
 		Ready:        a.ready,
 		Registry:     a.metrics,
+		Firmware:     a.otaCatalog,
+		Campaigns:    a.otaEngine,
+		// Provider webhooks and cell imports (connectivity.go).
+		Connectivity: a.conn.ingester, CellCache: a.conn.cells, CellImportMaxBytes: a.cfg.Cells.ImportMaxBytes,
 	})
 	if err != nil {
 		return err
@@ -321,7 +342,7 @@ func (a *App) startAPI(ctx context.Context) error {
 	}
 	a.apiLn = ln
 	a.apiSrv = &http.Server{
-		Handler: withEST(srv, a.identity),
+		Handler: a.withArtifacts(withEST(srv, a.identity)),
 		// EST re-enrolment reads the device certificate from the
 		// connection; a certificate is asked for, never required, and
 		// verified only by the EST handlers. API clients send none.

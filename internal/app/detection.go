@@ -40,6 +40,7 @@ func (a *App) startDetection(ctx context.Context) error {
 	resp, err = respond.New(respond.Options{
 		Store: a.store, Clock: a.clk, Logger: a.log.With("component", "respond"),
 		Quarantiner: backend, SIMBlocker: backend, Revoker: backend, Alerts: det, Publisher: a.bus,
+		Notifier: a.incidents.webhooks, Incidents: a.incidents.svc,
 	})
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/garrisonhq/garrison/internal/identity"
+	"github.com/garrisonhq/garrison/internal/registry"
 )
 
 // listenHTTP opens the plain-HTTP listener first, so that the CRL and OCSP
@@ -91,6 +92,12 @@ func (a *App) startHTTP(context.Context) error {
 		return nil
 	})
 	return nil
+}
+
+// apiRegistry is the registry the API's device routes write through; it
+// publishes device.state on the bus like detection's does.
+func (a *App) apiRegistry() (*registry.Registry, error) {
+	return registry.New(registry.Options{Store: a.store, Clock: a.clk, Logger: a.log.With("component", "registry"), Publisher: a.bus})
 }
 
 // withEST routes EST (RFC 7030) to identity and everything else to the API.

@@ -15,16 +15,28 @@ const (
 	PermTokensRead     Permission = "tokens:read"
 	PermTokensWrite    Permission = "tokens:write"
 	PermAuditRead      Permission = "audit:read"
-	PermAlertsWrite    Permission = "alerts:write" // acknowledge and resolve alerts
+	PermAlertsWrite    Permission = "alerts:write"    // acknowledge and resolve alerts
+	PermDevicesWrite   Permission = "devices:write"   // register, import, change state, bind SIM, revoke devices; enrolment tokens
+	PermCAWrite        Permission = "ca:write"        // rotate the issuing CA, import CAs
+	PermIncidentsWrite Permission = "incidents:write" // open incidents, add alerts and notes, move states, edit runbooks
+	PermExportsRead    Permission = "exports:read"    // webhooks and their deliveries (never secrets)
+	PermExportsWrite   Permission = "exports:write"   // create and delete webhooks, redrive dead deliveries
+	PermFirmwareWrite  Permission = "firmware:write"  // OTA root, keys document, releases, minimum versions
+	PermCampaignsWrite Permission = "campaigns:write" // create, pause, resume, cancel firmware campaigns
+	PermPlaybooksWrite Permission = "playbooks:write" // upload, enable and disable playbooks
+	PermResponseWrite  Permission = "response:write"  // approve or reject actions, start and cancel mass actions
+	// PermConnectivityWrite pushes connectivity records (provider webhooks).
+	PermConnectivityWrite Permission = "connectivity:write"
 )
 
 // grants is the whole role model. platform-admin holds every permission in
 // every tenant and is not listed.
 var grants = map[store.Role][]Permission{
 	store.RoleAdmin: {PermAuthenticated, PermTenantRead, PermOperatorsRead, PermOperatorsWrite,
-		PermTokensRead, PermTokensWrite, PermAuditRead, PermAlertsWrite},
-	store.RoleOperator: {PermAuthenticated, PermTenantRead, PermAlertsWrite},
-	store.RoleAuditor:  {PermAuthenticated, PermTenantRead, PermOperatorsRead, PermTokensRead, PermAuditRead},
+		PermTokensRead, PermTokensWrite, PermAuditRead, PermAlertsWrite, PermDevicesWrite, PermCAWrite,
+		PermIncidentsWrite, PermExportsRead, PermExportsWrite, PermFirmwareWrite, PermCampaignsWrite, PermPlaybooksWrite, PermResponseWrite, PermConnectivityWrite},
+	store.RoleOperator: {PermAuthenticated, PermTenantRead, PermAlertsWrite, PermDevicesWrite, PermIncidentsWrite, PermCampaignsWrite, PermResponseWrite, PermConnectivityWrite},
+	store.RoleAuditor:  {PermAuthenticated, PermTenantRead, PermOperatorsRead, PermTokensRead, PermAuditRead, PermExportsRead},
 	store.RoleViewer:   {PermAuthenticated, PermTenantRead},
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/mqttconn"
 	"github.com/garrisonhq/garrison/internal/store"
 )
 
@@ -125,7 +126,7 @@ func (bt *benchTarget) connect(ctx context.Context, tc tls.Certificate, id event
 	if err != nil {
 		return nil, err
 	}
-	c := paho.NewClient(paho.ClientConfig{Conn: nc})
+	c := paho.NewClient(paho.ClientConfig{Conn: mqttconn.Locked(nc)})
 	ca, err := c.Connect(ctx, &paho.Connect{ClientID: string(id), KeepAlive: 60, CleanStart: true})
 	if err != nil {
 		return nil, err

@@ -177,6 +177,8 @@ type Broker struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session // key: tenant/device
+
+	observers atomic.Int64 // inline subscription ids
 }
 
 // New validates opts and builds a broker; it opens nothing.
@@ -310,6 +312,26 @@ func (b *Broker) Command(t event.TenantID, d event.DeviceID, payload []byte) (bo
 		return live, fmt.Errorf("broker: command: %w", err)
 	}
 	return live, nil
+}
+
+// observerIDBase keeps Observe's inline subscription ids apart from
+// OnDevicePublish's.
+const observerIDBase = 1 << 20
+
+// Observe calls fn with every publish matching filter that the broker
+// accepted (past the ACL, quarantine and limits), on the broker's
+// goroutine: fn must not block. stop removes the observer. It is how the
+// platform reads device reports (events, ota/status) without a network
+// client.
+func (b *Broker) Observe(filter string, fn func(topic string, payload []byte)) (stop func(), err error) {
+	id := observerIDBase + int(b.observers.Add(1)) // apart from OnDevicePublish's ids
+	err = b.srv.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		fn(pk.TopicName, pk.Payload)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: observe: %w", err)
+	}
+	return func() { _ = b.srv.Unsubscribe(filter, id) }, nil
 }
 
 // Stats returns the broker's counters.

@@ -12,6 +12,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/mqttconn"
 	"github.com/garrisonhq/garrison/internal/store"
 )
 
@@ -239,7 +240,7 @@ func TestMQTT5SessionWithPaho(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := make(chan string, 1)
-	c := paho.NewClient(paho.ClientConfig{Conn: nc, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+	c := paho.NewClient(paho.ClientConfig{Conn: mqttconn.Locked(nc), OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 		func(pr paho.PublishReceived) (bool, error) { got <- string(pr.Packet.Payload); return true, nil },
 	}})
 	ca, err := c.Connect(ctx, &paho.Connect{ClientID: "trk-0001", KeepAlive: 30, CleanStart: true})
@@ -302,4 +303,65 @@ func TestNoClientCertificateRefused(t *testing.T) {
 		t.Fatal("connection without a client certificate was served")
 	}
 	waitFor(t, 2*time.Second, "refusal event", func() bool { return f.b.Stats().HandshakeFailures >= 1 })
+}
+
+// TestSendAndObserve: the platform sends a firmware job to a device's own
+// subscription and reads the device's report back through an observer;
+// a refused publish (another device's topic) never reaches the observer.
+func TestSendAndObserve(t *testing.T) {
+	f := newFixture(t)
+	_, _, tc, _ := f.pki.issue(t, "acme", "trk-0003", time.Now().Add(time.Hour))
+	f.states.set("trk-0003", store.StateActive)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	seen := make(chan string, 4)
+	stop, err := f.b.Observe("devices/+/ota/status", func(topic string, payload []byte) { seen <- topic + " " + string(payload) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	nc, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", f.port), &tls.Config{RootCAs: f.pki.pool, Certificates: []tls.Certificate{tc}, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	c := paho.NewClient(paho.ClientConfig{Conn: mqttconn.Locked(nc), OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+		func(pr paho.PublishReceived) (bool, error) {
+			got <- pr.Packet.Topic + " " + string(pr.Packet.Payload)
+			return true, nil
+		},
+	}})
+	if ca, err := c.Connect(ctx, &paho.Connect{ClientID: "trk-0003", KeepAlive: 30, CleanStart: true}); err != nil || ca.ReasonCode != 0 {
+		t.Fatalf("connect: %v %+v", err, ca)
+	}
+	defer c.Disconnect(&paho.Disconnect{})
+	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/trk-0003/ota/job", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	live, err := f.b.PublishDevice("acme", "trk-0003", "ota/job", []byte(`{"job":"j1"}`))
+	if err != nil || !live {
+		t.Fatalf("send: live=%v err=%v", live, err)
+	}
+	select {
+	case p := <-got:
+		if p != `devices/trk-0003/ota/job {"job":"j1"}` {
+			t.Fatalf("job delivered as %q", p)
+		}
+	case <-ctx.Done():
+		t.Fatal("job not delivered")
+	}
+	if _, err := c.Publish(ctx, &paho.Publish{Topic: "devices/trk-0009/ota/status", QoS: 1, Payload: []byte(`{"x":1}`)}); err == nil {
+		t.Log("paho reported no error for a refused publish")
+	}
+	if _, err := c.Publish(ctx, &paho.Publish{Topic: "devices/trk-0003/ota/status", QoS: 1, Payload: []byte(`{"job":"j1"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-seen:
+		if p != `devices/trk-0003/ota/status {"job":"j1"}` {
+			t.Fatalf("observed %q (a refused publish must not be observed)", p)
+		}
+	case <-ctx.Done():
+		t.Fatal("report not observed")
+	}
 }

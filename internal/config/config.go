@@ -51,6 +51,58 @@ type Config struct {
 	Identity        Identity      `yaml:"identity"`
 	Store           Store         `yaml:"store"`
 	Bus             Bus           `yaml:"bus"`
+	Radius          Radius        `yaml:"radius"`
+	Flows           Flows         `yaml:"flows"`
+	Cells           Cells         `yaml:"cells"`
+	Provider        Provider      `yaml:"provider"`
+	OTA             OTA           `yaml:"ota"`
+	Exports         Exports       `yaml:"exports"`
+}
+
+// Exports configures webhooks (per tenant endpoints are managed through the
+// API; these are the delivery settings) and the platform's syslog collector
+// (see docs/EXPORTS.md).
+type Exports struct {
+	SyslogAddr          string        `yaml:"syslog_addr" help:"host:port of a syslog collector (RFC 5424 over TCP, octet counting) that receives every alert as OCSF; empty: off"`
+	SyslogTLS           bool          `yaml:"syslog_tls" help:"speak TLS (RFC 5425) to the syslog collector"`
+	SyslogCAFile        string        `yaml:"syslog_ca_file" help:"PEM file of the CA that signs the syslog collector's certificate; empty: the system roots"`
+	WebhookAttempts     int           `yaml:"webhook_attempts" help:"attempts before a webhook delivery goes to the dead-letter list"`
+	WebhookBackoff      time.Duration `yaml:"webhook_backoff" help:"wait before the first retry of a webhook delivery, doubled per attempt"`
+	WebhookMaxBackoff   time.Duration `yaml:"webhook_max_backoff" help:"longest wait between two attempts of a webhook delivery"`
+	WebhookTimeout      time.Duration `yaml:"webhook_timeout" help:"time limit of one webhook request"`
+	WebhookAllowPrivate bool          `yaml:"webhook_allow_private" help:"let webhooks reach loopback, private and link-local addresses (off: refused, against SSRF)"`
+}
+
+// Radius configures the RADIUS accounting and authentication servers of the
+// private APN. The gateways allowed to talk to them, per tenant with their
+// shared secrets, are listed in ClientsFile (see docs/CONNECTIVITY.md).
+type Radius struct {
+	Enabled     bool   `yaml:"enabled" help:"run the RADIUS accounting and authentication servers"`
+	AcctAddr    string `yaml:"acct_addr" help:"RADIUS accounting listen address (UDP)"`
+	AuthAddr    string `yaml:"auth_addr" help:"RADIUS authentication listen address (UDP)"`
+	Mode        string `yaml:"mode" help:"monitor (report a SIM in a foreign IMEI) or enforce (also reject its Access-Request)"`
+	ClientsFile string `yaml:"clients_file" help:"peers file listing the NAS clients (gateways) per tenant with their shared secrets"`
+	// RequireMessageAuthenticator drops Access-Requests without one.
+	RequireMessageAuthenticator bool `yaml:"require_message_authenticator" help:"drop Access-Requests without a Message-Authenticator (Blast-RADIUS mitigation)"`
+}
+
+// Flows configures the IPFIX and NetFlow v9 collector.
+type Flows struct {
+	Enabled       bool   `yaml:"enabled" help:"run the IPFIX and NetFlow v9 collector"`
+	IPFIXAddr     string `yaml:"ipfix_addr" help:"IPFIX listen address (UDP)"`
+	NetFlowAddr   string `yaml:"netflow_addr" help:"NetFlow v9 listen address (UDP)"`
+	ExportersFile string `yaml:"exporters_file" help:"peers file listing the flow exporters per tenant"`
+}
+
+// Cells configures the cell table.
+type Cells struct {
+	CacheTTL       time.Duration `yaml:"cache_ttl" help:"how long a cell lookup is cached in front of the store"`
+	ImportMaxBytes int64         `yaml:"import_max_bytes" help:"largest cell file accepted by the import route, in bytes"`
+}
+
+// Provider configures the tenants' connectivity-management platforms.
+type Provider struct {
+	File string `yaml:"file" help:"peers file listing each tenant's connectivity platform (HTTP URL templates)"`
 }
 
 // Broker configures the MQTT broker's mutual-TLS listener.
@@ -105,6 +157,11 @@ func Default() Config {
 		HTTP:            HTTP{Addr: ":8080"},
 		Broker:          Broker{Addr: ":8883"},
 		Identity:        Identity{CertLifetime: 90 * 24 * time.Hour},
+		Radius:          Radius{AcctAddr: ":1813", AuthAddr: ":1812", Mode: "monitor"},
+		Flows:           Flows{IPFIXAddr: ":4739", NetFlowAddr: ":2055"},
+		Cells:           Cells{CacheTTL: 10 * time.Minute, ImportMaxBytes: 1 << 30},
+		OTA:             defaultOTA(),
+		Exports:         Exports{WebhookAttempts: 8, WebhookBackoff: 2 * time.Second, WebhookMaxBackoff: time.Hour, WebhookTimeout: 10 * time.Second},
 	}
 }
 
@@ -353,6 +410,19 @@ func assign(v reflect.Value, val any) error {
 		return nil
 	}
 	switch v.Kind() {
+	case reflect.Bool:
+		switch x := val.(type) {
+		case bool:
+			v.SetBool(x)
+		case string:
+			b, err := strconv.ParseBool(strings.TrimSpace(x))
+			if err != nil {
+				return fmt.Errorf("want true or false, got %q", x)
+			}
+			v.SetBool(b)
+		default:
+			return fmt.Errorf("want true or false, got %s", describe(val))
+		}
 	case reflect.String:
 		switch x := val.(type) {
 		case string:
@@ -455,12 +525,39 @@ func (c Config) Validate(src Source) error {
 	if c.API.TokenTTL < time.Minute {
 		bad("api.token_ttl", "must be at least 1m, got %s", c.API.TokenTTL)
 	}
+	if c.Radius.Enabled {
+		if err := checkAddr(c.Radius.AcctAddr); err != nil {
+			bad("radius.acct_addr", "%v", err)
+		}
+		if err := checkAddr(c.Radius.AuthAddr); err != nil {
+			bad("radius.auth_addr", "%v", err)
+		}
+	}
+	if c.Radius.Mode != "monitor" && c.Radius.Mode != "enforce" {
+		bad("radius.mode", "must be monitor or enforce, got %q", c.Radius.Mode)
+	}
+	if c.Flows.Enabled {
+		if err := checkAddr(c.Flows.IPFIXAddr); err != nil {
+			bad("flows.ipfix_addr", "%v", err)
+		}
+		if err := checkAddr(c.Flows.NetFlowAddr); err != nil {
+			bad("flows.netflow_addr", "%v", err)
+		}
+	}
+	if c.Cells.CacheTTL < time.Second || c.Cells.CacheTTL > 24*time.Hour {
+		bad("cells.cache_ttl", "must be between 1s and 24h, got %s", c.Cells.CacheTTL)
+	}
+	if c.Cells.ImportMaxBytes < 1024 {
+		bad("cells.import_max_bytes", "must be at least 1024, got %d", c.Cells.ImportMaxBytes)
+	}
+	c.validateExports(bad)
 	if err := checkURL(c.Store.URL, "postgres", "postgresql"); err != nil {
 		bad("store.url", "%v", err)
 	}
 	if err := checkURL(c.Bus.URL, "nats", "tls"); err != nil {
 		bad("bus.url", "%v", err)
 	}
+	c.OTA.validate(bad)
 	return errs.orNil()
 }
 
@@ -524,4 +621,31 @@ func (c Config) Redacted() Config {
 	c.Store.URL = RedactURL(c.Store.URL)
 	c.Bus.URL = RedactURL(c.Bus.URL)
 	return c
+}
+
+func (c Config) validateExports(bad func(key, format string, args ...any)) {
+	e := c.Exports
+	if e.SyslogAddr != "" {
+		if host, _, err := net.SplitHostPort(e.SyslogAddr); err != nil || host == "" {
+			bad("exports.syslog_addr", "want host:port of the collector, got %q", e.SyslogAddr)
+		}
+	}
+	if (e.SyslogTLS || e.SyslogCAFile != "") && e.SyslogAddr == "" {
+		bad("exports.syslog_tls", "syslog_tls and syslog_ca_file need exports.syslog_addr")
+	}
+	if e.SyslogCAFile != "" && !e.SyslogTLS {
+		bad("exports.syslog_ca_file", "needs exports.syslog_tls: true")
+	}
+	if e.WebhookAttempts < 1 || e.WebhookAttempts > 100 {
+		bad("exports.webhook_attempts", "must be between 1 and 100, got %d", e.WebhookAttempts)
+	}
+	if e.WebhookBackoff < 10*time.Millisecond || e.WebhookBackoff > e.WebhookMaxBackoff {
+		bad("exports.webhook_backoff", "must be between 10ms and exports.webhook_max_backoff (%s), got %s", e.WebhookMaxBackoff, e.WebhookBackoff)
+	}
+	if e.WebhookMaxBackoff > 24*time.Hour {
+		bad("exports.webhook_max_backoff", "must be at most 24h, got %s", e.WebhookMaxBackoff)
+	}
+	if e.WebhookTimeout < time.Second || e.WebhookTimeout > 5*time.Minute {
+		bad("exports.webhook_timeout", "must be between 1s and 5m, got %s", e.WebhookTimeout)
+	}
 }

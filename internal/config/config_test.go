@@ -101,9 +101,15 @@ func TestValidate(t *testing.T) {
 			c.Broker.Addr = "mqtt"
 			c.Identity.PublicURL = "ftp://u:hunter2@pki"
 			c.Identity.CertLifetime = time.Minute
-		}, []string{"data_dir", "shutdown_timeout", "log.level", "log.format", "api.addr", "http.addr",
+			c.OTA.PublicURL, c.OTA.MaxArtifactBytes, c.OTA.Tick = "http://u:hunter2@x", 1, 0
+			c.Exports = Exports{SyslogAddr: ":514", SyslogCAFile: "ca.pem", WebhookMaxBackoff: 48 * time.Hour}
+		}, []string{"ota.public_url", "ota.max_artifact_bytes", "ota.tick", "data_dir", "shutdown_timeout", "log.level", "log.format", "api.addr", "http.addr",
 			"api.max_body_bytes", "api.token_ttl", "store.url", "bus.url", "broker.addr", "identity.public_url",
-			"identity.cert_lifetime"}},
+			"identity.cert_lifetime", "exports.syslog_addr", "exports.syslog_ca_file", "exports.webhook_attempts",
+			"exports.webhook_backoff", "exports.webhook_max_backoff", "exports.webhook_timeout"}},
+		{"syslog over tls", func(c *Config) {
+			c.Exports.SyslogAddr, c.Exports.SyslogTLS, c.Exports.SyslogCAFile = "siem.example.net:6514", true, "/etc/garrison/siem-ca.pem"
+		}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Default()

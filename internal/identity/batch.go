@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/garrisonhq/garrison/internal/event"
@@ -17,10 +18,23 @@ import (
 // one bad entry never fails another caller's issuance.
 
 type pendingIssue struct {
-	iss  Issued
-	opt  IssueOptions
-	done chan error
+	iss Issued
+	opt IssueOptions
+	// pre, if set, runs in the entry's transaction before the certificate
+	// is stored (enrolment checks and spends its token there). A *refusal
+	// it returns refuses this entry alone; pre must return it before
+	// writing anything.
+	pre     func(ctx context.Context, tx store.Tx) error
+	refused error
+	done    chan error
 }
+
+// refusal is an error of a pendingIssue's pre that refuses its entry
+// without failing the others of the batch.
+type refusal struct{ err error }
+
+func (r *refusal) Error() string { return r.err.Error() }
+func (r *refusal) Unwrap() error { return r.err }
 
 type groupCommit struct {
 	queue   []*pendingIssue
@@ -31,7 +45,14 @@ type groupCommit struct {
 const maxBatch = 512
 
 func (s *Service) commit(ctx context.Context, iss Issued, opt IssueOptions) error {
-	p := &pendingIssue{iss: iss, opt: opt, done: make(chan error, 1)}
+	return s.commitWith(ctx, iss, opt, nil)
+}
+
+// commitWith queues iss for the group commit, with pre run in the same
+// transaction just before it is stored; it returns pre's refusal, if any,
+// or the commit's error.
+func (s *Service) commitWith(ctx context.Context, iss Issued, opt IssueOptions, pre func(context.Context, store.Tx) error) error {
+	p := &pendingIssue{iss: iss, opt: opt, pre: pre, done: make(chan error, 1)}
 	s.gcMu.Lock()
 	s.gc.queue = append(s.gc.queue, p)
 	if s.gc.running {
@@ -58,22 +79,42 @@ func (s *Service) commit(ctx context.Context, iss Issued, opt IssueOptions) erro
 }
 
 func (s *Service) commitBatch(ctx context.Context, batch []*pendingIssue) {
-	err := s.opt.Store.Update(ctx, func(tx store.Tx) error {
-		for _, p := range batch {
+	run := func(tx store.Tx, ps []*pendingIssue) error {
+		for _, p := range ps {
+			p.refused = nil // Update may run fn again
+			if p.pre != nil {
+				if err := p.pre(ctx, tx); err != nil {
+					var r *refusal
+					if errors.As(err, &r) {
+						p.refused = r.err
+						continue
+					}
+					return err
+				}
+			}
 			if err := s.persist(ctx, tx, p.iss, p.opt); err != nil {
 				return err
 			}
 		}
 		return nil
-	})
+	}
+	err := s.opt.Store.Update(ctx, func(tx store.Tx) error { return run(tx, batch) })
 	if err == nil || len(batch) == 1 {
 		for _, p := range batch {
-			p.done <- err
+			if err == nil {
+				p.done <- p.refused
+			} else {
+				p.done <- err
+			}
 		}
 		return
 	}
 	for _, p := range batch {
-		p.done <- s.opt.Store.Update(ctx, func(tx store.Tx) error { return s.persist(ctx, tx, p.iss, p.opt) })
+		err := s.opt.Store.Update(ctx, func(tx store.Tx) error { return run(tx, []*pendingIssue{p}) })
+		if err == nil {
+			err = p.refused
+		}
+		p.done <- err
 	}
 }
 

@@ -406,31 +406,31 @@ func (s *Service) Import(ctx context.Context, tenant event.TenantID, certData []
 		return store.CA{}, err
 	}
 	if role != RoleExternal && role != RoleClaim {
-		return store.CA{}, fmt.Errorf("identity: import: role %q: want %q or %q", role, RoleExternal, RoleClaim)
+		return store.CA{}, fmt.Errorf("identity: import: %w: role %q: want %q or %q", ErrBadCA, role, RoleExternal, RoleClaim)
 	}
 	der := certData
 	if b, _ := pem.Decode(certData); b != nil {
 		if b.Type != "CERTIFICATE" {
-			return store.CA{}, fmt.Errorf("identity: import: PEM block %q: want CERTIFICATE", b.Type)
+			return store.CA{}, fmt.Errorf("identity: import: %w: PEM block %q: want CERTIFICATE", ErrBadCA, b.Type)
 		}
 		der = b.Bytes
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return store.CA{}, fmt.Errorf("identity: import: %w", err)
+		return store.CA{}, fmt.Errorf("identity: import: %w: %w", ErrBadCA, err)
 	}
 	now := s.clk.Now()
 	if !cert.BasicConstraintsValid || !cert.IsCA {
-		return store.CA{}, errors.New("identity: import: certificate is not a CA (basic constraints)")
+		return store.CA{}, fmt.Errorf("identity: import: %w: certificate is not a CA (basic constraints)", ErrBadCA)
 	}
 	if now.After(cert.NotAfter) || now.Before(cert.NotBefore) {
-		return store.CA{}, errors.New("identity: import: CA certificate is not currently valid")
+		return store.CA{}, fmt.Errorf("identity: import: %w: CA certificate is not currently valid", ErrBadCA)
 	}
 	// An intermediate signed by another CA is accepted as a trust anchor;
 	// a self-signed certificate must carry a good self-signature.
 	if string(cert.RawIssuer) == string(cert.RawSubject) {
 		if err := cert.CheckSignatureFrom(cert); err != nil {
-			return store.CA{}, fmt.Errorf("identity: import: self-signature: %w", err)
+			return store.CA{}, fmt.Errorf("identity: import: %w: self-signature: %w", ErrBadCA, err)
 		}
 	}
 	rec := store.CA{Tenant: tenant, ID: CAID(der), Role: role, CertDER: der, Trusted: true, NotAfter: cert.NotAfter, CreatedAt: now}

@@ -75,7 +75,15 @@ func (s *Service) CreateToken(ctx context.Context, tenant event.TenantID, spec T
 		spec.TTL = 24 * time.Hour
 	}
 	if spec.Count < 1 || spec.Count > 1_000_000 || spec.TTL < 0 || (spec.Device != "" && spec.Count != 1) {
-		return "", EnrolToken{}, fmt.Errorf("identity: token: count %d, ttl %v: %w", spec.Count, spec.TTL, store.ErrInvalid)
+		return "", EnrolToken{}, fmt.Errorf("identity: token: count %d, ttl %v: %w (count 1-1000000, and 1 for a device token; ttl not negative)", spec.Count, spec.TTL, store.ErrInvalid)
+	}
+	if len(spec.Models) > 100 {
+		return "", EnrolToken{}, fmt.Errorf("identity: token: %d models: %w (at most 100)", len(spec.Models), store.ErrInvalid)
+	}
+	for _, m := range spec.Models {
+		if !deviceRE.MatchString(m) {
+			return "", EnrolToken{}, fmt.Errorf("identity: token: model %q: %w", m, store.ErrInvalid)
+		}
 	}
 	var idb [9]byte
 	var sec [32]byte
@@ -96,6 +104,11 @@ func (s *Service) CreateToken(ctx context.Context, tenant event.TenantID, spec T
 		return "", EnrolToken{}, err
 	}
 	err = s.opt.Store.Update(ctx, func(tx store.Tx) error {
+		if spec.Device != "" {
+			if _, err := tx.Devices().Get(ctx, tenant, spec.Device); err != nil {
+				return fmt.Errorf("device %s: %w", spec.Device, err)
+			}
+		}
 		if err := tx.Settings().Put(ctx, tenant, tokenKey(id), b); err != nil {
 			return err
 		}
@@ -130,10 +143,13 @@ func (s *Service) Enrol(ctx context.Context, tenant event.TenantID, device event
 	}
 	h := sha256.Sum256([]byte(token))
 	now := s.clk.Now()
-	err = s.opt.Store.Update(ctx, func(tx store.Tx) error {
+	// The checks and the token's use run in the group commit's transaction
+	// (see batch.go), so concurrent enrolments share one fsync; a refusal
+	// refuses this enrolment alone and writes nothing.
+	pre := func(ctx context.Context, tx store.Tx) error {
 		b, err := tx.Settings().Get(ctx, tenant, tokenKey(id))
 		if errors.Is(err, store.ErrNotFound) {
-			return ErrTokenInvalid
+			return &refusal{ErrTokenInvalid}
 		} else if err != nil {
 			return err
 		}
@@ -143,22 +159,22 @@ func (s *Service) Enrol(ctx context.Context, tenant event.TenantID, device event
 		}
 		switch {
 		case tok.Tenant != tenant || subtle.ConstantTimeCompare(tok.Hash, h[:]) != 1:
-			return ErrTokenInvalid
+			return &refusal{ErrTokenInvalid}
 		case !now.Before(tok.ExpiresAt):
-			return ErrTokenExpired
+			return &refusal{ErrTokenExpired}
 		case tok.Remaining < 1:
-			return ErrTokenUsed
+			return &refusal{ErrTokenUsed}
 		case tok.Device != "" && tok.Device != device:
-			return fmt.Errorf("%w: token is for device %s", ErrTokenScope, tok.Device)
+			return &refusal{fmt.Errorf("%w: token is for device %s", ErrTokenScope, tok.Device)}
 		}
 		d, err := tx.Devices().Get(ctx, tenant, device)
 		if errors.Is(err, store.ErrNotFound) {
-			return ErrUnknownDevice
+			return &refusal{ErrUnknownDevice}
 		} else if err != nil {
 			return err
 		}
 		if len(tok.Models) > 0 && !slices.Contains(tok.Models, d.Model) {
-			return fmt.Errorf("%w: model %q", ErrTokenScope, d.Model)
+			return &refusal{fmt.Errorf("%w: model %q", ErrTokenScope, d.Model)}
 		}
 		tok.Remaining--
 		if b, err = json.Marshal(tok); err != nil {
@@ -171,8 +187,9 @@ func (s *Service) Enrol(ctx context.Context, tenant event.TenantID, device event
 			map[string]any{"device": device, "remaining": tok.Remaining}); err != nil {
 			return err
 		}
-		return s.persist(ctx, tx, iss, opt)
-	})
+		return nil
+	}
+	err = s.commitWith(ctx, iss, opt, pre)
 	if err != nil {
 		return Issued{}, fmt.Errorf("identity: enrol %s/%s: %w", tenant, device, err)
 	}

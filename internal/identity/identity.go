@@ -64,6 +64,10 @@ var (
 	ErrUnknownCert = errors.New("certificate unknown")
 	// ErrNoKey: the CA has no private key here (an imported CA).
 	ErrNoKey = errors.New("CA has no private key")
+	// ErrBadCA: a CA certificate offered for import is malformed, not a CA,
+	// not currently valid, badly self-signed, or the role is unknown. It
+	// also matches store.ErrInvalid.
+	ErrBadCA = fmt.Errorf("bad CA certificate: %w", store.ErrInvalid)
 )
 
 // CA roles stored in [store.CA.Role].

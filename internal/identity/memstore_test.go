@@ -62,6 +62,13 @@ func (t memTx) Audit() store.AuditLog            { return memAudit(t) }
 func (t memTx) Settings() store.Settings         { return memSettings(t) }
 func (t memTx) CAs() store.CAs                   { return memCAs(t) }
 func (t memTx) Certificates() store.Certificates { return memCerts(t) }
+func (t memTx) Incidents() store.Incidents       { panic("not in memStore") }
+func (t memTx) Webhooks() store.Webhooks         { panic("not in memStore") }
+func (t memTx) Deliveries() store.Deliveries     { panic("not in memStore") }
+func (t memTx) Playbooks() store.Playbooks       { panic("not in memStore") }
+func (t memTx) Mass() store.Mass                 { panic("not in memStore") }
+func (t memTx) Campaigns() store.Campaigns       { panic("not in memStore") }
+func (t memTx) Cells() store.Cells               { panic("not in memStore") }
 
 type memCAs memTx
 

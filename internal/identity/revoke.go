@@ -40,7 +40,7 @@ type crlEntry struct {
 
 func checkReason(r int) error {
 	if r < 0 || r > 10 || r == 7 || r == 8 {
-		return fmt.Errorf("identity: revocation reason %d not allowed", r)
+		return fmt.Errorf("identity: revocation reason %d not allowed (RFC 5280 reasons 0-6, 9, 10): %w", r, store.ErrInvalid)
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/garrisonhq/garrison/firmware"
 	"io"
 	"log/slog"
 	"net/http"
@@ -119,9 +120,9 @@ type Entry struct {
 // place but is only used again once it verifies against the new root.
 func (c *Catalog) SetRoot(ctx context.Context, tenant event.TenantID, actor string, pub ed25519.PublicKey) error {
 	if len(pub) != ed25519.PublicKeySize {
-		return fmt.Errorf("ota set root: %w: not an Ed25519 public key", ErrMalformed)
+		return fmt.Errorf("ota set root: %w: not an Ed25519 public key", firmware.ErrMalformed)
 	}
-	rec := rootRecord{KeyID: KeyID(pub), Public: hex.EncodeToString(pub)}
+	rec := rootRecord{KeyID: firmware.KeyID(pub), Public: hex.EncodeToString(pub)}
 	b, _ := json.Marshal(rec)
 	err := c.st.Update(ctx, func(tx store.Tx) error {
 		if err := tx.Settings().Put(ctx, tenant, settingRoot, b); err != nil {
@@ -141,24 +142,24 @@ func (c *Catalog) SetRoot(ctx context.Context, tenant event.TenantID, actor stri
 // unexpired, version not below the stored one) and stores it with its
 // audit record. The same version is accepted again only with identical
 // content; a different document must carry a higher version.
-func (c *Catalog) SetKeys(ctx context.Context, tenant event.TenantID, actor string, doc []byte) (*Keys, error) {
-	var k *Keys
+func (c *Catalog) SetKeys(ctx context.Context, tenant event.TenantID, actor string, doc []byte) (*firmware.Keys, error) {
+	var k *firmware.Keys
 	err := c.st.Update(ctx, func(tx store.Tx) error {
 		root, err := loadRoot(ctx, tx, tenant)
 		if err != nil {
 			return err
 		}
 		var last uint64
-		var prev *Keys
+		var prev *firmware.Keys
 		if old, err := tx.Settings().Get(ctx, tenant, settingKeys); err == nil {
-			if prev, err = ParseKeys(old); err != nil {
+			if prev, err = firmware.ParseKeys(old); err != nil {
 				return fmt.Errorf("stored keys document: %w", err)
 			}
 			last = prev.Signed.Version
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		k, err = VerifyKeys(doc, root, c.clk.Now(), last)
+		k, err = firmware.VerifyKeys(doc, root, c.clk.Now(), last)
 		if err != nil {
 			return err
 		}
@@ -168,7 +169,7 @@ func (c *Catalog) SetKeys(ctx context.Context, tenant event.TenantID, actor stri
 		}
 		if prev != nil && k.Signed.Version == last {
 			if old, _ := prev.Marshal(); !bytes.Equal(old, enc) {
-				return fmt.Errorf("%w: version %d is already stored with different content; raise the version", ErrRollback, last)
+				return fmt.Errorf("%w: version %d is already stored with different content; raise the version", firmware.ErrRollback, last)
 			}
 		}
 		if err := tx.Settings().Put(ctx, tenant, settingKeys, enc); err != nil {
@@ -179,7 +180,7 @@ func (c *Catalog) SetKeys(ctx context.Context, tenant event.TenantID, actor stri
 			ids[i] = tk.KeyID
 		}
 		_, err = audit.Append(ctx, tx, c.entry(tenant, actor, auditSetKeys, "ota/keys", map[string]any{
-			"version": k.Signed.Version, "threshold": k.Signed.threshold(), "keyids": ids,
+			"version": k.Signed.Version, "threshold": k.Signed.Required(), "keyids": ids,
 			"expires": k.Signed.Expires.UTC().Format(time.RFC3339),
 		}))
 		return err
@@ -194,7 +195,7 @@ func (c *Catalog) SetKeys(ctx context.Context, tenant event.TenantID, actor stri
 func loadRoot(ctx context.Context, tx store.Tx, tenant event.TenantID) (ed25519.PublicKey, error) {
 	b, err := tx.Settings().Get(ctx, tenant, settingRoot)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: tenant has no root key", ErrNoTrust)
+		return nil, fmt.Errorf("%w: tenant has no root key", firmware.ErrNoTrust)
 	}
 	if err != nil {
 		return nil, err
@@ -205,26 +206,26 @@ func loadRoot(ctx context.Context, tx store.Tx, tenant event.TenantID) (ed25519.
 	}
 	pub, err := hex.DecodeString(r.Public)
 	if err != nil || len(pub) != ed25519.PublicKeySize {
-		return nil, fmt.Errorf("stored root key: %w", ErrMalformed)
+		return nil, fmt.Errorf("stored root key: %w", firmware.ErrMalformed)
 	}
 	return pub, nil
 }
 
 // trust loads the tenant's keys document and re-verifies it against the
 // root at now (so an expired keys document stops every verification).
-func (c *Catalog) trust(ctx context.Context, tx store.Tx, tenant event.TenantID, now time.Time) (*Keys, error) {
+func (c *Catalog) trust(ctx context.Context, tx store.Tx, tenant event.TenantID, now time.Time) (*firmware.Keys, error) {
 	root, err := loadRoot(ctx, tx, tenant)
 	if err != nil {
 		return nil, err
 	}
 	doc, err := tx.Settings().Get(ctx, tenant, settingKeys)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: tenant has no keys document", ErrNoTrust)
+		return nil, fmt.Errorf("%w: tenant has no keys document", firmware.ErrNoTrust)
 	}
 	if err != nil {
 		return nil, err
 	}
-	return VerifyKeys(doc, root, now, 0)
+	return firmware.VerifyKeys(doc, root, now, 0)
 }
 
 // Keys returns the tenant's current keys document (what agents fetch), or
@@ -235,7 +236,7 @@ func (c *Catalog) Keys(ctx context.Context, tenant event.TenantID) ([]byte, erro
 		var err error
 		doc, err = tx.Settings().Get(ctx, tenant, settingKeys)
 		if errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("%w: tenant has no keys document", ErrNoTrust)
+			return fmt.Errorf("%w: tenant has no keys document", firmware.ErrNoTrust)
 		}
 		return err
 	})
@@ -255,12 +256,12 @@ func (c *Catalog) Keys(ctx context.Context, tenant event.TenantID) ([]byte, erro
 // audit record in one transaction. On any refusal nothing is left behind:
 // no file, no setting, no audit record.
 func (c *Catalog) AddRelease(ctx context.Context, tenant event.TenantID, actor string, manifest []byte, artifact io.Reader) (Entry, error) {
-	m, err := ParseManifest(manifest)
+	m, err := firmware.ParseManifest(manifest)
 	if err != nil {
 		return Entry{}, fmt.Errorf("ota add release: %w", err)
 	}
 	if m.Signed.Size > c.maxSize {
-		return Entry{}, fmt.Errorf("ota add release: %w: manifest size %d above the catalog limit %d", ErrSize, m.Signed.Size, c.maxSize)
+		return Entry{}, fmt.Errorf("ota add release: %w: manifest size %d above the catalog limit %d", firmware.ErrSize, m.Signed.Size, c.maxSize)
 	}
 	// Verify before reading a byte of the artifact.
 	if err := c.st.View(ctx, func(tx store.Tx) error {
@@ -311,13 +312,13 @@ func digestStripe(digest string) int {
 
 // checkRelease verifies m against the tenant's trust and catalog state
 // and returns the key ids whose signatures are valid.
-func (c *Catalog) checkRelease(ctx context.Context, tx store.Tx, tenant event.TenantID, m *Manifest) ([]string, error) {
+func (c *Catalog) checkRelease(ctx context.Context, tx store.Tx, tenant event.TenantID, m *firmware.Manifest) ([]string, error) {
 	now := c.clk.Now()
 	k, err := c.trust(ctx, tx, tenant, now)
 	if err != nil {
 		return nil, err
 	}
-	if err := VerifyManifest(m, k, now); err != nil {
+	if err := firmware.VerifyManifest(m, k, now); err != nil {
 		return nil, err
 	}
 	if _, err := tx.Settings().Get(ctx, tenant, settingRelease+m.Signed.SHA256); err == nil {
@@ -325,15 +326,15 @@ func (c *Catalog) checkRelease(ctx context.Context, tx store.Tx, tenant event.Te
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
-	v, _ := ParseVersion(m.Signed.Version)
+	v, _ := firmware.ParseVersion(m.Signed.Version)
 	for _, model := range m.Signed.Models {
 		mr, err := getModel(ctx, tx, tenant, model)
 		if err != nil {
 			return nil, err
 		}
 		if mr.MinVersion != "" {
-			if minV, err := ParseVersion(mr.MinVersion); err == nil && v.Compare(minV) < 0 {
-				return nil, fmt.Errorf("%w: release %s is below the tenant's minimum %s for model %s", ErrDowngrade, m.Signed.Version, mr.MinVersion, model)
+			if minV, err := firmware.ParseVersion(mr.MinVersion); err == nil && v.Compare(minV) < 0 {
+				return nil, fmt.Errorf("%w: release %s is below the tenant's minimum %s for model %s", firmware.ErrDowngrade, m.Signed.Version, mr.MinVersion, model)
 			}
 		}
 		for d, ver := range mr.Releases {
@@ -344,7 +345,7 @@ func (c *Catalog) checkRelease(ctx context.Context, tx store.Tx, tenant event.Te
 	}
 	var ids []string
 	for _, s := range m.Signatures {
-		if slices.ContainsFunc(k.Signed.Keys, func(tk TrustedKey) bool { return tk.KeyID == s.KeyID }) && !slices.Contains(ids, s.KeyID) {
+		if slices.ContainsFunc(k.Signed.Keys, func(tk firmware.TrustedKey) bool { return tk.KeyID == s.KeyID }) && !slices.Contains(ids, s.KeyID) {
 			ids = append(ids, s.KeyID)
 		}
 	}
@@ -466,12 +467,12 @@ func (c *Catalog) storeArtifact(ctx context.Context, digest string, size int64, 
 	}
 	switch {
 	case n > size:
-		return "", false, fmt.Errorf("%w: artifact is larger than the manifest's %d bytes", ErrSize, size)
+		return "", false, fmt.Errorf("%w: artifact is larger than the manifest's %d bytes", firmware.ErrSize, size)
 	case n < size:
-		return "", false, fmt.Errorf("%w: artifact truncated: %d of %d bytes", ErrSize, n, size)
+		return "", false, fmt.Errorf("%w: artifact truncated: %d of %d bytes", firmware.ErrSize, n, size)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != digest {
-		return "", false, fmt.Errorf("%w: artifact sha256 %s, manifest says %s", ErrDigest, got, digest)
+		return "", false, fmt.Errorf("%w: artifact sha256 %s, manifest says %s", firmware.ErrDigest, got, digest)
 	}
 	if err = f.Sync(); err != nil {
 		return "", false, err
@@ -510,7 +511,7 @@ func (c ctxReader) Read(p []byte) (int, error) {
 
 // Release reports the version of the tenant's release with that digest
 // for model, and whether there is one. The detection engine's
-// firmware.unapproved reads it.
+// unapproved reads it.
 func (c *Catalog) Release(ctx context.Context, tenant event.TenantID, model, digest string) (version string, ok bool, err error) {
 	err = c.st.View(ctx, func(tx store.Tx) error {
 		mr, err := getModel(ctx, tx, tenant, model)
@@ -527,7 +528,7 @@ func (c *Catalog) Release(ctx context.Context, tenant event.TenantID, model, dig
 }
 
 // MinVersion reports the tenant's minimum firmware version for model (the
-// floor below which firmware.rollback fires and releases are refused), and
+// floor below which rollback fires and releases are refused), and
 // whether one is set.
 func (c *Catalog) MinVersion(ctx context.Context, tenant event.TenantID, model string) (string, bool, error) {
 	var mr modelRecord
@@ -545,11 +546,11 @@ func (c *Catalog) MinVersion(ctx context.Context, tenant event.TenantID, model s
 // SetMinVersion sets the tenant's minimum version for model, with its
 // audit record. An empty version clears it.
 func (c *Catalog) SetMinVersion(ctx context.Context, tenant event.TenantID, actor, model, version string) error {
-	if err := validModel(model); err != nil {
+	if err := firmware.ValidModel(model); err != nil {
 		return fmt.Errorf("ota set min version: %w", err)
 	}
 	if version != "" {
-		if _, err := ParseVersion(version); err != nil {
+		if _, err := firmware.ParseVersion(version); err != nil {
 			return fmt.Errorf("ota set min version: %w", err)
 		}
 	}
@@ -643,7 +644,7 @@ func (c *Catalog) Handler(tenant func(*http.Request) (event.TenantID, bool)) htt
 			return
 		}
 		digest := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
-		if !isHex(digest, sha256.Size) {
+		if !firmware.IsHex(digest, sha256.Size) {
 			http.NotFound(w, r)
 			return
 		}

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"github.com/garrisonhq/garrison/firmware"
 	"io"
 	"io/fs"
 	"net/http"
@@ -114,7 +115,7 @@ func TestAddRelease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Version != "1.2.0" || e.Digest != r.SHA256 || len(e.KeyIDs) != 1 || e.KeyIDs[0] != KeyID(pubOf(f.rel)) {
+	if e.Version != "1.2.0" || e.Digest != r.SHA256 || len(e.KeyIDs) != 1 || e.KeyIDs[0] != firmware.KeyID(pubOf(f.rel)) {
 		t.Fatalf("entry %+v", e)
 	}
 	path := filepath.Join(f.dir, "artifacts", "sha256", r.SHA256[:2], r.SHA256)
@@ -146,7 +147,7 @@ func TestAddRelease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := Verify(all[0].Manifest, keys, pubOf(f.root), 1, t0); err != nil {
+	if _, _, err := firmware.Verify(all[0].Manifest, keys, pubOf(f.root), 1, t0); err != nil {
 		t.Fatalf("stored manifest does not verify: %v", err)
 	}
 	// Audit: root, keys, release; chain intact.
@@ -179,37 +180,37 @@ func TestAddReleaseRefusals(t *testing.T) {
 		artifact io.Reader
 		want     error
 	}{
-		{name: "tampered artifact", want: ErrDigest,
+		{name: "tampered artifact", want: firmware.ErrDigest,
 			manifest: func(t *testing.T, f *fixture) []byte { return signedManifest(t, testRelease(art), f.rel) },
 			artifact: bytes.NewReader(append(bytes.Repeat([]byte("A"), 4095), 'B'))},
-		{name: "oversized upload", want: ErrSize,
+		{name: "oversized upload", want: firmware.ErrSize,
 			manifest: func(t *testing.T, f *fixture) []byte { return signedManifest(t, testRelease(art), f.rel) },
 			artifact: bytes.NewReader(append(bytes.Clone(art), 'A'))},
-		{name: "truncated upload", want: ErrSize,
+		{name: "truncated upload", want: firmware.ErrSize,
 			manifest: func(t *testing.T, f *fixture) []byte { return signedManifest(t, testRelease(art), f.rel) },
 			artifact: bytes.NewReader(art[:4000])},
 		{name: "upload fails midway", want: iotest.ErrTimeout,
 			manifest: func(t *testing.T, f *fixture) []byte { return signedManifest(t, testRelease(art), f.rel) },
 			artifact: iotest.TimeoutReader(iotest.HalfReader(bytes.NewReader(art)))},
-		{name: "above catalog size limit", want: ErrSize,
+		{name: "above catalog size limit", want: firmware.ErrSize,
 			manifest: func(t *testing.T, f *fixture) []byte {
 				r := testRelease(art)
 				r.Size = 2 << 20
 				return signedManifest(t, r, f.rel)
 			},
 			artifact: bytes.NewReader(art)},
-		{name: "missing signature", want: ErrSignature,
+		{name: "missing signature", want: firmware.ErrSignature,
 			manifest: func(t *testing.T, f *fixture) []byte { return signedManifest(t, testRelease(art)) },
 			artifact: bytes.NewReader(art)},
-		{name: "wrong signature", want: ErrSignature,
+		{name: "wrong signature", want: firmware.ErrSignature,
 			manifest: func(t *testing.T, f *fixture) []byte { return signedManifest(t, testRelease(art), stranger) },
 			artifact: bytes.NewReader(art)},
-		{name: "signed manifest edited", want: ErrSignature,
+		{name: "signed manifest edited", want: firmware.ErrSignature,
 			manifest: func(t *testing.T, f *fixture) []byte {
 				return bytes.Replace(signedManifest(t, testRelease(art), f.rel), []byte(`"min_version":"1.0.0"`), []byte(`"min_version":"0.0.1"`), 1)
 			},
 			artifact: bytes.NewReader(art)},
-		{name: "revoked release key", want: ErrSignature,
+		{name: "revoked release key", want: firmware.ErrSignature,
 			setup: func(t *testing.T, f *fixture) {
 				if _, err := f.cat.SetKeys(f.ctx, tenant, "op1", signedKeys(t, keySet(2, 1, relB), f.root)); err != nil {
 					t.Fatal(err)
@@ -217,22 +218,22 @@ func TestAddReleaseRefusals(t *testing.T) {
 			},
 			manifest: func(t *testing.T, f *fixture) []byte { return signedManifest(t, testRelease(art), f.rel) },
 			artifact: bytes.NewReader(art)},
-		{name: "expired release key", want: ErrSignature,
+		{name: "expired release key", want: firmware.ErrSignature,
 			setup:    func(t *testing.T, f *fixture) { f.clk.Set(t0.Add(181 * 24 * time.Hour)) },
 			manifest: func(t *testing.T, f *fixture) []byte { return signedManifest(t, testRelease(art), f.rel) },
 			artifact: bytes.NewReader(art)},
-		{name: "expired keys document", want: ErrExpired,
+		{name: "expired keys document", want: firmware.ErrExpired,
 			setup:    func(t *testing.T, f *fixture) { f.clk.Set(t0.Add(366 * 24 * time.Hour)) },
 			manifest: func(t *testing.T, f *fixture) []byte { return signedManifest(t, testRelease(art), f.rel) },
 			artifact: bytes.NewReader(art)},
-		{name: "expired manifest", want: ErrExpired,
+		{name: "expired manifest", want: firmware.ErrExpired,
 			manifest: func(t *testing.T, f *fixture) []byte {
 				r := testRelease(art)
 				r.Expires = t0
 				return signedManifest(t, r, f.rel)
 			},
 			artifact: bytes.NewReader(art)},
-		{name: "below tenant minimum (downgrade)", want: ErrDowngrade,
+		{name: "below tenant minimum (downgrade)", want: firmware.ErrDowngrade,
 			setup: func(t *testing.T, f *fixture) {
 				if err := f.cat.SetMinVersion(f.ctx, tenant, "op1", "meter-x2", "1.3.0"); err != nil {
 					t.Fatal(err)
@@ -240,7 +241,7 @@ func TestAddReleaseRefusals(t *testing.T) {
 			},
 			manifest: func(t *testing.T, f *fixture) []byte { return signedManifest(t, testRelease(art), f.rel) },
 			artifact: bytes.NewReader(art)},
-		{name: "malformed manifest", want: ErrMalformed,
+		{name: "malformed manifest", want: firmware.ErrMalformed,
 			manifest: func(t *testing.T, f *fixture) []byte { return []byte(`{"signed":{},"signatures":[],"x":1}`) },
 			artifact: bytes.NewReader(art)},
 		{name: "duplicate version for a model", want: store.ErrConflict,
@@ -282,8 +283,8 @@ func TestAddReleaseNoTrust(t *testing.T) {
 	f := newFixture(t)
 	art := []byte("fw")
 	_, err := f.cat.AddRelease(f.ctx, "nobody", "op1", signedManifest(t, testRelease(art), f.rel), bytes.NewReader(art))
-	if !errors.Is(err, ErrNoTrust) {
-		t.Fatalf("got %v, want ErrNoTrust", err)
+	if !errors.Is(err, firmware.ErrNoTrust) {
+		t.Fatalf("got %v, want firmware.ErrNoTrust", err)
 	}
 }
 
@@ -302,10 +303,10 @@ func TestSetKeys(t *testing.T) {
 		doc  []byte
 		want error
 	}{
-		{"rollback", signedKeys(t, keySet(2, 1, relB), f.root), ErrRollback},
-		{"same version, other content", signedKeys(t, keySet(3, 1, relB), f.root), ErrRollback},
-		{"signed by a release key", signedKeys(t, keySet(4, 1, relB), f.rel), ErrSignature},
-		{"malformed", []byte(`{"signed":{"version":4}}`), ErrMalformed},
+		{"rollback", signedKeys(t, keySet(2, 1, relB), f.root), firmware.ErrRollback},
+		{"same version, other content", signedKeys(t, keySet(3, 1, relB), f.root), firmware.ErrRollback},
+		{"signed by a release key", signedKeys(t, keySet(4, 1, relB), f.rel), firmware.ErrSignature},
+		{"malformed", []byte(`{"signed":{"version":4}}`), firmware.ErrMalformed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := f.snapshot(t)
@@ -322,7 +323,7 @@ func TestSetKeys(t *testing.T) {
 	if err := f.cat.SetRoot(f.ctx, tenant, "op1", pubOf(newRoot)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.cat.SetKeys(f.ctx, tenant, "op1", signedKeys(t, keySet(4, 1, relB), f.root)); !errors.Is(err, ErrSignature) {
+	if _, err := f.cat.SetKeys(f.ctx, tenant, "op1", signedKeys(t, keySet(4, 1, relB), f.root)); !errors.Is(err, firmware.ErrSignature) {
 		t.Fatalf("old root after rotation: %v", err)
 	}
 	if _, err := f.cat.SetKeys(f.ctx, tenant, "op1", signedKeys(t, keySet(4, 1, relB), newRoot)); err != nil {
@@ -345,7 +346,7 @@ func TestMinVersion(t *testing.T) {
 		t.Fatal("min version visible to another tenant")
 	}
 	before := f.snapshot(t)
-	if err := f.cat.SetMinVersion(f.ctx, tenant, "op1", "meter-x1", "1.1"); !errors.Is(err, ErrMalformed) {
+	if err := f.cat.SetMinVersion(f.ctx, tenant, "op1", "meter-x1", "1.1"); !errors.Is(err, firmware.ErrMalformed) {
 		t.Fatalf("bad version: %v", err)
 	}
 	if !before.equal(f.snapshot(t)) {

@@ -4,6 +4,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
+	"github.com/garrisonhq/garrison/firmware"
 	"testing"
 	"time"
 )
@@ -21,9 +22,9 @@ func seededKey(n byte) ed25519.PrivateKey {
 
 func pubOf(k ed25519.PrivateKey) ed25519.PublicKey { return k.Public().(ed25519.PublicKey) }
 
-func testRelease(artifact []byte) Release {
+func testRelease(artifact []byte) firmware.Release {
 	sum := sha256.Sum256(artifact)
-	return Release{
+	return firmware.Release{
 		Expires:    t0.Add(90 * 24 * time.Hour),
 		MinVersion: "1.0.0",
 		Models:     []string{"meter-x1", "meter-x2"},
@@ -34,9 +35,9 @@ func testRelease(artifact []byte) Release {
 	}
 }
 
-func signedManifest(t testing.TB, r Release, keys ...ed25519.PrivateKey) []byte {
+func signedManifest(t testing.TB, r firmware.Release, keys ...ed25519.PrivateKey) []byte {
 	t.Helper()
-	m := &Manifest{Signed: r}
+	m := &firmware.Manifest{Signed: r}
 	for _, k := range keys {
 		if err := m.Sign(k); err != nil {
 			t.Fatal(err)
@@ -49,17 +50,17 @@ func signedManifest(t testing.TB, r Release, keys ...ed25519.PrivateKey) []byte 
 	return b
 }
 
-func keySet(version uint64, threshold int, keys ...ed25519.PrivateKey) KeySet {
-	s := KeySet{Expires: t0.Add(365 * 24 * time.Hour), Threshold: threshold, Version: version}
+func keySet(version uint64, threshold int, keys ...ed25519.PrivateKey) firmware.KeySet {
+	s := firmware.KeySet{Expires: t0.Add(365 * 24 * time.Hour), Threshold: threshold, Version: version}
 	for _, k := range keys {
-		s.Keys = append(s.Keys, NewTrustedKey(pubOf(k), t0.Add(180*24*time.Hour)))
+		s.Keys = append(s.Keys, firmware.NewTrustedKey(pubOf(k), t0.Add(180*24*time.Hour)))
 	}
 	return s
 }
 
-func signedKeys(t testing.TB, s KeySet, root ed25519.PrivateKey) []byte {
+func signedKeys(t testing.TB, s firmware.KeySet, root ed25519.PrivateKey) []byte {
 	t.Helper()
-	b, err := SignKeys(s, root)
+	b, err := firmware.SignKeys(s, root)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,7 +62,7 @@ type Platform struct {
 
 // RunScenario replays sc through the real ingestion bus, detection and
 // response of a platform on embedded defaults (SQLite and embedded NATS in
-// o.DataDir), and scores what the platform stored.
+// o.DataDir), and scores the alerts and actions it reads back through the API.
 func RunScenario(ctx context.Context, sc *sim.Scenario, o ScenarioOptions) (rep *sim.Report, err error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -145,7 +145,7 @@ func Build(ctx context.Context, st store.Store, b *bus.Bus, start time.Time, o S
 // Close stops detection and response.
 func (p *Platform) Close() { p.Detection.Stop() }
 
-// Run replays sc into p and scores what p stored.
+// Run replays sc into p and scores what p reports through its HTTP API.
 func (p *Platform) Run(ctx context.Context, sc *sim.Scenario, o ScenarioOptions) (*sim.Report, error) {
 	log := o.Logger
 	if log == nil {
@@ -159,8 +159,13 @@ func (p *Platform) Run(ctx context.Context, sc *sim.Scenario, o ScenarioOptions)
 		}
 		return nil
 	}
+	results, stop, err := p.scoringAPI(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
 	return sim.Run(ctx, sc, sim.RunOptions{
-		Tenant: p.Tenant, Sink: sink, Setup: setup, Results: storeResults{p: p},
+		Tenant: p.Tenant, Sink: sink, Setup: setup, Results: results,
 		Progress: o.Progress, PlatformRevokes: true,
 		Drain: func(ctx context.Context) error {
 			t0 := time.Now()
@@ -290,23 +295,4 @@ func (s *simSetup) RevokeDevice(ctx context.Context, id event.DeviceID) error {
 		return nil // already revoked or decommissioned
 	}
 	return err
-}
-
-// storeResults reads back what the platform stored.
-type storeResults struct{ p *Platform }
-
-func (r storeResults) Alerts(ctx context.Context) (out []alert.Alert, err error) {
-	err = r.p.Store.View(ctx, func(tx store.Tx) error {
-		out, err = tx.Alerts().List(ctx, r.p.Tenant, store.AlertFilter{})
-		return err
-	})
-	return out, err
-}
-
-func (r storeResults) Actions(ctx context.Context) (out []store.Action, err error) {
-	err = r.p.Store.View(ctx, func(tx store.Tx) error {
-		out, err = tx.Actions().List(ctx, r.p.Tenant, store.ActionFilter{})
-		return err
-	})
-	return out, err
 }

@@ -1,6 +1,7 @@
 package radius
 
 import (
+	"context"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -105,6 +106,11 @@ func (c *Cells) ImportOpenCellID(r io.Reader) (added, skipped int, err error) {
 		added++
 	}
 }
+
+var _ Locator = (*Cells)(nil)
+
+// Locate implements [Locator] with [Cells.LookupULI].
+func (c *Cells) Locate(_ context.Context, u ULI) (Cell, bool) { return c.LookupULI(u) }
 
 // LookupULI returns the position of the cell a User-Location-Info names.
 // A lone TAI names no cell and is never found.

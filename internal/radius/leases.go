@@ -70,3 +70,14 @@ func (l *Leases) release(tenant event.TenantID, ip netip.Addr, s sessKey) {
 	}
 	l.mu.Unlock()
 }
+
+// Release forgets ip if dev holds it through [Leases.Set] (a session pushed
+// by webhook that stopped); leases of RADIUS sessions are left alone.
+func (l *Leases) Release(tenant event.TenantID, ip netip.Addr, dev event.DeviceID) {
+	k := leaseKey{tenant, ip.Unmap()}
+	l.mu.Lock()
+	if x, ok := l.m[k]; ok && x.dev == dev && x.sess == (sessKey{}) {
+		delete(l.m, k)
+	}
+	l.mu.Unlock()
+}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,6 +32,14 @@ type Publisher interface {
 // failures to answer.
 type SIMs interface {
 	ByIMSI(ctx context.Context, tenant event.TenantID, imsi string) (device event.DeviceID, boundIMEI string, state string, ok bool, err error)
+}
+
+// Locator finds the position of the cell a User-Location-Info names
+// ([*Cells] in memory; the platform's store-backed table in serve). It is
+// called for every accounting record that carries a location, so it must
+// be fast and safe for concurrent use; ok is false when the cell is unknown.
+type Locator interface {
+	Locate(ctx context.Context, u ULI) (pos Cell, ok bool)
 }
 
 // Client is one RADIUS client (an APN gateway, GGSN/PGW/SMF) allowed to talk
@@ -84,7 +93,7 @@ type Options struct {
 	RejectStates []string
 	Publisher    Publisher
 	SIMs         SIMs
-	Cells        *Cells  // optional cell table for lat/lon/accuracy_m
+	Cells        Locator // optional cell table for lat/lon/accuracy_m
 	Leases       *Leases // optional; created if nil
 	Clock        clock.Clock
 	Logger       *slog.Logger
@@ -153,12 +162,46 @@ type sessKey struct {
 	tenant event.TenantID
 	nas    netip.Addr
 	id     string
+	client string
 }
 
 type session struct {
 	in, out uint64
 	seen    time.Time
 	ip, ip6 netip.Addr // leased addresses
+	dev     event.DeviceID
+	imsi    string
+}
+
+// Session is a live data session the accounting server knows of: enough to
+// name it in a Disconnect-Request to the gateway that carries it.
+type Session struct {
+	NAS       netip.Addr // NAS-IP-Address, else the packet's source
+	Client    string     // the Client's Name
+	SessionID string     // Acct-Session-Id ("" if the gateway sent none)
+	IMSI      string
+	FramedIP  netip.Addr
+	LastSeen  time.Time
+}
+
+// Sessions returns the live sessions of a device (started or updated and
+// not stopped, nor idle longer than SessionIdle), most recent first.
+func (s *Server) Sessions(tenant event.TenantID, dev event.DeviceID) []Session {
+	var out []Session
+	s.mu.Lock()
+	for k, ss := range s.sessions {
+		if k.tenant != tenant || ss.dev != dev || dev == "" {
+			continue
+		}
+		x := Session{NAS: k.nas, Client: k.client, SessionID: k.id, IMSI: ss.imsi, FramedIP: ss.ip, LastSeen: ss.seen}
+		if strings.HasPrefix(k.id, "imsi:") {
+			x.SessionID = ""
+		}
+		out = append(out, x)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(out, func(a, b Session) int { return b.LastSeen.Compare(a.LastSeen) })
+	return out
 }
 
 // Errors returned by [New].
@@ -503,7 +546,7 @@ func (s *Server) accounting(ctx context.Context, c *Client, src netip.AddrPort, 
 	if !nas.IsValid() {
 		nas = src.Addr().Unmap()
 	}
-	sk := sessKey{tenant: c.Tenant, nas: nas, id: r.SessionID}
+	sk := sessKey{tenant: c.Tenant, nas: nas, id: r.SessionID, client: c.Name}
 	if r.SessionID == "" {
 		sk.id = "imsi:" + r.IMSI
 	}
@@ -519,6 +562,9 @@ func (s *Server) accounting(ctx context.Context, c *Client, src netip.AddrPort, 
 	}
 	up, down := delta(prev.in, r.InOctets), delta(prev.out, r.OutOctets)
 	ss.in, ss.out, ss.seen = r.InOctets, r.OutOctets, now
+	if dev != "" {
+		ss.dev, ss.imsi = dev, r.IMSI
+	}
 	if r.FramedIP.IsValid() {
 		ss.ip = r.FramedIP
 	}
@@ -550,8 +596,8 @@ func (s *Server) accounting(ctx context.Context, c *Client, src netip.AddrPort, 
 	e.Attrs["bytes_up"], e.Attrs["bytes_down"] = float64(up), float64(down)
 	r.fill(e.Attrs)
 	var loc *event.Event
-	if r.HasULI {
-		if pos, ok := s.o.Cells.LookupULI(r.ULI); ok {
+	if r.HasULI && s.o.Cells != nil {
+		if pos, ok := s.o.Cells.Locate(ctx, r.ULI); ok {
 			e.Attrs["lat"], e.Attrs["lon"], e.Attrs["accuracy_m"] = pos.Lat, pos.Lon, pos.RangeM
 			if dev != "" {
 				loc = &event.Event{

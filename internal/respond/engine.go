@@ -2,7 +2,6 @@ package respond
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,9 +22,6 @@ import (
 
 // Automation is the actor of every action the engine takes on its own.
 const Automation = "automation"
-
-// SettingsKey is the per-tenant setting holding the tenant's playbooks.
-const SettingsKey = "respond.playbooks"
 
 // Errors of the engine, wrapped with the operation.
 var (
@@ -128,11 +124,7 @@ type Engine struct {
 	tenantMu map[event.TenantID]*sync.Mutex
 	raised   map[event.TenantID]time.Time // window bucket of the last blast-radius alert
 	cache    map[event.TenantID]cachedPlaybooks
-}
-
-type cachedPlaybooks struct {
-	sum [32]byte
-	pbs []Playbook
+	defaults defaultSet
 }
 
 // New returns an Engine.
@@ -155,11 +147,12 @@ func New(o Options) (*Engine, error) {
 		o.RetryBackoff = 100 * time.Millisecond
 	}
 	o.Guard = o.Guard.withDefaults()
-	if _, err := Defaults(); err != nil {
+	defs, err := loadDefaults()
+	if err != nil {
 		return nil, fmt.Errorf("respond: default playbooks: %w", err)
 	}
 	return &Engine{o: o, log: o.Logger, tenantMu: map[event.TenantID]*sync.Mutex{},
-		raised: map[event.TenantID]time.Time{}, cache: map[event.TenantID]cachedPlaybooks{}}, nil
+		raised: map[event.TenantID]time.Time{}, cache: map[event.TenantID]cachedPlaybooks{}, defaults: defs}, nil
 }
 
 func (e *Engine) lockTenant(t event.TenantID) func() {
@@ -201,114 +194,6 @@ func splitActionID(id string) (alertID, playbook string, index int, ok bool) {
 		return "", "", 0, false
 	}
 	return id[:j], id[j+1 : i], n, true
-}
-
-// playbookDoc is the stored form of a tenant's playbooks.
-type playbookDoc struct {
-	Version   int       `json:"version"`
-	YAML      string    `json:"yaml"`
-	Actor     string    `json:"actor"`
-	UpdatedAt time.Time `json:"updated_at"`
-}
-
-// SetPlaybooks validates a tenant's playbook document (see [Parse]) and
-// stores it as the next version, audited. An invalid document changes
-// nothing and returns the *ParseError.
-func (e *Engine) SetPlaybooks(ctx context.Context, tenant event.TenantID, doc []byte, actor string) (int, error) {
-	if _, err := Parse(doc); err != nil {
-		return 0, fmt.Errorf("respond set playbooks %s: %w", tenant, err)
-	}
-	now := e.o.Clock.Now().UTC()
-	var version int
-	err := e.o.Store.Update(ctx, func(tx store.Tx) error {
-		var old playbookDoc
-		raw, err := tx.Settings().Get(ctx, tenant, SettingsKey)
-		switch {
-		case err == nil:
-			if err := json.Unmarshal(raw, &old); err != nil {
-				return fmt.Errorf("stored playbooks: %w", err)
-			}
-		case !errors.Is(err, store.ErrNotFound):
-			return err
-		}
-		version = old.Version + 1
-		b, err := json.Marshal(playbookDoc{Version: version, YAML: string(doc), Actor: actor, UpdatedAt: now})
-		if err != nil {
-			return err
-		}
-		if err := tx.Settings().Put(ctx, tenant, SettingsKey, b); err != nil {
-			return err
-		}
-		sum := sha256.Sum256(doc)
-		return audit.Record(ctx, tx, tenant, now, actor, "playbooks.update", SettingsKey, map[string]any{
-			"version": version, "sha256": fmt.Sprintf("%x", sum),
-		})
-	})
-	if err != nil {
-		return 0, fmt.Errorf("respond set playbooks %s: %w", tenant, err)
-	}
-	return version, nil
-}
-
-// Playbooks returns the tenant's playbook document, its version (0 for the
-// defaults) and the parsed playbooks.
-func (e *Engine) Playbooks(ctx context.Context, tenant event.TenantID) ([]byte, int, []Playbook, error) {
-	var raw []byte
-	err := e.o.Store.View(ctx, func(tx store.Tx) error {
-		var err error
-		raw, err = tx.Settings().Get(ctx, tenant, SettingsKey)
-		return err
-	})
-	if errors.Is(err, store.ErrNotFound) {
-		pbs, _ := Defaults()
-		return DefaultYAML(), 0, pbs, nil
-	}
-	if err != nil {
-		return nil, 0, nil, fmt.Errorf("respond playbooks %s: %w", tenant, err)
-	}
-	var doc playbookDoc
-	if err := json.Unmarshal(raw, &doc); err != nil {
-		return nil, 0, nil, fmt.Errorf("respond playbooks %s: stored document: %w", tenant, err)
-	}
-	pbs, err := e.parseCached(tenant, []byte(doc.YAML))
-	if err != nil {
-		return nil, 0, nil, fmt.Errorf("respond playbooks %s: %w", tenant, err)
-	}
-	return []byte(doc.YAML), doc.Version, pbs, nil
-}
-
-func (e *Engine) parseCached(tenant event.TenantID, doc []byte) ([]Playbook, error) {
-	sum := sha256.Sum256(doc)
-	e.mu.Lock()
-	c, ok := e.cache[tenant]
-	e.mu.Unlock()
-	if ok && c.sum == sum {
-		return c.pbs, nil
-	}
-	pbs, err := Parse(doc)
-	if err != nil {
-		return nil, err
-	}
-	e.mu.Lock()
-	e.cache[tenant] = cachedPlaybooks{sum: sum, pbs: pbs}
-	e.mu.Unlock()
-	return pbs, nil
-}
-
-// loadPlaybooks reads the tenant's playbooks inside tx (defaults if none).
-func (e *Engine) loadPlaybooks(ctx context.Context, tx store.Tx, tenant event.TenantID) ([]Playbook, error) {
-	raw, err := tx.Settings().Get(ctx, tenant, SettingsKey)
-	if errors.Is(err, store.ErrNotFound) {
-		return e.parseCached("", defaultsYAML)
-	}
-	if err != nil {
-		return nil, err
-	}
-	var doc playbookDoc
-	if err := json.Unmarshal(raw, &doc); err != nil {
-		return nil, fmt.Errorf("stored playbooks: %w", err)
-	}
-	return e.parseCached(tenant, []byte(doc.YAML))
 }
 
 func findPlaybook(pbs []Playbook, name string) *Playbook {
@@ -832,6 +717,27 @@ func (e *Engine) Resolve(ctx context.Context, tenant event.TenantID, alertID str
 	}
 	a.State = state
 	return e.restore(ctx, a, operator)
+}
+
+// RestoreFalsePositive undoes what the alert's playbooks did, as actor,
+// after the alert was resolved as a false positive elsewhere (the API moves
+// the alert's state itself): the done actions of playbooks with
+// restore_on_false_positive are undone, newest first, and those still
+// waiting are rejected. An alert of another tenant is not found; an alert
+// not in state false_positive is refused with store.ErrConflict.
+func (e *Engine) RestoreFalsePositive(ctx context.Context, tenant event.TenantID, alertID, actor string) error {
+	var a alert.Alert
+	err := e.o.Store.View(ctx, func(tx store.Tx) (err error) {
+		a, err = tx.Alerts().Get(ctx, tenant, alertID)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("respond restore %s/%s: %w", tenant, alertID, err)
+	}
+	if a.State != alert.FalsePositive {
+		return fmt.Errorf("respond restore %s/%s: alert is %s, not %s: %w", tenant, alertID, a.State, alert.FalsePositive, store.ErrConflict)
+	}
+	return e.restore(ctx, a, actor)
 }
 
 // restore undoes, newest first, the done actions of the alert whose

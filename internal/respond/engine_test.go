@@ -516,26 +516,42 @@ func TestResumePendingAfterRestart(t *testing.T) {
 	require.Equal(t, 1, notes)
 }
 
-func TestSetPlaybooksRefusesInvalidAndVersions(t *testing.T) {
+func TestSetPlaybooksRefusesInvalidAndReplacesTheSet(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, nil)
-	_, v, _, err := f.eng.Playbooks(ctx, "acme")
+	pbs, err := f.eng.Playbooks(ctx, "acme")
 	require.NoError(t, err)
-	require.Zero(t, v)
+	require.Len(t, pbs, 2, "the defaults")
 	_, err = f.eng.SetPlaybooks(ctx, "acme", []byte("playbooks:\n  - name: x\n    trigger: {kinds: [a.b]}\n    steps: [explode]\n"), "op")
 	require.ErrorIs(t, err, respond.ErrPlaybook)
 	require.Contains(t, err.Error(), "line 4: unknown step \"explode\"")
 	require.Empty(t, f.audit(t, "acme"))
-	for want := 1; want <= 2; want++ {
-		v, err := f.eng.SetPlaybooks(ctx, "acme", respond.DefaultYAML(), "op")
+	doc := "playbooks:\n  - name: only\n    trigger: {kinds: [a.b]}\n    steps: [notify]\n"
+	for i := 0; i < 2; i++ {
+		n, err := f.eng.SetPlaybooks(ctx, "acme", []byte(doc), "op")
 		require.NoError(t, err)
-		require.Equal(t, want, v)
+		require.Equal(t, 1, n)
 	}
-	_, v, pbs, err := f.eng.Playbooks(ctx, "acme")
+	pbs, err = f.eng.Playbooks(ctx, "acme")
 	require.NoError(t, err)
-	require.Equal(t, 2, v)
+	require.Len(t, pbs, 1, "the document replaced the set: defaults disabled")
+	require.Equal(t, "only", pbs[0].Name)
+	vs, err := f.eng.PlaybookVersions(ctx, "acme", "only")
+	require.NoError(t, err)
+	require.Len(t, vs, 2)
+	infos, err := f.eng.ListPlaybooks(ctx, "acme")
+	require.NoError(t, err)
+	require.Len(t, infos, 3)
+	for _, in := range infos {
+		require.Equal(t, in.Name == "only", in.Enabled, in.Name)
+	}
+	// Putting the defaults back as a document brings them back (as tenant versions).
+	n, err := f.eng.SetPlaybooks(ctx, "acme", respond.DefaultYAML(), "op")
+	require.NoError(t, err)
+	require.Equal(t, 2, n)
+	pbs, err = f.eng.Playbooks(ctx, "acme")
+	require.NoError(t, err)
 	require.Len(t, pbs, 2)
-	require.Len(t, f.audit(t, "acme"), 2)
 }
 
 func TestHandleRejectsBadAlerts(t *testing.T) {

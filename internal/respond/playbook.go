@@ -456,3 +456,106 @@ func DefaultYAML() []byte { return bytes.Clone(defaultsYAML) }
 
 // Defaults returns the default playbooks (parsed from [DefaultYAML]).
 func Defaults() ([]Playbook, error) { return Parse(defaultsYAML) }
+
+// ParseOne reads a document holding one playbook, as uploaded under its
+// name: either the playbook's own mapping
+//
+//	name: quarantine-sim-swap     # optional; must equal name if given
+//	trigger: {kinds: [sim.imei_mismatch]}
+//	mode: auto
+//	steps: [quarantine, disconnect]
+//
+// or a `playbooks:` list holding exactly that one playbook. Errors are a
+// *[ParseError] whose problems name their lines in doc.
+func ParseOne(doc []byte, name string) (Playbook, error) {
+	bad := func(line int, format string, a ...any) (Playbook, error) {
+		return Playbook{}, &ParseError{Problems: []Problem{{Line: line, Msg: fmt.Sprintf(format, a...)}}}
+	}
+	if !validName(name) {
+		return bad(1, "name %q must be 1-63 characters of [a-z0-9-]", name)
+	}
+	if len(doc) > MaxPlaybookBytes {
+		return bad(1, "document larger than %d bytes", MaxPlaybookBytes)
+	}
+	var root yaml.Node
+	if err := yaml.NewDecoder(bytes.NewReader(doc)).Decode(&root); err != nil {
+		if errors.Is(err, io.EOF) {
+			return bad(1, "empty document (want a playbook: name, trigger, mode, steps)")
+		}
+		return bad(yamlErrLine(err), "%s", err.Error())
+	}
+	n := &root
+	if n.Kind == yaml.DocumentNode && len(n.Content) == 1 {
+		n = n.Content[0]
+	}
+	if n.Kind != yaml.MappingNode {
+		return bad(n.Line, "a playbook must be a mapping (name, trigger, mode, steps)")
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == "playbooks" {
+			pbs, err := Parse(doc)
+			if err != nil {
+				return Playbook{}, err
+			}
+			if len(pbs) != 1 {
+				return bad(n.Content[i].Line, "playbooks: want exactly one playbook here, got %d", len(pbs))
+			}
+			if pbs[0].Name != name {
+				return bad(pbs[0].Line, "playbook name %q differs from %q, the name it is uploaded as", pbs[0].Name, name)
+			}
+			return pbs[0], nil
+		}
+	}
+	hasName := false
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i]; k.Value == "name" {
+			hasName = true
+			if v := n.Content[i+1]; v.Kind == yaml.ScalarNode && v.Value != name {
+				return bad(v.Line, "playbook name %q differs from %q, the name it is uploaded as", v.Value, name)
+			}
+		}
+	}
+	if !hasName {
+		n.Content = append([]*yaml.Node{{Kind: yaml.ScalarNode, Value: "name", Line: n.Line},
+			{Kind: yaml.ScalarNode, Value: name, Line: n.Line}}, n.Content...)
+	}
+	p := &parser{}
+	pb, ok := p.playbook(n)
+	if len(p.problems) > 0 || !ok {
+		sort.SliceStable(p.problems, func(i, j int) bool { return p.problems[i].Line < p.problems[j].Line })
+		return Playbook{}, &ParseError{Problems: p.problems}
+	}
+	return pb, nil
+}
+
+// defaultDocs splits the default document into one standalone document per
+// playbook (what [ParseOne] reads), by name, in the order declared.
+func defaultDocs() (names []string, docs map[string]string, err error) {
+	pbs, err := Parse(defaultsYAML)
+	if err != nil {
+		return nil, nil, err
+	}
+	lines := strings.SplitAfter(string(defaultsYAML), "\n")
+	docs = map[string]string{}
+	for i, pb := range pbs {
+		end := len(lines)
+		if i+1 < len(pbs) {
+			end = pbs[i+1].Line - 1
+		}
+		item := lines[pb.Line-1 : end]
+		dash := strings.Index(item[0], "- ")
+		var b strings.Builder
+		for j, l := range item {
+			if j == 0 {
+				l = strings.Repeat(" ", dash) + "  " + l[dash+2:]
+			}
+			if len(l) >= dash+2 && strings.TrimSpace(l[:dash+2]) == "" {
+				l = l[dash+2:]
+			}
+			b.WriteString(l)
+		}
+		names = append(names, pb.Name)
+		docs[pb.Name] = b.String()
+	}
+	return names, docs, nil
+}

@@ -60,6 +60,13 @@ type Tx interface {
 	Actions() Actions
 	CAs() CAs
 	Certificates() Certificates
+	Incidents() Incidents
+	Webhooks() Webhooks
+	Deliveries() Deliveries
+	Playbooks() Playbooks // response.go
+	Mass() Mass           // response.go
+	Campaigns() Campaigns
+	Cells() Cells
 }
 
 // Tenant is an isolated customer of the platform.
@@ -255,6 +262,10 @@ type AlertFilter struct {
 	Kind   alert.Kind
 	State  alert.State
 	Since  time.Time // LastSeen >= Since
+	// Before, an alert id, continues a listing after that alert: only
+	// alerts that come after it in the list order are returned (keyset
+	// paging); an id that does not exist matches nothing.
+	Before string
 	Limit  int
 }
 
@@ -307,7 +318,11 @@ type ActionFilter struct {
 	Kind   string
 	State  ActionState
 	Since  time.Time // CreatedAt >= Since
-	Limit  int
+	// After, an action id, continues a listing after that action: only
+	// actions that come after it in the list order are returned (keyset
+	// paging); an id that does not exist matches nothing.
+	After string
+	Limit int
 }
 
 // Actions stores response actions. Put with an existing id replaces it, so
@@ -377,4 +392,36 @@ type Certificates interface {
 	// Revoked returns every revoked, unexpired certificate of an issuer (for
 	// the CRL), ordered by serial.
 	Revoked(ctx context.Context, tenant event.TenantID, issuer string, now time.Time) ([]Certificate, error)
+}
+
+// Cell is one radio cell's position (OpenCellID layout). Cells are public
+// reference data shared by every tenant: the table is platform-wide and its
+// methods take no tenant.
+type Cell struct {
+	Radio     string    `json:"radio"` // GSM, UMTS, LTE, NR, CDMA
+	MCC       int       `json:"mcc"`   // 0-999
+	MNC       int       `json:"mnc"`   // 0-999
+	Area      int64     `json:"area"`  // LAC or TAC, 0-65535
+	Cell      int64     `json:"cell"`  // CI, SAC, 28-bit ECI or 36-bit NCI; >= 0
+	Lat       float64   `json:"lat"`   // -90..90
+	Lon       float64   `json:"lon"`   // -180..180
+	RangeM    float64   `json:"range_m"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Cells stores the cell table, keyed by (MCC, MNC, Area, Cell).
+type Cells interface {
+	// Put creates or replaces every cell of cs (matched by its key). A cell
+	// whose fields are out of the ranges documented on [Cell] (or whose
+	// RangeM is negative or not finite) is ErrInvalid and nothing of cs is
+	// written.
+	Put(ctx context.Context, cs []Cell) error
+	// Get returns the cell or ErrNotFound.
+	Get(ctx context.Context, mcc, mnc int, area, cell int64) (Cell, error)
+	// ByECI returns an LTE or NR cell by its cell identity alone (a
+	// User-Location-Info with an ECGI but no TAI): when several areas hold
+	// the same identity, the most recently updated one; ErrNotFound if none.
+	ByECI(ctx context.Context, mcc, mnc int, cell int64) (Cell, error)
+	// Count returns the number of cells.
+	Count(ctx context.Context) (int, error)
 }

@@ -152,3 +152,20 @@ func Pool(path string) (*x509.CertPool, error) {
 	}
 	return p, nil
 }
+
+// Ephemeral returns a certificate like the one LoadOrCreate makes, kept only
+// in memory, and a pool that trusts it: for a listener that lives as long as
+// one process (the simulator's scoring API).
+func Ephemeral(now time.Time, hosts ...string) (tls.Certificate, *x509.CertPool, error) {
+	certPEM, keyPEM, err := generate(now, hosts)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	c, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("tlsutil: %w", err)
+	}
+	p := x509.NewCertPool()
+	p.AppendCertsFromPEM(certPEM)
+	return c, p, nil
+}

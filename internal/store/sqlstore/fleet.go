@@ -247,6 +247,9 @@ func (s alerts) List(ctx context.Context, tenant event.TenantID, f store.AlertFi
 	if !f.Since.IsZero() {
 		w.add(`last_seen >= ?`, Micros(f.Since))
 	}
+	if f.Before != "" {
+		w.add(`(first_seen, id) < (SELECT first_seen, id FROM alerts WHERE tenant = ? AND id = ?)`, string(tenant), f.Before)
+	}
 	q := limit(`SELECT `+alertCols+` FROM alerts WHERE `+w.String()+` ORDER BY first_seen DESC, id DESC`, f.Limit)
 	out, err := collect(ctx, s.c, scanAlert, q, w.args...)
 	if err != nil {
@@ -334,6 +337,9 @@ func (s actions) List(ctx context.Context, tenant event.TenantID, f store.Action
 	}
 	if !f.Since.IsZero() {
 		w.add(`created_at >= ?`, Micros(f.Since))
+	}
+	if f.After != "" {
+		w.add(`(created_at, id) > (SELECT created_at, id FROM actions WHERE tenant = ? AND id = ?)`, string(tenant), f.After)
 	}
 	q := limit(`SELECT `+actionCols+` FROM actions WHERE `+w.String()+` ORDER BY created_at, id`, f.Limit)
 	out, err := collect(ctx, s.c, scanAction, q, w.args...)

@@ -92,6 +92,12 @@ func (t *tx) Alerts() store.Alerts             { return alerts{t} }
 func (t *tx) Actions() store.Actions           { return actions{t} }
 func (t *tx) CAs() store.CAs                   { return cas{t} }
 func (t *tx) Certificates() store.Certificates { return certificates{t} }
+func (t *tx) Incidents() store.Incidents       { return incidents{t} }
+func (t *tx) Webhooks() store.Webhooks         { return webhooks{t} }
+func (t *tx) Deliveries() store.Deliveries     { return deliveries{t} }
+func (t *tx) Playbooks() store.Playbooks       { return playbooks{t} }
+func (t *tx) Mass() store.Mass                 { return mass{t} }
+func (t *tx) Campaigns() store.Campaigns       { return campaigns{t} }
 
 // Rebind rewrites `?` placeholders as $1, $2, ... It does not look inside
 // string literals, so queries given to it must not contain `?` in one.

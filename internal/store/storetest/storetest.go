@@ -40,7 +40,16 @@ func Run(t *testing.T, open Opener) {
 		{"Actions", testActions},
 		{"CAs", testCAs},
 		{"Certificates", testCertificates},
+		{"Playbooks", testPlaybooks}, // response.go
+		{"Mass", testMass},           // response.go
+		{"Campaigns", testCampaigns},
+		{"Cells", testCells},
 		{"TenantIsolation", testIsolation},
+		{"Incidents", testIncidents},
+		{"IncidentCompareAndSet", testIncidentCAS},
+		{"Webhooks", testWebhooks},
+		{"Deliveries", testDeliveries},
+		{"IncidentIsolation", testIncidentIsolation},
 		{"UpdateRollback", testRollback},
 		{"ViewIsReadOnly", testViewReadOnly},
 	}
@@ -547,6 +556,33 @@ func testAlerts(t *testing.T, s store.Store) {
 		require.Equal(t, []string{"a3"}, list(store.AlertFilter{State: alert.Resolved}))
 		require.Equal(t, []string{"a2", "a3"}, list(store.AlertFilter{Since: t0.Add(2 * time.Hour)}), "since is inclusive on LastSeen")
 		require.Equal(t, []string{"a2", "a3"}, list(store.AlertFilter{Limit: 2}))
+		require.Equal(t, []string{"a3", "a1"}, list(store.AlertFilter{Before: "a2"}), "keyset paging continues after the cursor")
+		require.Equal(t, []string{"a3"}, list(store.AlertFilter{Before: "a2", Limit: 1}))
+		require.Equal(t, []string{"a1"}, list(store.AlertFilter{Before: "a3", Device: "d1"}))
+		require.Empty(t, list(store.AlertFilter{Before: "a1"}), "nothing after the last")
+		require.Empty(t, list(store.AlertFilter{Before: "zz"}), "an unknown cursor matches nothing")
+		return nil
+	})
+	// Alerts with the same FirstSeen page by id, so no page skips or repeats one.
+	update(t, s, func(tx store.Tx) error {
+		for _, id := range []string{"t2", "t1", "t3"} {
+			require.NoError(t, tx.Alerts().Put(ctx, alert.Alert{ID: id, Tenant: "acme", Device: "d9", Kind: alert.DataSpike,
+				Severity: alert.Low, FirstSeen: t0.Add(-time.Hour), LastSeen: t0.Add(-time.Hour), Count: 1, State: alert.Open}))
+		}
+		return nil
+	})
+	view(t, s, func(tx store.Tx) error {
+		var got []string
+		for cursor := ""; ; {
+			as, err := tx.Alerts().List(ctx, "acme", store.AlertFilter{Device: "d9", Before: cursor, Limit: 1})
+			require.NoError(t, err)
+			if len(as) == 0 {
+				break
+			}
+			got = append(got, as[0].ID)
+			cursor = as[0].ID
+		}
+		require.Equal(t, []string{"t3", "t2", "t1"}, got)
 		return nil
 	})
 }
@@ -593,6 +629,11 @@ func testActions(t *testing.T, s store.Store) {
 		require.Equal(t, []string{"x6", "x2", "x4"}, list(store.ActionFilter{State: store.ActionDone}))
 		require.Equal(t, []string{"x3", "x4", "x5"}, list(store.ActionFilter{Since: t0.Add(2 * time.Minute)}))
 		require.Equal(t, []string{"x6", "x1"}, list(store.ActionFilter{Limit: 2}))
+		require.Equal(t, []string{"x2", "x3", "x4", "x5"}, list(store.ActionFilter{After: "x1"}), "keyset paging continues after the cursor")
+		require.Equal(t, []string{"x3", "x5"}, list(store.ActionFilter{After: "x2", Kind: "quarantine"}))
+		require.Equal(t, []string{"x2"}, list(store.ActionFilter{After: "x1", Limit: 1}))
+		require.Empty(t, list(store.ActionFilter{After: "x5"}), "nothing after the last")
+		require.Empty(t, list(store.ActionFilter{After: "zz"}), "an unknown cursor matches nothing")
 		n, err := ac.CountDevices(ctx, "acme", []string{"quarantine", "revoke"}, t0)
 		require.NoError(t, err)
 		require.Equal(t, 2, n, "d2 (done and pending, counted once) and d3; not d1 (approval), d4 (failed), d5 (too old)")
@@ -836,4 +877,87 @@ func testViewReadOnly(t *testing.T, s store.Store) {
 		require.ErrorIs(t, err, store.ErrNotFound)
 		return nil
 	})
+}
+
+func testCells(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	lte := store.Cell{Radio: "LTE", MCC: 214, MNC: 1, Area: 6699, Cell: 11259375, Lat: 40.41678, Lon: -3.70379, RangeM: 1000, UpdatedAt: t0}
+	gsm := store.Cell{Radio: "GSM", MCC: 214, MNC: 1, Area: 6699, Cell: 4321, Lat: 41.38, Lon: 2.17, RangeM: 2500, UpdatedAt: t0}
+	nr := store.Cell{Radio: "NR", MCC: 310, MNC: 260, Area: 65535, Cell: 1<<36 - 1, Lat: -33.86, Lon: 151.2, RangeM: 300, UpdatedAt: t0}
+	view(t, s, func(tx store.Tx) error {
+		n, err := tx.Cells().Count(ctx)
+		require.NoError(t, err)
+		require.Zero(t, n)
+		_, err = tx.Cells().Get(ctx, 214, 1, 6699, 11259375)
+		require.ErrorIs(t, err, store.ErrNotFound)
+		_, err = tx.Cells().ByECI(ctx, 214, 1, 11259375)
+		require.ErrorIs(t, err, store.ErrNotFound)
+		return nil
+	})
+	cs := []store.Cell{lte, gsm, nr}
+	for i := range 450 { // more than one multi-row chunk
+		cs = append(cs, store.Cell{Radio: "umts", MCC: 262, MNC: 2, Area: int64(i % 7), Cell: int64(i), Lat: 52, Lon: 13, RangeM: float64(i), UpdatedAt: t0})
+	}
+	update(t, s, func(tx store.Tx) error { return tx.Cells().Put(ctx, cs) })
+	view(t, s, func(tx store.Tx) error {
+		n, err := tx.Cells().Count(ctx)
+		require.NoError(t, err)
+		require.Equal(t, 453, n)
+		got, err := tx.Cells().Get(ctx, 214, 1, 6699, 11259375)
+		require.NoError(t, err)
+		want := lte
+		want.UpdatedAt = us(t0)
+		require.Equal(t, want, got)
+		got, err = tx.Cells().Get(ctx, 310, 260, 65535, 1<<36-1)
+		require.NoError(t, err)
+		require.Equal(t, nr.Lat, got.Lat)
+		got, err = tx.Cells().Get(ctx, 262, 2, 3, 10)
+		require.NoError(t, err)
+		require.Equal(t, "UMTS", got.Radio, "radio is kept upper case")
+		_, err = tx.Cells().Get(ctx, 214, 1, 6698, 11259375)
+		require.ErrorIs(t, err, store.ErrNotFound, "area is part of the key")
+		got, err = tx.Cells().ByECI(ctx, 214, 1, 11259375)
+		require.NoError(t, err)
+		require.Equal(t, lte.Lat, got.Lat)
+		_, err = tx.Cells().ByECI(ctx, 214, 1, 4321)
+		require.ErrorIs(t, err, store.ErrNotFound, "a GSM cell has no ECI")
+		return nil
+	})
+	// Put replaces; ByECI prefers the most recently updated area.
+	moved := lte
+	moved.Area, moved.Lat, moved.UpdatedAt = 7000, 40.5, t0.Add(time.Hour)
+	replaced := gsm
+	replaced.RangeM = 100
+	update(t, s, func(tx store.Tx) error { return tx.Cells().Put(ctx, []store.Cell{moved, replaced}) })
+	view(t, s, func(tx store.Tx) error {
+		got, err := tx.Cells().ByECI(ctx, 214, 1, 11259375)
+		require.NoError(t, err)
+		require.Equal(t, int64(7000), got.Area)
+		got, err = tx.Cells().Get(ctx, 214, 1, 6699, 4321)
+		require.NoError(t, err)
+		require.Equal(t, 100.0, got.RangeM)
+		n, err := tx.Cells().Count(ctx)
+		require.NoError(t, err)
+		require.Equal(t, 454, n)
+		return nil
+	})
+	// A bad cell anywhere in the batch writes nothing.
+	for _, bad := range []store.Cell{
+		{Radio: "LTE", MCC: 1000, MNC: 1, Lat: 1, Lon: 1},
+		{Radio: "LTE", MCC: 1, MNC: 1, Area: 65536, Lat: 1, Lon: 1},
+		{Radio: "LTE", MCC: 1, MNC: 1, Cell: -1, Lat: 1, Lon: 1},
+		{Radio: "LTE", MCC: 1, MNC: 1, Cell: 1 << 36, Lat: 1, Lon: 1},
+		{Radio: "LTE", MCC: 1, MNC: 1, Lat: 91, Lon: 1},
+		{Radio: "LTE", MCC: 1, MNC: 1, Lat: 1, Lon: -181},
+		{Radio: "LTE", MCC: 1, MNC: 1, Lat: 1, Lon: 1, RangeM: -1},
+	} {
+		ok := store.Cell{Radio: "GSM", MCC: 999, MNC: 99, Area: 1, Cell: 1, Lat: 1, Lon: 1, UpdatedAt: t0}
+		err := updateErr(t, s, func(ctx context.Context, tx store.Tx) error { return tx.Cells().Put(ctx, []store.Cell{ok, bad}) })
+		require.ErrorIs(t, err, store.ErrInvalid, "%+v", bad)
+		view(t, s, func(tx store.Tx) error {
+			_, err := tx.Cells().Get(ctx, 999, 99, 1, 1)
+			require.ErrorIs(t, err, store.ErrNotFound, "nothing of a refused batch is written")
+			return nil
+		})
+	}
 }

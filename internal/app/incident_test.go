@@ -1,0 +1,232 @@
+package app_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/garrisonhq/garrison/internal/app"
+	"github.com/garrisonhq/garrison/internal/clock"
+	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/export"
+	"github.com/garrisonhq/garrison/internal/incident"
+	"github.com/garrisonhq/garrison/internal/store"
+)
+
+// hookReceiver collects the CloudEvent types a webhook receives, checking
+// each signature.
+type hookReceiver struct {
+	mu    sync.Mutex
+	types []string
+	bad   int
+}
+
+func (h *hookReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if export.Verify([]byte("0123456789abcdef-secret"), r.Header.Get(export.SignatureHeader), body, time.Now(), time.Minute) != nil {
+		h.bad++
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	var ce export.CloudEvent
+	if json.Unmarshal(body, &ce) != nil {
+		h.bad++
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	h.types = append(h.types, ce.Type)
+}
+
+func (h *hookReceiver) has(types ...string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, want := range types {
+		found := false
+		for _, got := range h.types {
+			found = found || got == want
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// syslogCollector accepts one TCP connection and reads octet-counted frames.
+type syslogCollector struct {
+	ln     net.Listener
+	mu     sync.Mutex
+	frames []string
+}
+
+func newSyslogCollector(t *testing.T) *syslogCollector {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	c := &syslogCollector{ln: ln}
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				br := bufio.NewReader(conn)
+				for {
+					n, err := br.ReadString(' ')
+					if err != nil {
+						return
+					}
+					size, err := strconv.Atoi(strings.TrimSpace(n))
+					if err != nil || size <= 0 || size > 1<<20 {
+						return
+					}
+					b := make([]byte, size)
+					if _, err := io.ReadFull(br, b); err != nil {
+						return
+					}
+					c.mu.Lock()
+					c.frames = append(c.frames, string(b))
+					c.mu.Unlock()
+				}
+			}()
+		}
+	}()
+	return c
+}
+
+func (c *syslogCollector) find(substr string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, f := range c.frames {
+		if strings.Contains(f, substr) {
+			return f
+		}
+	}
+	return ""
+}
+
+func doJSON(t *testing.T, c *http.Client, a *app.App, method, path, token, body string, out any) int {
+	t.Helper()
+	req, err := http.NewRequest(method, "https://"+a.APIAddr().String()+path, strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+token)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	if out != nil && resp.StatusCode < 300 {
+		require.NoError(t, json.Unmarshal(b, out), string(b))
+	}
+	return resp.StatusCode
+}
+
+// TestServeExportsAndIncidents: in a served platform, an alert raised on
+// the bus and the default playbook's quarantine and notify reach a
+// tenant's webhook as signed CloudEvents and the syslog collector as an
+// OCSF Detection Finding; an incident opened through the API on that alert
+// gathers the quarantine, is contained, and its opening is exported too.
+func TestServeExportsAndIncidents(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	hooks := &hookReceiver{}
+	srv := httptest.NewServer(hooks)
+	defer srv.Close()
+	collector := newSyslogCollector(t)
+
+	cfg := testConfig(t)
+	cfg.Exports.WebhookAllowPrivate = true // the receiver is on loopback
+	cfg.Exports.WebhookBackoff = 50 * time.Millisecond
+	cfg.Exports.SyslogAddr = collector.ln.Addr().String()
+	var out bytes.Buffer
+	a, err := app.New(cfg, nil, app.Options{Out: &out, KeyPassphrase: testPass, Clock: clock.Real{}})
+	require.NoError(t, err)
+	require.NoError(t, a.Start(ctx))
+	defer a.Stop(context.Background())
+	token := tokenRE.FindString(out.String())
+	require.NotEmpty(t, token)
+	c := client(t, a)
+	defer c.CloseIdleConnections()
+
+	const tenant, device = event.TenantID("acme"), event.DeviceID("meter-0017")
+	const imsi, boundIMEI, foreignIMEI = "214017536736625", "356039801863042", "357517049431432"
+	now := time.Now().UTC()
+	require.NoError(t, a.Store().Update(ctx, func(tx store.Tx) error {
+		if err := tx.Tenants().Create(ctx, store.Tenant{ID: tenant, Name: "Acme", CreatedAt: now}); err != nil {
+			return err
+		}
+		return tx.Devices().Create(ctx, store.Device{Tenant: tenant, ID: device, Model: "acme-meter-2", State: store.StateActive,
+			IMSI: imsi, IMEI: boundIMEI, CreatedAt: now, UpdatedAt: now})
+	}))
+	var created struct {
+		Webhook store.Webhook `json:"webhook"`
+	}
+	require.Equal(t, http.StatusCreated, doJSON(t, c, a, "POST", "/api/v1/tenants/acme/webhooks", token,
+		`{"name":"soc","url":"`+srv.URL+`/hook","secret":"0123456789abcdef-secret"}`, &created))
+
+	session := func(imei string, at time.Time) *event.Event {
+		return &event.Event{Tenant: tenant, Device: device, Kind: event.NetSession, Time: at, Source: "radius",
+			Attrs: map[string]any{"status": "start", "session_id": "s-" + imei, "imsi": imsi, "imei": imei, "ip": "10.64.0.17"}}
+	}
+	require.NoError(t, a.Bus().Publish(ctx, session(boundIMEI, now)))
+	require.NoError(t, a.Bus().Publish(ctx, session(foreignIMEI, now.Add(time.Minute))))
+
+	require.Eventually(t, func() bool {
+		return hooks.has("io.garrison.alert.raised", "io.garrison.notification", "io.garrison.action.taken")
+	}, 30*time.Second, 50*time.Millisecond, "webhook got the alert, the notify step and the actions")
+	var frame string
+	require.Eventually(t, func() bool { frame = collector.find(`"sim.imei_mismatch"`); return frame != "" }, 30*time.Second, 50*time.Millisecond)
+	require.True(t, strings.HasPrefix(frame, "<83>1 "), "authpriv.err for a high alert: %s", frame)
+	var fnd export.DetectionFinding
+	require.NoError(t, json.Unmarshal([]byte(frame[strings.Index(frame, "{"):]), &fnd))
+	require.Equal(t, export.OCSFClassDetectionFinding, fnd.ClassUID)
+	require.Equal(t, "meter-0017", fnd.Device.UID)
+	require.Equal(t, "acme", fnd.Metadata.TenantUID)
+
+	// The quarantine is done: an incident opened on the alert gathers it
+	// and is contained at once.
+	var alerts []struct{ ID string }
+	require.Equal(t, http.StatusOK, doJSON(t, c, a, "GET", "/api/v1/tenants/acme/alerts?kind=sim.imei_mismatch", token, "", &alerts))
+	require.Len(t, alerts, 1)
+	require.Eventually(t, func() bool {
+		var acts []store.Action
+		doJSON(t, c, a, "GET", "/api/v1/tenants/acme/actions?state=done", token, "", &acts)
+		for _, act := range acts {
+			if act.Kind == "quarantine" {
+				return true
+			}
+		}
+		return false
+	}, 30*time.Second, 50*time.Millisecond)
+	var inc store.Incident
+	require.Equal(t, http.StatusCreated, doJSON(t, c, a, "POST", "/api/v1/tenants/acme/incidents", token,
+		`{"title":"SIM swap on meter-0017","alerts":["`+alerts[0].ID+`"]}`, &inc))
+	var d incident.Detail
+	require.Equal(t, http.StatusOK, doJSON(t, c, a, "GET", "/api/v1/tenants/acme/incidents/"+inc.ID, token, "", &d))
+	require.Equal(t, store.IncidentContained, d.Incident.State)
+	require.NotNil(t, d.Metrics.TimeToContain)
+	require.Eventually(t, func() bool { return hooks.has("io.garrison.incident.opened", "io.garrison.incident.state") },
+		30*time.Second, 50*time.Millisecond)
+	hooks.mu.Lock()
+	require.Zero(t, hooks.bad, "every delivery was signed")
+	hooks.mu.Unlock()
+}

@@ -1,0 +1,97 @@
+package identity
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/garrisonhq/garrison/internal/store"
+	"github.com/garrisonhq/garrison/internal/store/postgres/pgtest"
+)
+
+// TestEnrolConcurrentSharedToken: 64 devices enrol at once with a batch
+// token good for 40, and 8 devices of another model try it too; the
+// group commit puts many in one transaction, yet exactly 40 succeed, each
+// with its certificate and audit records, and every refusal changes
+// nothing.
+func TestEnrolConcurrentSharedToken(t *testing.T) {
+	for name, open := range map[string]func(testing.TB) store.Store{
+		"sqlite":   func(t testing.TB) store.Store { return openSQLite(t) },
+		"postgres": func(t testing.TB) store.Store { return pgtest.Open(t) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			st := open(t)
+			f := newFixture(t, st)
+			if _, err := f.svc.EnsureCA(ctx, "acme"); err != nil {
+				t.Fatal(err)
+			}
+			const n, uses, foreign = 64, 40, 8
+			for i := range n + foreign {
+				model := "m100"
+				if i >= n {
+					model = "other"
+				}
+				register(t, st, "acme", deviceID(fmt.Sprintf("d-%d", i)), model)
+			}
+			secret, _, err := f.svc.CreateToken(ctx, "acme", TokenSpec{Count: uses, Models: []string{"m100"}}, "op-1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			csrs := make([][]byte, n+foreign)
+			for i := range csrs {
+				csrs[i] = makeCSR(t, newKey(t), nil)
+			}
+			auditBefore := auditCount(t, st, "acme")
+			var wg sync.WaitGroup
+			errs := make([]error, n+foreign)
+			for i := range n + foreign {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, errs[i] = f.svc.Enrol(ctx, "acme", deviceID(fmt.Sprintf("d-%d", i)), secret, csrs[i])
+				}()
+			}
+			wg.Wait()
+			ok := 0
+			for i, err := range errs {
+				switch {
+				case err == nil && i < n:
+					ok++
+				case err == nil:
+					t.Fatalf("device %d of another model enrolled", i)
+				case errors.Is(err, ErrTokenUsed):
+				case errors.Is(err, ErrTokenScope) && i >= n:
+				default:
+					t.Fatalf("device %d: %v", i, err)
+				}
+			}
+			if ok != uses {
+				t.Fatalf("%d enrolled, want exactly %d", ok, uses)
+			}
+			certs := 0
+			err = st.View(ctx, func(tx store.Tx) error {
+				for i := range n + foreign {
+					cs, err := tx.Certificates().ByDevice(ctx, "acme", deviceID(fmt.Sprintf("d-%d", i)))
+					if err != nil {
+						return err
+					}
+					certs += len(cs)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if certs != uses {
+				t.Fatalf("%d certificates stored, want %d", certs, uses)
+			}
+			// Per enrolment: cert.issue and enrol.token_use.
+			if got := auditCount(t, st, "acme") - auditBefore; got != 2*uses {
+				t.Fatalf("%d audit records, want %d", got, 2*uses)
+			}
+		})
+	}
+}
