@@ -17,6 +17,10 @@
 //     quarantined narrows its ACL.
 //   - Every connect, refusal (with reason and source address), disconnect,
 //     ACL denial and publish (metadata only) is published as an event.
+//   - Every accepted device publish is decoded by [DecodeDevicePayload]
+//     and its events (metrics, firmware reports, positions, command
+//     results, telemetry for the data stream) are published; a payload that
+//     does not decode becomes a device.payload_rejected event.
 //
 // Device ids are globally unique (the registry enforces it), so the topic
 // namespace devices/{id}/ is shared by all tenants; sessions are keyed
@@ -146,12 +150,14 @@ type counters struct {
 	handshakes, handshakeFailures, handshakeQueueTimeouts  atomic.Int64
 	handshakesInFlight                                     atomic.Int64
 	refused, denied, dropped, published, violations, kicks atomic.Int64
+	rejected                                               atomic.Int64 // payloads that did not decode
 }
 
 // Stats is a snapshot of the broker's counters.
 type Stats struct {
 	Handshakes, HandshakeFailures, HandshakeQueueTimeouts, HandshakesInFlight int64
 	Refused, Denied, Dropped, Published, Violations, Kicks                    int64
+	Rejected                                                                  int64 // payloads DecodeDevicePayload refused
 	Sessions                                                                  int
 }
 
@@ -345,6 +351,7 @@ func (b *Broker) Stats() Stats {
 		HandshakeQueueTimeouts: m.handshakeQueueTimeouts.Load(), HandshakesInFlight: m.handshakesInFlight.Load(),
 		Refused: m.refused.Load(), Denied: m.denied.Load(), Dropped: m.dropped.Load(),
 		Published: m.published.Load(), Violations: m.violations.Load(), Kicks: m.kicks.Load(),
+		Rejected: m.rejected.Load(),
 		Sessions: n,
 	}
 }

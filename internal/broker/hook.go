@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -212,7 +214,29 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	h.b.emit(s.id, event.MQTTPublish, map[string]any{
 		"topic_class": string(class), "bytes": float64(len(pk.Payload)), "qos": float64(pk.FixedHeader.Qos),
 	})
+	h.b.decode(s.id, class, pk.TopicName, pk.Payload, now)
 	return pk, nil
+}
+
+// decode turns an accepted publish into device events (DecodeDevicePayload)
+// and publishes them; a payload that does not decode is counted and
+// reported as device.payload_rejected, and the publish itself stands.
+func (b *Broker) decode(id Identity, class TopicClass, topic string, payload []byte, now time.Time) {
+	sub := strings.TrimPrefix(topic, "devices/"+string(id.Device)+"/")
+	evs, err := DecodeDevicePayload(id, sub, payload, now)
+	if err != nil {
+		b.metrics.rejected.Add(1)
+		b.log.Debug("mqtt payload rejected", "tenant", id.Tenant, "device", id.Device, "topic_class", class, "err", err)
+		b.emit(id, event.PayloadRejected, map[string]any{
+			"topic_class": string(class), "subtopic": truncate(sub, 128), "reason": truncate(err.Error(), 512), "bytes": float64(len(payload)),
+		})
+		return
+	}
+	for _, ev := range evs {
+		if err := b.opts.Publisher.Publish(context.Background(), ev); err != nil {
+			b.log.Warn("mqtt device event publish failed", "tenant", id.Tenant, "device", id.Device, "kind", ev.Kind, "err", err)
+		}
+	}
 }
 
 func truncate(s string, n int) string {

@@ -66,10 +66,24 @@ const (
 
 	// The device's own view of itself (agent metrics): listening_ports
 	// ([]port numbers as float64), connections, processes, fw_version,
-	// fw_digest.
+	// fw_digest; also slot, uptime_s and reported_at when the device sent
+	// them.
 	DeviceMetrics Kind = "device.metrics"
-	// Running firmware reported by the device after boot: version, digest.
+	// Running firmware reported by the device after boot: version, digest,
+	// slot.
 	FirmwareReport Kind = "firmware.report"
+	// Application data a device published on devices/{id}/telemetry:
+	// payload (the JSON object exactly as sent, a string), bytes,
+	// reported_at (the device's own ts, if any; the envelope time is when
+	// the platform received it). Routed to the bus's DATA stream, which a
+	// tenant's applications consume.
+	DeviceTelemetry Kind = "device.telemetry"
+	// The outcome of a platform command, reported by the device:
+	// command_id, ok, output, error.
+	CommandResult Kind = "device.command_result"
+	// A device publish the platform could not decode: topic_class,
+	// subtopic, reason, bytes. The payload itself is not carried.
+	PayloadRejected Kind = "device.payload_rejected"
 
 	// Identity: serial, reason.
 	CertIssued  Kind = "identity.cert_issued"
