@@ -26,7 +26,11 @@ type Profile struct {
 	Tenant event.TenantID
 	ID     event.DeviceID
 	Model  string
-	Cohort string // group name; baselines are compared within it
+	Cohort string   // group name; baselines are compared within it
+	Groups []string // every group of the device (rules see them)
+
+	Firmware string            // the registry's firmware version (rules see it)
+	Tags     map[string]string // the registry's tags (rules see them); not modified
 
 	IMEI, IMSI, ICCID string // the registry's SIM binding
 

@@ -44,6 +44,8 @@ type Options struct {
 	Logger    *slog.Logger
 	Sink      Sink
 	Settings  Settings
+	// Rules are the operators' CEL rules (rules.go); nil: none.
+	Rules *RuleSet
 
 	// Credentials is the factory credentials list (nil: the built-in one).
 	Credentials *Credentials
@@ -93,6 +95,7 @@ type Engine struct {
 
 	watermark atomic.Int64 // unix nanos
 	late      atomic.Int64
+	ruleErrs  atomic.Int64
 }
 
 // New builds an engine. Invalid settings overrides are logged and ignored;
@@ -304,6 +307,7 @@ func (e *Engine) Process(ctx context.Context, ev *event.Event) error {
 		}
 		usageLearn(c)
 		sh.mu.Unlock()
+		c.evalRules(e.opt.Rules) // stateless: outside the device lock
 	}
 	return e.emit(ctx, c.out)
 }
