@@ -67,6 +67,7 @@ type Tx interface {
 	Mass() Mass           // response.go
 	Campaigns() Campaigns
 	Cells() Cells
+	Rules() Rules // rule.go
 }
 
 // Tenant is an isolated customer of the platform.

@@ -44,6 +44,7 @@ func Run(t *testing.T, open Opener) {
 		{"Mass", testMass},           // response.go
 		{"Campaigns", testCampaigns},
 		{"Cells", testCells},
+		{"Rules", testRules}, // rules.go
 		{"TenantIsolation", testIsolation},
 		{"Incidents", testIncidents},
 		{"IncidentCompareAndSet", testIncidentCAS},
