@@ -55,13 +55,26 @@ const (
 	// Security is the SECURITY stream: kinds that change security state,
 	// stored with sync-on-write when embedded.
 	Security
+	// Data is the DATA stream: device application data (kinds in
+	// Options.DataKinds, default device.telemetry) for tenants' own
+	// applications, kept apart so that it never crowds detection's events.
+	Data
 )
 
 func (s Stream) String() string {
-	if s == Security {
+	switch s {
+	case Security:
 		return "security"
+	case Data:
+		return "data"
 	}
 	return "events"
+}
+
+// DefaultDataKinds returns the kinds routed to the DATA stream when
+// Options.DataKinds is nil: device telemetry.
+func DefaultDataKinds() []event.Kind {
+	return []event.Kind{event.DeviceTelemetry}
 }
 
 // DefaultSecurityKinds returns the kinds routed to the SECURITY stream when
@@ -95,6 +108,15 @@ type Options struct {
 	SecuritySubjectPrefix string
 	// SecurityKinds are routed to SECURITY. Nil means DefaultSecurityKinds.
 	SecurityKinds []event.Kind
+	// DataSubjectPrefix is the first subject token of the DATA stream.
+	// Default SubjectPrefix + "data". Must differ from the other two.
+	DataSubjectPrefix string
+	// DataKinds are routed to DATA. Nil means DefaultDataKinds.
+	DataKinds []event.Kind
+	// DataMaxAge and DataMaxBytes limit DATA (defaults 24 hours, no byte
+	// limit); the oldest messages are discarded first.
+	DataMaxAge   time.Duration
+	DataMaxBytes int64
 
 	// EventsMaxAge and EventsMaxBytes limit EVENTS (defaults 7 days, no
 	// byte limit); the oldest events are discarded first.
@@ -123,11 +145,12 @@ var (
 // Bus publishes and consumes events. Create it with [Open]; release it with
 // [Bus.Close].
 type Bus struct {
-	opts    Options
-	log     *slog.Logger
-	clk     clock.Clock
-	m       *metrics
-	secKind map[event.Kind]bool
+	opts     Options
+	log      *slog.Logger
+	clk      clock.Clock
+	m        *metrics
+	secKind  map[event.Kind]bool
+	dataKind map[event.Kind]bool
 
 	// One connection per embedded server; in external mode both are the same.
 	evSrv, secSrv *server.Server
@@ -156,10 +179,13 @@ func Open(ctx context.Context, o Options) (*Bus, error) {
 	}
 	b := &Bus{
 		opts: o, log: o.Logger, clk: o.Clock, m: newMetrics(o.Registerer),
-		secKind: map[event.Kind]bool{}, consumers: map[*Consumer]struct{}{},
+		secKind: map[event.Kind]bool{}, dataKind: map[event.Kind]bool{}, consumers: map[*Consumer]struct{}{},
 	}
 	for _, k := range o.SecurityKinds {
 		b.secKind[k] = true
+	}
+	for _, k := range o.DataKinds {
+		b.dataKind[k] = true
 	}
 	ok := false
 	defer func() {
@@ -214,6 +240,18 @@ func (o *Options) defaults() error {
 	if o.SecurityKinds == nil {
 		o.SecurityKinds = DefaultSecurityKinds()
 	}
+	if o.DataSubjectPrefix == "" {
+		o.DataSubjectPrefix = o.SubjectPrefix + "data"
+	}
+	if o.DataKinds == nil {
+		o.DataKinds = DefaultDataKinds()
+	}
+	if o.DataMaxAge == 0 {
+		o.DataMaxAge = 24 * time.Hour
+	}
+	if o.DataMaxBytes == 0 {
+		o.DataMaxBytes = -1
+	}
 	if o.EventsMaxAge == 0 {
 		o.EventsMaxAge = 7 * 24 * time.Hour
 	}
@@ -233,18 +271,23 @@ func (o *Options) defaults() error {
 	if o.URL == "" && o.DataDir == "" {
 		errs = append(errs, errors.New("data dir required for the embedded bus"))
 	}
-	for _, p := range []string{o.SubjectPrefix, o.SecuritySubjectPrefix} {
+	for _, p := range []string{o.SubjectPrefix, o.SecuritySubjectPrefix, o.DataSubjectPrefix} {
 		if !plainToken(p) {
 			errs = append(errs, fmt.Errorf("subject prefix %q must be one token of letters, digits, '-' or '_'", p))
 		}
 	}
-	if o.SubjectPrefix == o.SecuritySubjectPrefix {
-		errs = append(errs, errors.New("subject prefixes of the two streams must differ"))
+	if o.SubjectPrefix == o.SecuritySubjectPrefix || o.DataSubjectPrefix == o.SubjectPrefix || o.DataSubjectPrefix == o.SecuritySubjectPrefix {
+		errs = append(errs, errors.New("subject prefixes of the three streams must differ"))
+	}
+	for _, k := range o.DataKinds {
+		if slices.Contains(o.SecurityKinds, k) {
+			errs = append(errs, fmt.Errorf("kind %s cannot go to both SECURITY and DATA", k))
+		}
 	}
 	if o.StreamPrefix != "" && !plainToken(o.StreamPrefix) {
 		errs = append(errs, fmt.Errorf("stream prefix %q must be letters, digits, '-' or '_'", o.StreamPrefix))
 	}
-	if o.EventsMaxAge < 0 || o.SecurityMaxAge < 0 || o.Replicas < 0 || o.SyncInterval < 0 || o.PublishWindow < 0 {
+	if o.EventsMaxAge < 0 || o.SecurityMaxAge < 0 || o.DataMaxAge < 0 || o.Replicas < 0 || o.SyncInterval < 0 || o.PublishWindow < 0 {
 		errs = append(errs, errors.New("limits must not be negative"))
 	}
 	if len(errs) > 0 {
@@ -365,15 +408,21 @@ func (b *Bus) newJS(nc *nats.Conn, st Stream) (jetstream.JetStream, error) {
 
 // StreamName returns the JetStream name of stream st.
 func (b *Bus) StreamName(st Stream) string {
-	if st == Security {
+	switch st {
+	case Security:
 		return b.opts.StreamPrefix + "SECURITY"
+	case Data:
+		return b.opts.StreamPrefix + "DATA"
 	}
 	return b.opts.StreamPrefix + "EVENTS"
 }
 
 func (b *Bus) prefix(st Stream) string {
-	if st == Security {
+	switch st {
+	case Security:
 		return b.opts.SecuritySubjectPrefix
+	case Data:
+		return b.opts.DataSubjectPrefix
 	}
 	return b.opts.SubjectPrefix
 }
@@ -396,11 +445,17 @@ func (b *Bus) streamConfig(st Stream) jetstream.StreamConfig {
 		MaxMsgs:   -1,
 		MaxBytes:  -1,
 	}
-	if st == Security {
+	switch st {
+	case Security:
 		c.Description = "Garrison records that change security state"
 		c.MaxAge = b.opts.SecurityMaxAge
 		c.Duplicates = 2 * time.Minute // Publish sets the event id as Nats-Msg-Id
-	} else {
+	case Data:
+		c.Description = "Garrison device data for tenants' applications"
+		c.MaxAge = b.opts.DataMaxAge
+		c.MaxBytes = b.opts.DataMaxBytes
+		c.Duplicates = 10 * time.Second
+	default:
 		c.Description = "Garrison events"
 		c.MaxAge = b.opts.EventsMaxAge
 		c.MaxBytes = b.opts.EventsMaxBytes
@@ -411,7 +466,7 @@ func (b *Bus) streamConfig(st Stream) jetstream.StreamConfig {
 
 // ensureStreams creates the streams or updates them to the current config.
 func (b *Bus) ensureStreams(ctx context.Context) error {
-	for _, st := range []Stream{Events, Security} {
+	for _, st := range []Stream{Events, Security, Data} {
 		cfg := b.streamConfig(st)
 		if _, err := b.js(st).CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("bus: create or update stream %s: %w", cfg.Name, err)
@@ -424,6 +479,9 @@ func (b *Bus) ensureStreams(ctx context.Context) error {
 func (b *Bus) StreamFor(k event.Kind) Stream {
 	if b.secKind[k] {
 		return Security
+	}
+	if b.dataKind[k] {
+		return Data
 	}
 	return Events
 }
@@ -450,6 +508,13 @@ func KindFilter(k event.Kind) string {
 // TenantFilter is a consumer filter for everything of one tenant.
 func TenantFilter(t event.TenantID) string {
 	return event.SubjectPrefix + "." + string(t) + ".>"
+}
+
+// TelemetryFilter is the consumer filter of one tenant's device telemetry
+// (gev.TENANT.device_telemetry.*); consume it from the [Data] stream, where
+// it arrives as gevdata.TENANT.device_telemetry.PARTITION.
+func TelemetryFilter(t event.TenantID) string {
+	return event.SubjectPrefix + "." + string(t) + "." + strings.ReplaceAll(string(event.DeviceTelemetry), ".", "_") + ".*"
 }
 
 // mapFilter rewrites a filter from the default subject space to stream st's.
@@ -593,7 +658,7 @@ func (b *Bus) StreamInfo(ctx context.Context, st Stream) (*jetstream.StreamInfo,
 // against a shared external server and for a factory reset.
 func (b *Bus) DeleteStreams(ctx context.Context) error {
 	var errs []error
-	for _, st := range []Stream{Events, Security} {
+	for _, st := range []Stream{Events, Security, Data} {
 		if err := b.js(st).DeleteStream(ctx, b.StreamName(st)); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			errs = append(errs, fmt.Errorf("bus: delete stream %s: %w", b.StreamName(st), err))
 		}

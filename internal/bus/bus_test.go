@@ -683,6 +683,8 @@ func TestOpenRejectsBadOptions(t *testing.T) {
 		{DataDir: t.TempDir(), SubjectPrefix: "x", SecuritySubjectPrefix: "x"},
 		{DataDir: t.TempDir(), StreamPrefix: "bad name"},
 		{DataDir: t.TempDir(), EventsMaxAge: -1},
+		{DataDir: t.TempDir(), SubjectPrefix: "x", DataSubjectPrefix: "x"},
+		{DataDir: t.TempDir(), DataKinds: []event.Kind{event.CertRevoked}},
 	} {
 		if b, err := Open(ctx, o); !errors.Is(err, ErrConfig) {
 			if b != nil {
@@ -707,6 +709,7 @@ func TestSubjects(t *testing.T) {
 		{PartitionFilter(3), "gev.*.*.3"},
 		{KindFilter(event.NetFlow), "gev.*.net_flow.*"},
 		{TenantFilter("acme"), "gev.acme.>"},
+		{TelemetryFilter("acme"), "gev.acme.device_telemetry.*"},
 	}
 	for _, tc := range tests {
 		if tc.in != tc.want {

@@ -138,7 +138,7 @@ func (o *ConsumerOptions) defaults() error {
 	if o.Handler == nil {
 		errs = append(errs, errors.New("consumer handler required"))
 	}
-	if o.Stream != Events && o.Stream != Security {
+	if o.Stream != Events && o.Stream != Security && o.Stream != Data {
 		errs = append(errs, fmt.Errorf("unknown stream %d", o.Stream))
 	}
 	if o.Batch < 0 || o.AckWait < 0 || o.Backoff < 0 || o.MaxBackoff < 0 {

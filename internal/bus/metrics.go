@@ -12,7 +12,7 @@ type metrics struct {
 	published, acked, failed *prometheus.CounterVec // by stream
 	handled, handlerErrs     *prometheus.CounterVec // by consumer
 	dropped                  *prometheus.CounterVec // by consumer
-	stream                   [2]streamCounters      // indexed by Stream
+	stream                   [3]streamCounters      // indexed by Stream
 }
 
 func newMetrics(r prometheus.Registerer) *metrics {
@@ -40,7 +40,7 @@ func newMetrics(r prometheus.Registerer) *metrics {
 		handlerErrs: cv("handler_errors_total", "Handler calls that returned an error (the event is retried).", "consumer"),
 		dropped:     cv("dropped_total", "Events a consumer gave up on (undecodable or out of attempts).", "consumer"),
 	}
-	for _, st := range []Stream{Events, Security} {
+	for _, st := range []Stream{Events, Security, Data} {
 		l := st.String()
 		m.stream[st] = streamCounters{m.published.WithLabelValues(l), m.acked.WithLabelValues(l), m.failed.WithLabelValues(l)}
 	}
