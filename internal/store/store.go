@@ -67,7 +67,8 @@ type Tx interface {
 	Mass() Mass           // response.go
 	Campaigns() Campaigns
 	Cells() Cells
-	Rules() Rules // rule.go
+	Rules() Rules       // rule.go
+	Commands() Commands // command.go
 }
 
 // Tenant is an isolated customer of the platform.

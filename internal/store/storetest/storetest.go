@@ -44,7 +44,8 @@ func Run(t *testing.T, open Opener) {
 		{"Mass", testMass},           // response.go
 		{"Campaigns", testCampaigns},
 		{"Cells", testCells},
-		{"Rules", testRules}, // rules.go
+		{"Rules", testRules},       // rules.go
+		{"Commands", testCommands}, // command.go
 		{"TenantIsolation", testIsolation},
 		{"Incidents", testIncidents},
 		{"IncidentCompareAndSet", testIncidentCAS},
