@@ -47,7 +47,8 @@ func newEnv(t testing.TB) *env {
 	cat, eng := newOTA(t, st, clk)
 	srv, err := api.New(api.Options{Store: st, Clock: clk, MaxBodyBytes: 4096, Identity: id, Devices: reg, Incidents: newIncidents(t, st, clk), Firmware: cat, Campaigns: eng,
 		Response:     newResponse(t, st, clk, reg),
-		Connectivity: newIngester(st, clk, &published{})})
+		Connectivity: newIngester(st, clk, &published{}),
+		Commands:     newCommands(t, st, clk)})
 	require.NoError(t, err)
 	return &env{st: st, clk: clk, srv: srv, cat: cat, eng: eng}
 }
@@ -70,6 +71,7 @@ type world struct {
 	inc            incidentWorld
 	ota            otaWorld
 	resp           responseWorld
+	commandID      string
 }
 
 func (e *env) token(ctx context.Context, tx store.Tx, tenant event.TenantID, op store.Operator, role store.Role, exp time.Time) (string, string) {
@@ -128,6 +130,7 @@ func (e *env) world(t testing.TB) world {
 			Count: 1, State: alert.Open, Evidence: alert.Evidence{Summary: "scan"}}))
 		w.inc = seedIncidents(t, ctx, tx, w.tenant, e.n, e.clk.Now())
 		w.resp = seedResponse(t, ctx, tx, w.tenant, e.n, e.clk.Now(), w.alertID, w.deviceID)
+		w.commandID = seedCommand(t, ctx, tx, w.tenant, w.deviceID, e.n, e.clk.Now())
 		var id string
 		id, w.revokedTok = e.token(ctx, tx, w.tenant, v, store.RoleViewer, exp)
 		return tx.Tokens().Revoke(ctx, w.tenant, id, e.clk.Now())
@@ -180,6 +183,7 @@ var allowed = map[auth.Permission][]store.Role{
 	auth.PermPlaybooksWrite:    {store.RolePlatformAdmin, store.RoleAdmin},
 	auth.PermResponseWrite:     {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator},
 	auth.PermConnectivityWrite: {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator},
+	auth.PermCommandsWrite:     {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator},
 }
 
 func may(perm auth.Permission, r store.Role) bool {
@@ -201,6 +205,7 @@ func request(rt api.Route, w world, tenant event.TenantID) (string, string) {
 	platform := strings.HasPrefix(rt.Pattern, "/api/v1/platform")
 	path = w.inc.fill(path)
 	path = w.resp.fill(path)
+	path = strings.ReplaceAll(path, "{command}", w.commandID)
 	switch {
 	case strings.Contains(path, "/operators/{id}") && platform:
 		path = strings.ReplaceAll(path, "{id}", w.platVictimOp)
@@ -247,6 +252,9 @@ func request(rt api.Route, w world, tenant event.TenantID) (string, string) {
 		return path, body
 	}
 	if body, ok := w.resp.body(rt.Pattern); ok {
+		return path, body
+	}
+	if body, ok := commandBody(rt.Pattern); ok {
 		return path, body
 	}
 	if body, ok := connectivityBody(rt.Pattern); ok {

@@ -140,6 +140,7 @@ func (s *Server) table() []Route {
 	rs = append(rs, s.firmwareRoutes(t)...)
 	rs = append(rs, s.responseRoutes(t)...)
 	rs = append(rs, s.connectivityRoutes(t, p)...)
+	rs = append(rs, s.commandRoutes(t)...)
 	for i := range rs {
 		switch rs[i].Pattern {
 		case t + "/audit", p + "/audit":

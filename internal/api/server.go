@@ -80,6 +80,9 @@ type Options struct {
 	Connectivity       ConnectivityIngester
 	CellCache          CellCache
 	CellImportMaxBytes int64
+	// Commands sends commands to devices and reads their outcomes (503 on
+	// its routes when nil).
+	Commands CommandService
 }
 
 // Server is the API's http.Handler.

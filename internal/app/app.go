@@ -51,6 +51,7 @@ import (
 	"github.com/garrisonhq/garrison/internal/broker"
 	"github.com/garrisonhq/garrison/internal/bus"
 	"github.com/garrisonhq/garrison/internal/clock"
+	"github.com/garrisonhq/garrison/internal/command"
 	"github.com/garrisonhq/garrison/internal/config"
 	"github.com/garrisonhq/garrison/internal/identity"
 	"github.com/garrisonhq/garrison/internal/ota"
@@ -101,6 +102,7 @@ type App struct {
 
 	otaCatalog *ota.Catalog
 	otaEngine  *ota.Engine
+	commands   *command.Service // command.go
 
 	// announce prints the first-start message once the API listens.
 	announce func() error
@@ -167,8 +169,10 @@ func (a *App) Start(ctx context.Context) (err error) {
 		{"connectivity (RADIUS, flows, cells)", a.startConnectivity},
 		{"firmware catalog", a.startOTA},
 		{"incidents and exports", a.startIncidents},
+		{"device commands", a.startCommands},
 		{"api (with EST)", a.startAPI},
 		{"broker", a.startBroker},
+		{"command results", a.followCommandResults},
 		{"firmware campaigns", a.runCampaigns},
 		{"broker follows revocations", a.followRevocations},
 		{"detection and response", a.startDetection},
@@ -329,6 +333,7 @@ func (a *App) startAPI(ctx context.Context) error {
 		Registry:     a.metrics,
 		Firmware:     a.otaCatalog,
 		Campaigns:    a.otaEngine,
+		Commands:     a.commands,
 		// Provider webhooks and cell imports (connectivity.go).
 		Connectivity: a.conn.ingester, CellCache: a.conn.cells, CellImportMaxBytes: a.cfg.Cells.ImportMaxBytes,
 	})

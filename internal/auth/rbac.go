@@ -27,6 +27,8 @@ const (
 	PermResponseWrite  Permission = "response:write"  // approve or reject actions, start and cancel mass actions
 	// PermConnectivityWrite pushes connectivity records (provider webhooks).
 	PermConnectivityWrite Permission = "connectivity:write"
+	// PermCommandsWrite sends commands to devices (ping, reboot, report, ...).
+	PermCommandsWrite Permission = "commands:write"
 )
 
 // grants is the whole role model. platform-admin holds every permission in
@@ -34,8 +36,8 @@ const (
 var grants = map[store.Role][]Permission{
 	store.RoleAdmin: {PermAuthenticated, PermTenantRead, PermOperatorsRead, PermOperatorsWrite,
 		PermTokensRead, PermTokensWrite, PermAuditRead, PermAlertsWrite, PermDevicesWrite, PermCAWrite,
-		PermIncidentsWrite, PermExportsRead, PermExportsWrite, PermFirmwareWrite, PermCampaignsWrite, PermPlaybooksWrite, PermResponseWrite, PermConnectivityWrite},
-	store.RoleOperator: {PermAuthenticated, PermTenantRead, PermAlertsWrite, PermDevicesWrite, PermIncidentsWrite, PermCampaignsWrite, PermResponseWrite, PermConnectivityWrite},
+		PermIncidentsWrite, PermExportsRead, PermExportsWrite, PermFirmwareWrite, PermCampaignsWrite, PermPlaybooksWrite, PermResponseWrite, PermConnectivityWrite, PermCommandsWrite},
+	store.RoleOperator: {PermAuthenticated, PermTenantRead, PermAlertsWrite, PermDevicesWrite, PermIncidentsWrite, PermCampaignsWrite, PermResponseWrite, PermConnectivityWrite, PermCommandsWrite},
 	store.RoleAuditor:  {PermAuthenticated, PermTenantRead, PermOperatorsRead, PermTokensRead, PermAuditRead, PermExportsRead},
 	store.RoleViewer:   {PermAuthenticated, PermTenantRead},
 }

@@ -69,6 +69,7 @@ func (t memTx) Playbooks() store.Playbooks       { panic("not in memStore") }
 func (t memTx) Mass() store.Mass                 { panic("not in memStore") }
 func (t memTx) Campaigns() store.Campaigns       { panic("not in memStore") }
 func (t memTx) Cells() store.Cells               { panic("not in memStore") }
+func (t memTx) Commands() store.Commands         { panic("not in memStore") }
 
 type memCAs memTx
 
