@@ -184,6 +184,7 @@ var allowed = map[auth.Permission][]store.Role{
 	auth.PermResponseWrite:     {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator},
 	auth.PermConnectivityWrite: {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator},
 	auth.PermCommandsWrite:     {store.RolePlatformAdmin, store.RoleAdmin, store.RoleOperator},
+	auth.PermDetectorsWrite:    {store.RolePlatformAdmin, store.RoleAdmin},
 }
 
 func may(perm auth.Permission, r store.Role) bool {
@@ -219,6 +220,8 @@ func request(rt api.Route, w world, tenant event.TenantID) (string, string) {
 		path = strings.ReplaceAll(path, "{id}", w.alertID)
 	case strings.Contains(path, "/devices/{id}"):
 		path = strings.ReplaceAll(path, "{id}", string(w.deviceID))
+	case strings.Contains(path, "/detectors/{name}"):
+		path = strings.ReplaceAll(path, "{name}", "auth.bruteforce")
 	case strings.Contains(path, "/campaigns/{id}"):
 		path = strings.ReplaceAll(path, "{id}", w.ota.campaign(rt.Pattern))
 	}
@@ -241,6 +244,8 @@ func request(rt api.Route, w world, tenant event.TenantID) (string, string) {
 		return path, `{"name":"ci","role":"viewer","ttl":"1h"}`
 	case strings.HasSuffix(rt.Pattern, "/resolve"):
 		return path, `{"note":"checked"}`
+	case strings.HasSuffix(rt.Pattern, "/detectors/{name}/settings"):
+		return path, `{"threshold":30}`
 	}
 	if body, ok := identityBody(rt.Pattern); ok {
 		return path, body

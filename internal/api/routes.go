@@ -141,6 +141,7 @@ func (s *Server) table() []Route {
 	rs = append(rs, s.responseRoutes(t)...)
 	rs = append(rs, s.connectivityRoutes(t, p)...)
 	rs = append(rs, s.commandRoutes(t)...)
+	rs = append(rs, s.detectorRoutes(t)...)
 	for i := range rs {
 		switch rs[i].Pattern {
 		case t + "/audit", p + "/audit":
@@ -163,6 +164,8 @@ func (s *Server) table() []Route {
 			}
 		case t + "/deliveries":
 			rs[i].Query = []string{"state", "limit"}
+		case t + "/detectors", t + "/detectors/{name}/settings":
+			rs[i].Query = []string{"group"}
 		}
 	}
 	return rs

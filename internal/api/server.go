@@ -29,6 +29,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -83,6 +84,9 @@ type Options struct {
 	// Commands sends commands to devices and reads their outcomes (503 on
 	// its routes when nil).
 	Commands CommandService
+	// Detectors is the running detection engine, told of detector settings
+	// changes (detectors.go); nil: they apply at the next start.
+	Detectors DetectorEngine
 }
 
 // Server is the API's http.Handler.
@@ -93,6 +97,8 @@ type Server struct {
 	routes   []Route
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+
+	detectorsMu sync.Mutex // serialises detector settings writes (detectors.go)
 }
 
 // New builds the server and its mux. It has no side effects beyond

@@ -96,6 +96,7 @@ type App struct {
 	apiSrv    *http.Server
 	broker    *broker.Broker
 	detection *platform.Detection
+	detectors engineRef // the running detection engine, for the API (detection.go)
 	incidents *incidents
 	noDetect  bool
 	conn      connectivityPlane
@@ -336,6 +337,7 @@ func (a *App) startAPI(ctx context.Context) error {
 		Commands:     a.commands,
 		// Provider webhooks and cell imports (connectivity.go).
 		Connectivity: a.conn.ingester, CellCache: a.conn.cells, CellImportMaxBytes: a.cfg.Cells.ImportMaxBytes,
+		Detectors: &a.detectors,
 	})
 	if err != nil {
 		return err

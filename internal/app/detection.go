@@ -3,8 +3,11 @@ package app
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/garrisonhq/garrison/internal/alert"
+	"github.com/garrisonhq/garrison/internal/detect"
+	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/platform"
 	"github.com/garrisonhq/garrison/internal/registry"
 	"github.com/garrisonhq/garrison/internal/respond"
@@ -28,9 +31,13 @@ func (a *App) startDetection(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	settings, err := platform.LoadSettings(ctx, a.store, a.log.With("component", "detect"))
+	if err != nil {
+		return err
+	}
 	var resp *respond.Engine
 	det, err := platform.NewDetection(platform.Options{
-		Bus: a.bus, Store: a.store, Directory: dir, Clock: a.clk, Logger: a.log.With("component", "detect"),
+		Bus: a.bus, Store: a.store, Directory: dir, Clock: a.clk, Logger: a.log.With("component", "detect"), Settings: settings,
 		Responder: handlerFunc(func(ctx context.Context, al alert.Alert) error { return resp.Handle(ctx, al) }),
 	})
 	if err != nil {
@@ -49,9 +56,34 @@ func (a *App) startDetection(ctx context.Context) error {
 		return err
 	}
 	a.detection = det
+	a.detectors.set(det.Engine)
 	a.onStop("detection", func(context.Context) error { det.Stop(); return nil })
 	a.log.Info("detection started", "devices", n)
 	return nil
+}
+
+// engineRef hands detector settings changes made through the API to the
+// detection engine once it runs (the API starts first). Before that, and
+// without detection, changes are only stored: startDetection loads them.
+type engineRef struct {
+	mu  sync.Mutex
+	eng *detect.Engine
+}
+
+func (r *engineRef) set(e *detect.Engine) {
+	r.mu.Lock()
+	r.eng = e
+	r.mu.Unlock()
+}
+
+// SetTenantSettings implements api.DetectorEngine.
+func (r *engineRef) SetTenantSettings(t event.TenantID, ts detect.TenantSettings) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.eng == nil {
+		return nil
+	}
+	return r.eng.SetTenantSettings(t, ts)
 }
 
 type handlerFunc func(ctx context.Context, a alert.Alert) error

@@ -29,6 +29,8 @@ const (
 	PermConnectivityWrite Permission = "connectivity:write"
 	// PermCommandsWrite sends commands to devices (ping, reboot, report, ...).
 	PermCommandsWrite Permission = "commands:write"
+	// PermDetectorsWrite tunes detectors per tenant and group.
+	PermDetectorsWrite Permission = "detectors:write"
 )
 
 // grants is the whole role model. platform-admin holds every permission in
@@ -36,7 +38,7 @@ const (
 var grants = map[store.Role][]Permission{
 	store.RoleAdmin: {PermAuthenticated, PermTenantRead, PermOperatorsRead, PermOperatorsWrite,
 		PermTokensRead, PermTokensWrite, PermAuditRead, PermAlertsWrite, PermDevicesWrite, PermCAWrite,
-		PermIncidentsWrite, PermExportsRead, PermExportsWrite, PermFirmwareWrite, PermCampaignsWrite, PermPlaybooksWrite, PermResponseWrite, PermConnectivityWrite, PermCommandsWrite},
+		PermIncidentsWrite, PermExportsRead, PermExportsWrite, PermFirmwareWrite, PermCampaignsWrite, PermPlaybooksWrite, PermResponseWrite, PermConnectivityWrite, PermCommandsWrite, PermDetectorsWrite},
 	store.RoleOperator: {PermAuthenticated, PermTenantRead, PermAlertsWrite, PermDevicesWrite, PermIncidentsWrite, PermCampaignsWrite, PermResponseWrite, PermConnectivityWrite, PermCommandsWrite},
 	store.RoleAuditor:  {PermAuthenticated, PermTenantRead, PermOperatorsRead, PermTokensRead, PermAuditRead, PermExportsRead},
 	store.RoleViewer:   {PermAuthenticated, PermTenantRead},

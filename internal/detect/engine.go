@@ -79,8 +79,10 @@ type Engine struct {
 
 	shards [nShards]shard
 
-	bundleMu sync.RWMutex
-	bundles  map[groupKey]*bundle
+	bundleMu    sync.RWMutex
+	settings    Settings // replaced whole by SetSettings, never mutated
+	settingsGen uint64   // bumped by every change of settings
+	bundles     map[groupKey]*bundle
 
 	cohortMu sync.Mutex
 	cohorts  map[groupKey]*cohortState
@@ -138,25 +140,21 @@ func New(opt Options) *Engine {
 	if err := ValidateSettings(opt.Settings); err != nil {
 		e.log.Warn("detect: ignoring invalid settings", "err", err)
 	}
+	e.settings = cloneSettings(opt.Settings)
 	return e
 }
 
 // ErrSettings reports an override that names no detector or does not decode.
 var ErrSettings = errors.New("detect: invalid settings")
 
-// ValidateSettings checks every override, reporting all problems at once.
+// ValidateSettings checks every override with [ValidateOverride],
+// reporting all problems at once.
 func ValidateSettings(s Settings) error {
 	var errs []error
-	for scope, m := range s.Overrides {
-		for name, raw := range m {
-			d := detectorByName(name)
-			if d == nil {
-				errs = append(errs, fmt.Errorf("%w: scope %q: unknown detector %q", ErrSettings, scope, name))
-				continue
-			}
-			cfg := d.defaults()
-			if err := json.Unmarshal(raw, cfg); err != nil {
-				errs = append(errs, fmt.Errorf("%w: scope %q detector %q: %w", ErrSettings, scope, name, err))
+	for _, scope := range sortedScopes(s) {
+		for name, raw := range s.Overrides[scope] {
+			if err := ValidateOverride(name, raw); err != nil {
+				errs = append(errs, fmt.Errorf("scope %q: %w", scope, err))
 			}
 		}
 	}
@@ -186,32 +184,49 @@ func (e *Engine) bundleFor(t event.TenantID, group string) *bundle {
 }
 
 func (e *Engine) resolve(t event.TenantID, group string) *bundle {
+	for {
+		e.bundleMu.RLock()
+		s, gen := e.settings, e.settingsGen
+		e.bundleMu.RUnlock()
+		b := resolveBundle(s, t, group)
+		e.bundleMu.Lock()
+		if e.settingsGen != gen { // changed meanwhile: resolve again
+			e.bundleMu.Unlock()
+			continue
+		}
+		if old := e.bundles[groupKey{t, group}]; old != nil {
+			b = old
+		} else {
+			e.bundles[groupKey{t, group}] = b
+		}
+		e.bundleMu.Unlock()
+		return b
+	}
+}
+
+// resolveBundle decodes every detector's settings for a tenant and group:
+// defaults, then the scopes "*", "TENANT", "TENANT/GROUP". Overrides that
+// do not validate are ignored (New logs them).
+func resolveBundle(s Settings, t event.TenantID, group string) *bundle {
 	key := string(t) + "/" + group
 	b := &bundle{cfg: make([]any, len(builtins)), off: make([]bool, len(builtins))}
 	for i, d := range builtins {
 		cfg := d.defaults()
-		var off struct {
-			Disabled *bool `json:"disabled"`
-		}
 		for _, scope := range []string{"*", string(t), key} {
-			if raw, ok := e.opt.Settings.Overrides[scope][d.Name]; ok {
-				tmp := d.defaults()
-				if json.Unmarshal(raw, tmp) == nil { // invalid overrides are ignored (logged at New)
-					_ = json.Unmarshal(raw, cfg)
-				}
-				if json.Unmarshal(raw, &off) == nil && off.Disabled != nil {
-					b.off[i] = *off.Disabled
-				}
+			raw, ok := s.Overrides[scope][d.Name]
+			if !ok || emptyOverride(raw) || ValidateOverride(d.Name, raw) != nil {
+				continue
+			}
+			_ = json.Unmarshal(raw, cfg)
+			var off struct {
+				Disabled *bool `json:"disabled"`
+			}
+			if json.Unmarshal(raw, &off) == nil && off.Disabled != nil {
+				b.off[i] = *off.Disabled
 			}
 		}
 		b.cfg[i] = cfg
 	}
-	e.bundleMu.Lock()
-	defer e.bundleMu.Unlock()
-	if old := e.bundles[groupKey{t, group}]; old != nil {
-		return old
-	}
-	e.bundles[groupKey{t, group}] = b
 	return b
 }
 

@@ -18,6 +18,7 @@ package platform
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -439,4 +440,41 @@ func LoadDirectory(ctx context.Context, s store.Store, dir Directory) (int, erro
 		return nil
 	})
 	return n, err
+}
+
+// LoadSettings reads every tenant's detector settings from the store
+// (detect.SettingsKey) into one detect.Settings. A tenant whose stored
+// document does not validate is skipped and logged (its detectors run on
+// defaults) rather than stopping detection.
+func LoadSettings(ctx context.Context, s store.Store, log *slog.Logger) (detect.Settings, error) {
+	var out detect.Settings
+	err := s.View(ctx, func(tx store.Tx) error {
+		tenants, err := tx.Tenants().List(ctx)
+		if err != nil {
+			return err
+		}
+		for _, t := range tenants {
+			b, err := tx.Settings().Get(ctx, t.ID, detect.SettingsKey)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			var ts detect.TenantSettings
+			if err := json.Unmarshal(b, &ts); err == nil {
+				err = ts.Validate()
+			}
+			if err != nil {
+				log.Error("stored detector settings ignored", "tenant", t.ID, "err", err)
+				continue
+			}
+			ts.Apply(t.ID, &out)
+		}
+		return nil
+	})
+	if err != nil {
+		return detect.Settings{}, fmt.Errorf("platform: load detector settings: %w", err)
+	}
+	return out, nil
 }
