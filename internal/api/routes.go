@@ -142,6 +142,7 @@ func (s *Server) table() []Route {
 	rs = append(rs, s.connectivityRoutes(t, p)...)
 	rs = append(rs, s.commandRoutes(t)...)
 	rs = append(rs, s.detectorRoutes(t)...)
+	rs = append(rs, s.ruleRoutes(t)...)
 	for i := range rs {
 		switch rs[i].Pattern {
 		case t + "/audit", p + "/audit":

@@ -87,6 +87,8 @@ type Options struct {
 	// Detectors is the running detection engine, told of detector settings
 	// changes (detectors.go); nil: they apply at the next start.
 	Detectors DetectorEngine
+	// Rules serves the detection-rule routes (503 when nil).
+	Rules RuleService
 }
 
 // Server is the API's http.Handler.

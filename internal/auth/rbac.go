@@ -25,6 +25,7 @@ const (
 	PermCampaignsWrite Permission = "campaigns:write" // create, pause, resume, cancel firmware campaigns
 	PermPlaybooksWrite Permission = "playbooks:write" // upload, enable and disable playbooks
 	PermResponseWrite  Permission = "response:write"  // approve or reject actions, start and cancel mass actions
+	PermRulesWrite     Permission = "rules:write"     // create, change and delete detection rules (CEL)
 	// PermConnectivityWrite pushes connectivity records (provider webhooks).
 	PermConnectivityWrite Permission = "connectivity:write"
 	// PermCommandsWrite sends commands to devices (ping, reboot, report, ...).
@@ -38,7 +39,8 @@ const (
 var grants = map[store.Role][]Permission{
 	store.RoleAdmin: {PermAuthenticated, PermTenantRead, PermOperatorsRead, PermOperatorsWrite,
 		PermTokensRead, PermTokensWrite, PermAuditRead, PermAlertsWrite, PermDevicesWrite, PermCAWrite,
-		PermIncidentsWrite, PermExportsRead, PermExportsWrite, PermFirmwareWrite, PermCampaignsWrite, PermPlaybooksWrite, PermResponseWrite, PermConnectivityWrite, PermCommandsWrite, PermDetectorsWrite},
+		PermIncidentsWrite, PermExportsRead, PermExportsWrite, PermFirmwareWrite, PermCampaignsWrite, PermPlaybooksWrite, PermResponseWrite, PermConnectivityWrite, PermCommandsWrite, PermDetectorsWrite,
+		PermRulesWrite},
 	store.RoleOperator: {PermAuthenticated, PermTenantRead, PermAlertsWrite, PermDevicesWrite, PermIncidentsWrite, PermCampaignsWrite, PermResponseWrite, PermConnectivityWrite, PermCommandsWrite},
 	store.RoleAuditor:  {PermAuthenticated, PermTenantRead, PermOperatorsRead, PermTokensRead, PermAuditRead, PermExportsRead},
 	store.RoleViewer:   {PermAuthenticated, PermTenantRead},

@@ -54,7 +54,8 @@ type Options struct {
 	Catalog   *detect.MemCatalog
 	Intel     *detect.ThreatIntel
 	Settings  detect.Settings
-	Responder Responder // nil: alerts are stored and published, nobody acts
+	Rules     *detect.RuleSet // operators' rules (see [Rules]); nil: none
+	Responder Responder       // nil: alerts are stored and published, nobody acts
 	Observe   AlertObserver
 	Clock     clock.Clock
 	Logger    *slog.Logger
@@ -112,7 +113,7 @@ func NewDetection(o Options) (*Detection, error) {
 	}
 	d := &Detection{o: o}
 	d.Engine = detect.New(detect.Options{
-		Directory: o.Directory, Catalog: o.Catalog, Intel: o.Intel, Settings: o.Settings,
+		Directory: o.Directory, Catalog: o.Catalog, Intel: o.Intel, Settings: o.Settings, Rules: o.Rules,
 		Clock: o.Clock, Logger: o.Logger, Sink: d,
 	})
 	return d, nil
@@ -390,6 +391,7 @@ func Profile(dev store.Device) detect.Profile {
 	p := detect.Profile{
 		Tenant: dev.Tenant, ID: dev.ID, Model: dev.Model, Cohort: dev.Tags[TagCohort],
 		IMEI: dev.IMEI, IMSI: dev.IMSI, ICCID: dev.ICCID, State: string(dev.State),
+		Groups: dev.Groups, Firmware: dev.Firmware, Tags: dev.Tags,
 	}
 	if p.Cohort == "" && len(dev.Groups) > 0 {
 		p.Cohort = dev.Groups[0]
