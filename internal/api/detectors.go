@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/garrisonhq/garrison/internal/auth"
 	"github.com/garrisonhq/garrison/internal/detect"
 	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/intel"
 	"github.com/garrisonhq/garrison/internal/store"
 )
 
@@ -23,13 +25,23 @@ type DetectorEngine interface {
 
 var _ DetectorEngine = (*detect.Engine)(nil)
 
-func (s *Server) detectorRoutes(t string) []Route {
+// FeedLister reports the threat-intelligence feeds (*intel.Feeds). When
+// nil, the server has no feeds and lists none.
+type FeedLister interface {
+	Status() []intel.Status
+}
+
+var _ FeedLister = (*intel.Feeds)(nil)
+
+func (s *Server) detectorRoutes(t, p string) []Route {
 	const get, put = http.MethodGet, http.MethodPut
 	ok := http.StatusOK
 	return []Route{
 		op(get, "/api/v1/detectors", auth.PermAuthenticated, ScopeNone, ok, "List the built-in detectors: alert kind, severity, events read, typed settings with defaults.", (*Server).listDetectors),
 		op(get, t+"/detectors", auth.PermTenantRead, ScopeTenant, ok, "List the detectors with the tenant's (or a group's) effective settings.", (*Server).listTenantDetectors),
 		op(get, t+"/detectors/{name}/settings", auth.PermTenantRead, ScopeTenant, ok, "Get one detector's settings for the tenant (or ?group=): defaults, the override stored at that scope, effective values.", (*Server).getDetectorSettings),
+		op(get, t+"/intel/feeds", auth.PermTenantRead, ScopeTenant, ok, "List the threat-intelligence feeds detection uses (platform-wide): source, entries, last refresh, last error.", (*Server).listFeeds),
+		op(get, p+"/intel/feeds", auth.PermPlatform, ScopePlatform, ok, "List the threat-intelligence feeds: source, entries, last refresh, last error.", (*Server).listFeeds),
 		op(put, t+"/detectors/{name}/settings", auth.PermDetectorsWrite, ScopeTenant, ok, "Replace the detector's override for the tenant (or ?group=): a JSON object of the fields to change, and \"disabled\"; {} removes it. Validated (a bad field is named and nothing changes), stored, audited and applied to the running engine.", (*Server).putDetectorSettings),
 	}
 }
@@ -216,4 +228,35 @@ func (s *Server) putDetectorSettings(ctx context.Context, c *call, req map[strin
 	}
 	s.opt.Logger.InfoContext(ctx, "detector settings changed", "tenant", c.tenant, "detector", name, "group", group, "actor", c.p.Actor())
 	return tenantView(c.tenant, group, next, name)[0], nil
+}
+
+// FeedInfo is one threat-intelligence feed.
+type FeedInfo struct {
+	Name        string     `json:"name"`
+	Source      string     `json:"source"` // file path, or URL without query or user info
+	Refresh     string     `json:"refresh"`
+	Entries     int        `json:"entries"`
+	BadLines    int        `json:"bad_lines"`
+	LastRefresh *time.Time `json:"last_refresh,omitempty"`
+	LastAttempt *time.Time `json:"last_attempt,omitempty"`
+	LastError   string     `json:"last_error,omitempty"`
+	Failures    int        `json:"failures"`
+}
+
+func (s *Server) listFeeds(ctx context.Context, c *call, _ noBody) ([]FeedInfo, error) {
+	out := []FeedInfo{}
+	if s.opt.Feeds == nil {
+		return out, nil
+	}
+	opt := func(t time.Time) *time.Time {
+		if t.IsZero() {
+			return nil
+		}
+		return &t
+	}
+	for _, f := range s.opt.Feeds.Status() {
+		out = append(out, FeedInfo{Name: f.Name, Source: f.Source, Refresh: f.Refresh.String(), Entries: f.Entries, BadLines: f.Bad,
+			LastRefresh: opt(f.LastRefresh), LastAttempt: opt(f.LastAttempt), LastError: f.LastError, Failures: f.Failures})
+	}
+	return out, nil
 }

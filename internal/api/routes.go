@@ -141,7 +141,7 @@ func (s *Server) table() []Route {
 	rs = append(rs, s.responseRoutes(t)...)
 	rs = append(rs, s.connectivityRoutes(t, p)...)
 	rs = append(rs, s.commandRoutes(t)...)
-	rs = append(rs, s.detectorRoutes(t)...)
+	rs = append(rs, s.detectorRoutes(t, p)...)
 	rs = append(rs, s.ruleRoutes(t)...)
 	for i := range rs {
 		switch rs[i].Pattern {

@@ -89,6 +89,8 @@ type Options struct {
 	Detectors DetectorEngine
 	// Rules serves the detection-rule routes (503 when nil).
 	Rules RuleService
+	// Feeds lists the threat-intelligence feeds (none when nil).
+	Feeds FeedLister
 }
 
 // Server is the API's http.Handler.

@@ -53,7 +53,9 @@ import (
 	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/command"
 	"github.com/garrisonhq/garrison/internal/config"
+	"github.com/garrisonhq/garrison/internal/detect"
 	"github.com/garrisonhq/garrison/internal/identity"
+	"github.com/garrisonhq/garrison/internal/intel"
 	"github.com/garrisonhq/garrison/internal/ota"
 	"github.com/garrisonhq/garrison/internal/platform"
 	"github.com/garrisonhq/garrison/internal/store"
@@ -97,6 +99,9 @@ type App struct {
 	broker    *broker.Broker
 	detection *platform.Detection
 	detectors engineRef // the running detection engine, for the API (detection.go)
+	// threatIntel is detection's intel table, kept filled by feeds.
+	threatIntel *detect.ThreatIntel
+	feeds       *intel.Feeds
 	incidents *incidents
 	noDetect  bool
 	conn      connectivityPlane
@@ -170,6 +175,7 @@ func (a *App) Start(ctx context.Context) (err error) {
 		{"connectivity (RADIUS, flows, cells)", a.startConnectivity},
 		{"firmware catalog", a.startOTA},
 		{"incidents and exports", a.startIncidents},
+		{"threat intelligence", a.startIntel},
 		{"device commands", a.startCommands},
 		{"api (with EST)", a.startAPI},
 		{"broker", a.startBroker},
@@ -337,7 +343,7 @@ func (a *App) startAPI(ctx context.Context) error {
 		Commands:     a.commands,
 		// Provider webhooks and cell imports (connectivity.go).
 		Connectivity: a.conn.ingester, CellCache: a.conn.cells, CellImportMaxBytes: a.cfg.Cells.ImportMaxBytes,
-		Detectors: &a.detectors,
+		Detectors: &a.detectors, Feeds: a.feeds,
 	})
 	if err != nil {
 		return err

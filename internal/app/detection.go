@@ -8,10 +8,47 @@ import (
 	"github.com/garrisonhq/garrison/internal/alert"
 	"github.com/garrisonhq/garrison/internal/detect"
 	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/intel"
 	"github.com/garrisonhq/garrison/internal/platform"
 	"github.com/garrisonhq/garrison/internal/registry"
 	"github.com/garrisonhq/garrison/internal/respond"
 )
+
+// startIntel loads the threat-intelligence feeds file (a bad one fails
+// the start, naming the entry) and, when detection runs, reads every feed
+// in the background and refreshes each on its schedule until Stop. The
+// API lists the feeds from the start.
+func (a *App) startIntel(ctx context.Context) error {
+	specs, err := intel.Load(a.cfg.Detect.FeedsFile, a.cfg.Detect.FeedRefresh)
+	if err != nil {
+		return err
+	}
+	a.threatIntel = detect.NewThreatIntel()
+	a.feeds, err = intel.New(intel.Options{Intel: a.threatIntel, Feeds: specs, Timeout: a.cfg.Detect.FeedTimeout,
+		MaxBytes: a.cfg.Detect.FeedMaxBytes, Clock: a.clk, Logger: a.log.With("component", "intel"), Registerer: a.metrics})
+	if err != nil {
+		return err
+	}
+	if a.noDetect || len(specs) == 0 {
+		return nil
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	a.onStop("threat-intelligence feeds", func(context.Context) error {
+		cancel()
+		<-done
+		return nil
+	})
+	feeds := a.feeds
+	a.goroutine("threat-intelligence feeds", func() error {
+		defer close(done)
+		feeds.RefreshAll(rctx)
+		feeds.Run(rctx)
+		return nil
+	})
+	a.log.Info("threat-intelligence feeds configured", "feeds", len(specs), "file", a.cfg.Detect.FeedsFile)
+	return nil
+}
 
 // startDetection runs the detection and response plane on the bus: every
 // event the broker and the other ingestion components publish goes through
@@ -38,6 +75,7 @@ func (a *App) startDetection(ctx context.Context) error {
 	var resp *respond.Engine
 	det, err := platform.NewDetection(platform.Options{
 		Bus: a.bus, Store: a.store, Directory: dir, Clock: a.clk, Logger: a.log.With("component", "detect"), Settings: settings,
+		Intel: a.threatIntel,
 		Responder: handlerFunc(func(ctx context.Context, al alert.Alert) error { return resp.Handle(ctx, al) }),
 	})
 	if err != nil {

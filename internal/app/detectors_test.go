@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -119,5 +122,52 @@ func TestServeDetectorSettings(t *testing.T) {
 	require.False(t, info.Disabled)
 	swap(t, ctx, s.App, "acme", "meter-1", now.Add(6*time.Hour))
 	require.Eventually(t, func() bool { return len(alertsOf(t, ctx, s.App, "acme", alert.SIMIMEIMismatch)) == 1 }, 20*time.Second, 50*time.Millisecond)
+	s.stop(t)
+}
+
+// TestServeThreatIntelFeeds: feeds listed in the feeds file (one over
+// HTTP, one a local file) are loaded after start, listed by the API with
+// their entry counts, and a flow to a listed address raises
+// net.threat_intel_hit with the feed's name as evidence.
+func TestServeThreatIntelFeeds(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("# c2 servers\n203.0.113.0/24\n198.51.100.7\n"))
+	}))
+	defer hs.Close()
+	dir := t.TempDir()
+	local := filepath.Join(dir, "local.csv")
+	require.NoError(t, os.WriteFile(local, []byte("indicator,type\n192.0.2.66,scanner\n"), 0o600))
+	feeds := filepath.Join(dir, "feeds.yaml")
+	require.NoError(t, os.WriteFile(feeds, []byte("feeds:\n  - name: c2-list\n    url: "+hs.URL+"/c2.txt\n    refresh: 1h\n  - name: local\n    file: "+local+"\n"), 0o600))
+	cfg := testConfig(t)
+	cfg.Detect.FeedsFile = feeds
+	s := serve(t, ctx, cfg)
+	defer func() { _ = s.Stop(context.Background()) }()
+	addSwapDevice(t, ctx, s.App, "acme", "meter-1")
+
+	var list []struct {
+		Name        string `json:"name"`
+		Entries     int    `json:"entries"`
+		LastRefresh string `json:"last_refresh"`
+	}
+	require.Eventually(t, func() bool {
+		require.Equal(t, http.StatusOK, doJSON(t, s.c, s.App, "GET", "/api/v1/platform/intel/feeds", s.token, "", &list))
+		return len(list) == 2 && list[0].Entries == 2 && list[1].Entries == 1
+	}, 20*time.Second, 50*time.Millisecond, "feeds: %+v", list)
+	require.Equal(t, "c2-list", list[0].Name)
+	require.NotEmpty(t, list[0].LastRefresh)
+	require.Equal(t, http.StatusOK, doJSON(t, s.c, s.App, "GET", "/api/v1/tenants/acme/intel/feeds", s.token, "", &list))
+	require.Len(t, list, 2)
+
+	require.NoError(t, s.Bus().Publish(ctx, &event.Event{Tenant: "acme", Device: "meter-1", Kind: event.NetFlow, Time: time.Now().UTC(), Source: "flows",
+		Attrs: map[string]any{"src_ip": "10.64.0.17", "dst_ip": "203.0.113.9", "dst_port": float64(443), "proto": "tcp", "bytes": float64(4000)}}))
+	var hits []alert.Alert
+	require.Eventually(t, func() bool {
+		hits = alertsOf(t, ctx, s.App, "acme", alert.ThreatIntelHit)
+		return len(hits) == 1
+	}, 20*time.Second, 50*time.Millisecond)
+	require.Equal(t, "c2-list", hits[0].Evidence.Values["feed"])
 	s.stop(t)
 }

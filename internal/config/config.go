@@ -57,6 +57,7 @@ type Config struct {
 	Provider        Provider      `yaml:"provider"`
 	OTA             OTA           `yaml:"ota"`
 	Exports         Exports       `yaml:"exports"`
+	Detect          Detect        `yaml:"detect"`
 }
 
 // Exports configures webhooks (per tenant endpoints are managed through the
@@ -161,6 +162,7 @@ func Default() Config {
 		Flows:           Flows{IPFIXAddr: ":4739", NetFlowAddr: ":2055"},
 		Cells:           Cells{CacheTTL: 10 * time.Minute, ImportMaxBytes: 1 << 30},
 		OTA:             defaultOTA(),
+		Detect:          defaultDetect(),
 		Exports:         Exports{WebhookAttempts: 8, WebhookBackoff: 2 * time.Second, WebhookMaxBackoff: time.Hour, WebhookTimeout: 10 * time.Second},
 	}
 }
@@ -558,6 +560,7 @@ func (c Config) Validate(src Source) error {
 		bad("bus.url", "%v", err)
 	}
 	c.OTA.validate(bad)
+	c.Detect.validate(bad)
 	return errs.orNil()
 }
 

@@ -103,10 +103,14 @@ func TestValidate(t *testing.T) {
 			c.Identity.CertLifetime = time.Minute
 			c.OTA.PublicURL, c.OTA.MaxArtifactBytes, c.OTA.Tick = "http://u:hunter2@x", 1, 0
 			c.Exports = Exports{SyslogAddr: ":514", SyslogCAFile: "ca.pem", WebhookMaxBackoff: 48 * time.Hour}
-		}, []string{"ota.public_url", "ota.max_artifact_bytes", "ota.tick", "data_dir", "shutdown_timeout", "log.level", "log.format", "api.addr", "http.addr",
+			c.Detect = Detect{FeedRefresh: time.Second, FeedTimeout: 0, FeedMaxBytes: 10, SnapshotInterval: time.Second}
+		}, []string{"detect.feed_refresh", "detect.feed_timeout", "detect.feed_max_bytes", "detect.snapshot_interval", "ota.public_url", "ota.max_artifact_bytes", "ota.tick", "data_dir", "shutdown_timeout", "log.level", "log.format", "api.addr", "http.addr",
 			"api.max_body_bytes", "api.token_ttl", "store.url", "bus.url", "broker.addr", "identity.public_url",
 			"identity.cert_lifetime", "exports.syslog_addr", "exports.syslog_ca_file", "exports.webhook_attempts",
 			"exports.webhook_backoff", "exports.webhook_max_backoff", "exports.webhook_timeout"}},
+		{"detect", func(c *Config) {
+			c.Detect = Detect{FeedsFile: "/etc/garrison/feeds.yaml", FeedRefresh: 6 * time.Hour, FeedTimeout: 30 * time.Second, FeedMaxBytes: 1 << 20}
+		}, nil},
 		{"syslog over tls", func(c *Config) {
 			c.Exports.SyslogAddr, c.Exports.SyslogTLS, c.Exports.SyslogCAFile = "siem.example.net:6514", true, "/etc/garrison/siem-ca.pem"
 		}, nil},

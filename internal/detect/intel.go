@@ -241,6 +241,20 @@ func (ti *ThreatIntel) Import(name string, r io.Reader) (int, error) {
 	return len(rs), nil
 }
 
+// ImportPrefixes replaces the entries of the feed called name with ps
+// (already parsed, e.g. by [ParseFeed]) and returns how many there are.
+func (ti *ThreatIntel) ImportPrefixes(name string, ps []netip.Prefix) int {
+	rs := make([]ipRange, len(ps))
+	for i, p := range ps {
+		rs[i] = prefixRange(p)
+	}
+	ti.mu.Lock()
+	defer ti.mu.Unlock()
+	ti.entries[name] = rs
+	ti.rebuild()
+	return len(rs)
+}
+
 // Remove drops a feed.
 func (ti *ThreatIntel) Remove(name string) {
 	ti.mu.Lock()
