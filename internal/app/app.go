@@ -99,12 +99,13 @@ type App struct {
 	broker    *broker.Broker
 	detection *platform.Detection
 	detectors engineRef // the running detection engine, for the API (detection.go)
-	// threatIntel is detection's intel table, kept filled by feeds.
-	threatIntel *detect.ThreatIntel
-	feeds       *intel.Feeds
 	incidents *incidents
 	noDetect  bool
 	conn      connectivityPlane
+
+	// threatIntel is detection's intel table, kept filled by feeds.
+	threatIntel *detect.ThreatIntel
+	feeds       *intel.Feeds
 
 	otaCatalog *ota.Catalog
 	otaEngine  *ota.Engine
