@@ -98,7 +98,8 @@ type App struct {
 	apiSrv    *http.Server
 	broker    *broker.Broker
 	detection *platform.Detection
-	detectors engineRef // the running detection engine, for the API (detection.go)
+	detectors engineRef       // the running detection engine, for the API (detection.go)
+	rules     *platform.Rules // operators' detection rules (rules.go)
 	incidents *incidents
 	noDetect  bool
 	conn      connectivityPlane
@@ -178,6 +179,7 @@ func (a *App) Start(ctx context.Context) (err error) {
 		{"incidents and exports", a.startIncidents},
 		{"threat intelligence", a.startIntel},
 		{"device commands", a.startCommands},
+		{"detection rules", a.startRules},
 		{"api (with EST)", a.startAPI},
 		{"broker", a.startBroker},
 		{"command results", a.followCommandResults},
@@ -345,6 +347,7 @@ func (a *App) startAPI(ctx context.Context) error {
 		// Provider webhooks and cell imports (connectivity.go).
 		Connectivity: a.conn.ingester, CellCache: a.conn.cells, CellImportMaxBytes: a.cfg.Cells.ImportMaxBytes,
 		Detectors: &a.detectors, Feeds: a.feeds,
+		Rules: a.rules,
 	})
 	if err != nil {
 		return err

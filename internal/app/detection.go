@@ -76,6 +76,7 @@ func (a *App) startDetection(ctx context.Context) error {
 	det, err := platform.NewDetection(platform.Options{
 		Bus: a.bus, Store: a.store, Directory: dir, Clock: a.clk, Logger: a.log.With("component", "detect"), Settings: settings,
 		Intel:     a.threatIntel,
+		Rules:     a.rules.Set(),
 		Responder: handlerFunc(func(ctx context.Context, al alert.Alert) error { return resp.Handle(ctx, al) }),
 	})
 	if err != nil {

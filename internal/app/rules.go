@@ -1,0 +1,53 @@
+package app
+
+import (
+	"context"
+	"time"
+
+	"github.com/garrisonhq/garrison/internal/platform"
+)
+
+// rulesReloadEvery is how often serve re-reads every tenant's rules, so
+// that a change made through another node's API reaches this node's
+// engine; changes through this node's API apply at once.
+const rulesReloadEvery = 30 * time.Second
+
+// startRules loads the operators' detection rules (CEL) into the rule set
+// the detection engine reads, serves them to the API (which reloads a
+// tenant's rules after every change) and re-reads them periodically.
+func (a *App) startRules(ctx context.Context) error {
+	log := a.log.With("component", "rules")
+	rules, err := platform.NewRules(platform.RulesOptions{Store: a.store, Clock: a.clk, Logger: log})
+	if err != nil {
+		return err
+	}
+	n, err := rules.Load(ctx)
+	if err != nil {
+		return err
+	}
+	a.rules = rules
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	a.onStop("rules reload", func(context.Context) error {
+		cancel()
+		<-done
+		return nil
+	})
+	a.goroutine("rules reload", func() error {
+		defer close(done)
+		t := time.NewTicker(rulesReloadEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-rctx.Done():
+				return nil
+			case <-t.C:
+				if _, err := rules.Load(rctx); err != nil && rctx.Err() == nil {
+					log.Warn("reload rules", "err", err)
+				}
+			}
+		}
+	})
+	log.Info("detection rules loaded", "enabled", n)
+	return nil
+}
