@@ -107,6 +107,8 @@ type App struct {
 	// threatIntel is detection's intel table, kept filled by feeds.
 	threatIntel *detect.ThreatIntel
 	feeds       *intel.Feeds
+	// fwView is detection's view of the firmware catalog (detection.go).
+	fwView *detect.MemCatalog
 
 	otaCatalog *ota.Catalog
 	otaEngine  *ota.Engine

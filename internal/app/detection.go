@@ -9,9 +9,11 @@ import (
 	"github.com/garrisonhq/garrison/internal/detect"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/intel"
+	"github.com/garrisonhq/garrison/internal/ota"
 	"github.com/garrisonhq/garrison/internal/platform"
 	"github.com/garrisonhq/garrison/internal/registry"
 	"github.com/garrisonhq/garrison/internal/respond"
+	"github.com/garrisonhq/garrison/internal/store"
 )
 
 // startIntel loads the threat-intelligence feeds file (a bad one fails
@@ -68,6 +70,9 @@ func (a *App) startDetection(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := a.loadFirmwareView(ctx); err != nil {
+		return err
+	}
 	settings, err := platform.LoadSettings(ctx, a.store, a.log.With("component", "detect"))
 	if err != nil {
 		return err
@@ -77,6 +82,7 @@ func (a *App) startDetection(ctx context.Context) error {
 		Bus: a.bus, Store: a.store, Directory: dir, Clock: a.clk, Logger: a.log.With("component", "detect"), Settings: settings,
 		Intel:     a.threatIntel,
 		Rules:     a.rules.Set(),
+		Catalog:   a.fwView,
 		Responder: handlerFunc(func(ctx context.Context, al alert.Alert) error { return resp.Handle(ctx, al) }),
 	})
 	if err != nil {
@@ -98,6 +104,92 @@ func (a *App) startDetection(ctx context.Context) error {
 	a.detectors.set(det.Engine)
 	a.onStop("detection", func(context.Context) error { det.Stop(); return nil })
 	a.log.Info("detection started", "devices", n)
+	return nil
+}
+
+// firmwareView returns detection's view of the firmware catalog, created
+// on first use: the catalog (an ota.Observer) keeps it current as
+// releases are added and minimum versions set.
+func (a *App) firmwareView() ota.Observer {
+	if a.fwView == nil {
+		a.fwView = detect.NewMemCatalog()
+	}
+	return catalogView{a.fwView}
+}
+
+type catalogView struct{ m *detect.MemCatalog }
+
+func (v catalogView) ReleaseAdded(t event.TenantID, e ota.Entry) {
+	for _, model := range e.Models {
+		v.m.Put(t, model, e.Version, e.Digest)
+	}
+}
+
+func (v catalogView) MinVersionSet(t event.TenantID, model, version string) {
+	v.m.SetMinVersion(t, model, version)
+}
+
+// loadFirmwareView fills detection's view of the firmware catalog from
+// the store: every tenant's signed releases, and the minimum version of
+// every model that has a release or a device.
+func (a *App) loadFirmwareView(ctx context.Context) error {
+	view := a.firmwareView().(catalogView)
+	var tenants []store.Tenant
+	models := map[event.TenantID]map[string]bool{}
+	err := a.store.View(ctx, func(tx store.Tx) error {
+		var err error
+		if tenants, err = tx.Tenants().List(ctx); err != nil {
+			return err
+		}
+		for _, t := range tenants {
+			models[t.ID] = map[string]bool{}
+			var after event.DeviceID
+			for {
+				devs, err := tx.Devices().List(ctx, t.ID, store.DeviceFilter{After: after, Limit: 1000})
+				if err != nil {
+					return err
+				}
+				for _, d := range devs {
+					models[t.ID][d.Model] = true
+				}
+				if len(devs) < 1000 {
+					break
+				}
+				after = devs[len(devs)-1].ID
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("load firmware catalog: %w", err)
+	}
+	releases := 0
+	for _, t := range tenants {
+		es, err := a.otaCatalog.Releases(ctx, t.ID)
+		if err != nil {
+			return fmt.Errorf("load firmware catalog: %w", err)
+		}
+		for _, e := range es {
+			view.ReleaseAdded(t.ID, e)
+			for _, m := range e.Models {
+				models[t.ID][m] = true
+			}
+		}
+		releases += len(es)
+		for m := range models[t.ID] {
+			if m == "" {
+				continue
+			}
+			v, ok, err := a.otaCatalog.MinVersion(ctx, t.ID, m)
+			if err != nil {
+				return fmt.Errorf("load firmware catalog: %w", err)
+			}
+			if ok {
+				view.MinVersionSet(t.ID, m, v)
+			}
+		}
+	}
+	a.log.Info("firmware catalog loaded for detection", "releases", releases)
 	return nil
 }
 

@@ -3,15 +3,21 @@ package app_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/garrisonhq/garrison/firmware"
 	"github.com/garrisonhq/garrison/internal/alert"
 	"github.com/garrisonhq/garrison/internal/app"
 	"github.com/garrisonhq/garrison/internal/clock"
@@ -169,5 +175,93 @@ func TestServeThreatIntelFeeds(t *testing.T) {
 		return len(hits) == 1
 	}, 20*time.Second, 50*time.Millisecond)
 	require.Equal(t, "c2-list", hits[0].Evidence.Values["feed"])
+	s.stop(t)
+}
+
+// releaseM1 gives tenant a root key, a keys document and a signed release
+// 1.2.0 of model m1; it returns the release's digest.
+func releaseM1(t *testing.T, ctx context.Context, a *app.App, tenant event.TenantID) string {
+	t.Helper()
+	now := time.Now().UTC()
+	_, root, _ := ed25519.GenerateKey(rand.Reader)
+	_, rel, _ := ed25519.GenerateKey(rand.Reader)
+	require.NoError(t, a.Firmware().SetRoot(ctx, tenant, "test", root.Public().(ed25519.PublicKey)))
+	keys, err := firmware.SignKeys(firmware.KeySet{Expires: now.Add(24 * time.Hour), Version: 1,
+		Keys: []firmware.TrustedKey{firmware.NewTrustedKey(rel.Public().(ed25519.PublicKey), now.Add(24*time.Hour))}}, root)
+	require.NoError(t, err)
+	_, err = a.Firmware().SetKeys(ctx, tenant, "test", keys)
+	require.NoError(t, err)
+	art := bytes.Repeat([]byte("garrison firmware 1.2.0 "), 100)
+	sum := sha256.Sum256(art)
+	digest := hex.EncodeToString(sum[:])
+	m := &firmware.Manifest{Signed: firmware.Release{Expires: now.Add(24 * time.Hour), MinVersion: "1.0.0", Models: []string{"m1"},
+		SHA256: digest, Size: int64(len(art)), Version: "1.2.0"}}
+	require.NoError(t, m.Sign(rel))
+	mb, err := m.Marshal()
+	require.NoError(t, err)
+	_, err = a.Firmware().AddRelease(ctx, tenant, "test", mb, bytes.NewReader(art))
+	require.NoError(t, err)
+	return digest
+}
+
+// TestServeFirmwareCatalog: serve's detection knows the firmware catalog:
+// a device reporting the signed release's digest raises nothing, one
+// reporting an unknown digest below the minimum version raises
+// firmware.unapproved and firmware.rollback; after a restart the catalog
+// is loaded from the store, so the signed device still raises nothing.
+func TestServeFirmwareCatalog(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cfg := testConfig(t)
+	s := serve(t, ctx, cfg)
+	defer func() { _ = s.Stop(context.Background()) }()
+	now := time.Now().UTC()
+	require.NoError(t, s.Store().Update(ctx, func(tx store.Tx) error {
+		if err := tx.Tenants().Create(ctx, store.Tenant{ID: "acme", Name: "Acme", CreatedAt: now}); err != nil {
+			return err
+		}
+		for _, id := range []event.DeviceID{"good", "bad-1", "bad-2"} {
+			if err := tx.Devices().Create(ctx, store.Device{Tenant: "acme", ID: id, Model: "m1", State: store.StateActive, CreatedAt: now, UpdatedAt: now}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	digest := releaseM1(t, ctx, s.App, "acme")
+	require.NoError(t, s.Firmware().SetMinVersion(ctx, "acme", "test", "m1", "1.1.0"))
+	report := func(a *app.App, dev event.DeviceID, version, digest string, at time.Time) {
+		require.NoError(t, a.Bus().Publish(ctx, &event.Event{Tenant: "acme", Device: dev, Kind: event.FirmwareReport, Time: at, Source: "broker",
+			Attrs: map[string]any{"version": version, "digest": digest}}))
+	}
+	devAlerts := func(a *app.App, dev event.DeviceID) map[alert.Kind]bool {
+		out := map[alert.Kind]bool{}
+		require.NoError(t, a.Store().View(ctx, func(tx store.Tx) error {
+			as, err := tx.Alerts().List(ctx, "acme", store.AlertFilter{Device: dev})
+			for _, al := range as {
+				out[al.Kind] = true
+			}
+			return err
+		}))
+		return out
+	}
+	unknown := strings.Repeat("ab", 32)
+	report(s.App, "good", "1.2.0", digest, now)
+	report(s.App, "bad-1", "1.0.0", unknown, now)
+	require.Eventually(t, func() bool {
+		got := devAlerts(s.App, "bad-1")
+		return got[alert.FirmwareUnapproved] && got[alert.FirmwareRollback]
+	}, 20*time.Second, 50*time.Millisecond)
+	require.Empty(t, devAlerts(s.App, "good"), "a signed release raised")
+	s.stop(t)
+
+	s = serve(t, ctx, cfg)
+	defer func() { _ = s.Stop(context.Background()) }()
+	report(s.App, "good", "1.2.0", digest, now.Add(time.Hour))
+	report(s.App, "bad-2", "1.0.5", unknown, now.Add(time.Hour))
+	require.Eventually(t, func() bool {
+		got := devAlerts(s.App, "bad-2")
+		return got[alert.FirmwareUnapproved] && got[alert.FirmwareRollback]
+	}, 20*time.Second, 50*time.Millisecond, "the minimum version was not loaded at start")
+	require.Empty(t, devAlerts(s.App, "good"), "the signed releases were not loaded at start")
 	s.stop(t)
 }

@@ -27,7 +27,7 @@ const artifactWriteTimeout = 30 * time.Minute
 // serves them. Jobs go out through the broker once it runs.
 func (a *App) startOTA(context.Context) error {
 	cat, err := ota.New(ota.Options{Store: a.store, Clock: a.clk, Logger: a.log.With("component", "ota"),
-		DataDir: a.data, MaxArtifactSize: a.cfg.OTA.MaxArtifactBytes})
+		DataDir: a.data, MaxArtifactSize: a.cfg.OTA.MaxArtifactBytes, Observer: a.firmwareView()})
 	if err != nil {
 		return err
 	}

@@ -56,6 +56,17 @@ type Options struct {
 	// MaxArtifactSize bounds a manifest's size field and every upload;
 	// 0 means 1 GiB.
 	MaxArtifactSize int64
+	// Observer, optional, is told of every release added and minimum
+	// version set, after the change is committed (serve's detection keeps
+	// its view of the catalog with it).
+	Observer Observer
+}
+
+// Observer follows catalog changes. Its methods must be quick and must
+// not call back into the Catalog.
+type Observer interface {
+	ReleaseAdded(tenant event.TenantID, e Entry)
+	MinVersionSet(tenant event.TenantID, model, version string)
 }
 
 // Catalog is a tenant-scoped firmware catalog. It is safe for concurrent
@@ -66,6 +77,7 @@ type Catalog struct {
 	log     *slog.Logger
 	dir     string
 	maxSize int64
+	obs     Observer
 	// stripes serialize adds of the same digest within this process, so a
 	// failed add never removes a file a concurrent add of the same content
 	// (another tenant) relies on.
@@ -89,7 +101,7 @@ func New(o Options) (*Catalog, error) {
 			return nil, fmt.Errorf("ota: %w", err)
 		}
 	}
-	return &Catalog{st: o.Store, clk: o.Clock, log: o.Logger, dir: o.DataDir, maxSize: o.MaxArtifactSize}, nil
+	return &Catalog{st: o.Store, clk: o.Clock, log: o.Logger, dir: o.DataDir, maxSize: o.MaxArtifactSize, obs: o.Observer}, nil
 }
 
 type rootRecord struct {
@@ -302,6 +314,9 @@ func (c *Catalog) AddRelease(ctx context.Context, tenant event.TenantID, actor s
 		return Entry{}, fmt.Errorf("ota add release: %w", err)
 	}
 	c.log.InfoContext(ctx, "ota release added", "tenant", tenant, "version", e.Version, "sha256", e.Digest)
+	if c.obs != nil {
+		c.obs.ReleaseAdded(tenant, e)
+	}
 	return e, nil
 }
 
@@ -569,6 +584,9 @@ func (c *Catalog) SetMinVersion(ctx context.Context, tenant event.TenantID, acto
 	})
 	if err != nil {
 		return fmt.Errorf("ota set min version: %w", err)
+	}
+	if c.obs != nil {
+		c.obs.MinVersionSet(tenant, model, version)
 	}
 	return nil
 }
