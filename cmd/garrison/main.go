@@ -67,6 +67,7 @@ func newRootCmd(e *cliEnv) *cobra.Command {
 		newTokenCmd(e),
 		newAuditCmd(e),
 		newAlertCmd(e),
+		newRulesCmd(e),
 		newIncidentCmd(e),
 		newWebhookCmd(e),
 		newCACmd(e),
