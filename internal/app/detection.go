@@ -2,8 +2,13 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/garrisonhq/garrison/internal/alert"
 	"github.com/garrisonhq/garrison/internal/detect"
@@ -97,14 +102,116 @@ func (a *App) startDetection(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	restored := a.restoreSnapshot(det.Engine)
 	if err := det.Start(ctx); err != nil {
 		return err
 	}
 	a.detection = det
 	a.detectors.set(det.Engine)
-	a.onStop("detection", func(context.Context) error { det.Stop(); return nil })
-	a.log.Info("detection started", "devices", n)
+	// Stop the consumers first (no Process call runs after Stop returns),
+	// then save what was learned: a consistent cut.
+	a.onStop("detection", func(context.Context) error {
+		det.Stop()
+		return a.saveSnapshot(det.Engine)
+	})
+	a.snapshotPeriodically(ctx, det.Engine)
+	a.log.Info("detection started", "devices", n, "restored_devices", restored)
 	return nil
+}
+
+// Detection is the running detection and response plane (nil before
+// Start, or with Options.NoDetection).
+func (a *App) Detection() *platform.Detection { return a.detection }
+
+// snapshotFile is where serve keeps detection's learned state.
+func (a *App) snapshotFile() string { return filepath.Join(a.data, "detect", "snapshot") }
+
+// restoreSnapshot loads the state saved by the last stop (or periodic
+// save), before the consumers start. A missing snapshot is a first start;
+// one that cannot be restored is moved aside (snapshot.bad) and detection
+// starts from nothing, learning again. It returns the devices restored.
+func (a *App) restoreSnapshot(eng *detect.Engine) int {
+	path := a.snapshotFile()
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0
+	}
+	if err == nil {
+		err = eng.Restore(b)
+	}
+	if err != nil {
+		a.log.Error("detection snapshot not restored; learning again from nothing", "path", path, "err", err)
+		_ = os.Rename(path, path+".bad")
+		return 0
+	}
+	return eng.Devices()
+}
+
+// saveSnapshot writes the engine's state atomically (temporary file,
+// fsync, rename), so a crash while saving keeps the previous snapshot.
+func (a *App) saveSnapshot(eng *detect.Engine) error {
+	b, err := eng.Snapshot()
+	if err != nil {
+		return err
+	}
+	path := a.snapshotFile()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("detection snapshot: %w", err)
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("detection snapshot: %w", err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("detection snapshot: %w", err)
+	}
+	a.log.Info("detection snapshot saved", "path", path, "bytes", len(b), "devices", eng.Devices())
+	return nil
+}
+
+// snapshotPeriodically saves the state every detect.snapshot_interval
+// while running, so a crash loses at most that much learning. Such a
+// snapshot is taken while events are processed: each device's state is
+// consistent, the whole is not a single cut (the one at stop is).
+func (a *App) snapshotPeriodically(ctx context.Context, eng *detect.Engine) {
+	every := a.cfg.Detect.SnapshotInterval
+	if every <= 0 {
+		return
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	a.onStop("detection snapshots", func(context.Context) error {
+		cancel()
+		<-done
+		return nil
+	})
+	a.goroutine("detection snapshots", func() error {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-rctx.Done():
+				return nil
+			case <-t.C:
+				if err := a.saveSnapshot(eng); err != nil {
+					a.log.Error("periodic detection snapshot failed", "err", err)
+				}
+			}
+		}
+	})
 }
 
 // firmwareView returns detection's view of the firmware catalog, created

@@ -265,3 +265,53 @@ func TestServeFirmwareCatalog(t *testing.T) {
 	require.Empty(t, devAlerts(s.App, "good"), "the signed releases were not loaded at start")
 	s.stop(t)
 }
+
+// TestServeKeepsLearnedState: what detection learned survives a clean
+// restart. A device's listening port learned during its warm-up day is
+// known after the restart, so only the new port fires; without the
+// snapshot the device would be new again, in warm-up, and nothing would
+// fire. A snapshot that cannot be read does not stop the start.
+func TestServeKeepsLearnedState(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cfg := testConfig(t)
+	cfg.Detect.SnapshotInterval = 0 // only at stop
+	s := serve(t, ctx, cfg)
+	defer func() { _ = s.Stop(context.Background()) }()
+	now := time.Now().UTC()
+	require.NoError(t, s.Store().Update(ctx, func(tx store.Tx) error {
+		if err := tx.Tenants().Create(ctx, store.Tenant{ID: "acme", Name: "Acme", CreatedAt: now}); err != nil {
+			return err
+		}
+		return tx.Devices().Create(ctx, store.Device{Tenant: "acme", ID: "gw-1", Model: "m1", State: store.StateActive, CreatedAt: now, UpdatedAt: now})
+	}))
+	metrics := func(a *app.App, at time.Time, ports ...string) {
+		require.NoError(t, a.Bus().Publish(ctx, &event.Event{Tenant: "acme", Device: "gw-1", Kind: event.DeviceMetrics, Time: at, Source: "broker",
+			Attrs: map[string]any{"listening_ports": ports}}))
+	}
+	t0 := now.Add(-30 * time.Hour)
+	metrics(s.App, t0, "22")
+	require.NoError(t, s.Detection().Drain(ctx))
+	s.stop(t)
+	require.FileExists(t, filepath.Join(s.DataDir(), "detect", "snapshot"))
+
+	s = serve(t, ctx, cfg)
+	defer func() { _ = s.Stop(context.Background()) }()
+	metrics(s.App, t0.Add(25*time.Hour), "22", "4444")
+	var got []alert.Alert
+	require.Eventually(t, func() bool {
+		got = alertsOf(t, ctx, s.App, "acme", alert.UnexpectedListener)
+		return len(got) == 1
+	}, 20*time.Second, 50*time.Millisecond, "the learned state was lost in the restart")
+	require.EqualValues(t, 4444, got[0].Evidence.Values["port"])
+	require.Equal(t, []any{float64(22)}, got[0].Evidence.Values["learned_ports"])
+	s.stop(t)
+
+	// A damaged snapshot is moved aside; serve starts and learns again.
+	snap := filepath.Join(s.DataDir(), "detect", "snapshot")
+	require.NoError(t, os.WriteFile(snap, []byte("not a snapshot"), 0o600))
+	s = serve(t, ctx, cfg)
+	require.FileExists(t, snap+".bad")
+	s.stop(t)
+	require.FileExists(t, snap)
+}
