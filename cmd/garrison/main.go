@@ -68,6 +68,7 @@ func newRootCmd(e *cliEnv) *cobra.Command {
 		newAuditCmd(e),
 		newAlertCmd(e),
 		newRulesCmd(e),
+		newDetectorCmd(e),
 		newIncidentCmd(e),
 		newWebhookCmd(e),
 		newCACmd(e),
