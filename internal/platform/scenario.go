@@ -151,8 +151,12 @@ func (p *Platform) Run(ctx context.Context, sc *sim.Scenario, o ScenarioOptions)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	setup := &simSetup{p: p, onRegister: o.OnRegister}
-	sink := &simSink{p: p, pace: o.Pace}
+	gw, err := newAPNGateway(p.Bus, directorySIMs{p.Detection.Directory()}, p.Clock, p.Tenant, log)
+	if err != nil {
+		return nil, err
+	}
+	setup := &simSetup{p: p, gw: gw, onRegister: o.OnRegister}
+	sink := &simSink{p: p, gw: gw, pace: o.Pace}
 	sink.beforeFirst = func() error {
 		if o.Ready != nil {
 			return o.Ready(p)
@@ -168,6 +172,10 @@ func (p *Platform) Run(ctx context.Context, sc *sim.Scenario, o ScenarioOptions)
 		Tenant: p.Tenant, Sink: sink, Setup: setup, Results: results,
 		Progress: o.Progress, PlatformRevokes: true,
 		Drain: func(ctx context.Context) error {
+			if err := gw.Flush(ctx); err != nil {
+				return err
+			}
+			gw.logStats()
 			t0 := time.Now()
 			if err := p.Bus.Flush(ctx); err != nil {
 				return err
@@ -208,10 +216,13 @@ func (p busPublisher) Publish(ctx context.Context, ev *event.Event) error {
 	return p.b.Publish(ctx, ev)
 }
 
-// simSink publishes the simulator's events on the bus, moving the
-// platform's clock along the simulated time.
+// simSink feeds the simulator's events to the platform, moving the
+// platform's clock along the simulated time: sessions and flows through
+// the simulated APN gateway (RADIUS accounting, IPFIX), the rest straight
+// on the bus.
 type simSink struct {
 	p           *Platform
+	gw          *apnGateway
 	pace        func(ctx context.Context, t time.Time) error
 	beforeFirst func() error
 	started     bool
@@ -232,6 +243,12 @@ func (s *simSink) Publish(ctx context.Context, ev *event.Event) error {
 			return err
 		}
 	}
+	if s.gw.handles(ev.Kind) {
+		return s.gw.Publish(ctx, ev)
+	}
+	if err := s.gw.Before(ctx, ev); err != nil {
+		return err
+	}
 	return s.p.Bus.PublishAsync(ctx, ev)
 }
 
@@ -239,6 +256,7 @@ func (s *simSink) Publish(ctx context.Context, ev *event.Event) error {
 // catalog and threat feed through the detection plane's import paths.
 type simSetup struct {
 	p          *Platform
+	gw         *apnGateway
 	onRegister func(ctx context.Context, d sim.Device) error
 }
 
@@ -290,6 +308,10 @@ func (s *simSetup) ImportThreatFeed(_ context.Context, name string, feed []byte)
 }
 
 func (s *simSetup) RevokeDevice(ctx context.Context, id event.DeviceID) error {
+	// The flows recorded before the revocation reach the platform before it.
+	if err := s.gw.Flush(ctx); err != nil {
+		return err
+	}
 	_, err := s.p.Registry.SetState(ctx, s.p.Tenant, id, store.StateRevoked, "operator", "certificate revoked")
 	if errors.Is(err, registry.ErrTransition) {
 		return nil // already revoked or decommissioned
