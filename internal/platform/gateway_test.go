@@ -70,7 +70,9 @@ func newGWRig(t *testing.T) *gwRig {
 	}
 	for _, s := range []bus.Stream{bus.Events, bus.Security} {
 		c, err := b.Consume(ctx, bus.ConsumerOptions{Name: "gw-test-" + s.String(), Stream: s, Handler: func(_ context.Context, e *event.Event) error {
-			if e.Kind == event.NetSession || e.Kind == event.NetFlow || e.Kind == event.Location {
+			switch e.Kind {
+			case event.AlertRaised, event.ActionTaken, event.DeviceState:
+			default:
 				cp := *e
 				r.mu.Lock()
 				r.got = append(r.got, &cp)

@@ -218,11 +218,14 @@ func (p busPublisher) Publish(ctx context.Context, ev *event.Event) error {
 
 // simSink feeds the simulator's events to the platform, moving the
 // platform's clock along the simulated time: sessions and flows through
-// the simulated APN gateway (RADIUS accounting, IPFIX), the rest straight
-// on the bus.
+// the simulated APN gateway (RADIUS accounting, IPFIX), the agents'
+// reports through the broker's payload decoder, the rest (the broker's own
+// connection and publish events) straight on the bus. docs/SIMULATOR.md
+// has the table.
 type simSink struct {
 	p           *Platform
 	gw          *apnGateway
+	agent       agentPath
 	pace        func(ctx context.Context, t time.Time) error
 	beforeFirst func() error
 	started     bool
@@ -248,6 +251,18 @@ func (s *simSink) Publish(ctx context.Context, ev *event.Event) error {
 	}
 	if err := s.gw.Before(ctx, ev); err != nil {
 		return err
+	}
+	if s.agent.handles(ev) {
+		evs, err := s.agent.decode(ev)
+		if err != nil {
+			return err
+		}
+		for _, e := range evs {
+			if err := s.p.Bus.PublishAsync(ctx, e); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	return s.p.Bus.PublishAsync(ctx, ev)
 }
