@@ -450,7 +450,7 @@ func (g *apnGateway) Flush(ctx context.Context) error {
 	return nil
 }
 
-// Stats logs what the gateway's RADIUS server and collector did.
+// logStats logs what the gateway's RADIUS server and collector did.
 func (g *apnGateway) logStats() {
 	r, f := g.acct.Stats(), g.col.Stats()
 	g.log.Info("simulated APN", "accounting", r.Accounting, "radius_dropped", r.Dropped,
