@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"time"
 
@@ -115,6 +117,7 @@ func (a *App) startDetection(ctx context.Context) error {
 		return a.saveSnapshot(det.Engine)
 	})
 	a.snapshotPeriodically(ctx, det.Engine)
+	a.reloadSettingsPeriodically(ctx)
 	a.log.Info("detection started", "devices", n, "restored_devices", restored)
 	return nil
 }
@@ -312,6 +315,58 @@ func (r *engineRef) set(e *detect.Engine) {
 	r.mu.Lock()
 	r.eng = e
 	r.mu.Unlock()
+}
+
+// settingsReloadEvery is how often serve re-reads every tenant's detector
+// settings, to apply changes made through another node's API.
+const settingsReloadEvery = 30 * time.Second
+
+// reload reads every tenant's settings from the store and applies them if
+// they differ from the engine's. It holds the lock across read and apply,
+// so an API change committed meanwhile is never overwritten by an older
+// read (the API applies its change under the same lock).
+func (r *engineRef) reload(ctx context.Context, st store.Store, log *slog.Logger) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.eng == nil {
+		return nil
+	}
+	s, err := platform.LoadSettings(ctx, st, log)
+	if err != nil {
+		return err
+	}
+	cur := r.eng.Settings()
+	if len(s.Overrides) == 0 && len(cur.Overrides) == 0 || reflect.DeepEqual(s.Overrides, cur.Overrides) {
+		return nil
+	}
+	log.Info("detector settings changed in the store; applied")
+	return r.eng.SetSettings(s)
+}
+
+func (a *App) reloadSettingsPeriodically(ctx context.Context) {
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	a.onStop("detector settings reload", func(context.Context) error {
+		cancel()
+		<-done
+		return nil
+	})
+	log := a.log.With("component", "detect")
+	a.goroutine("detector settings reload", func() error {
+		defer close(done)
+		t := time.NewTicker(settingsReloadEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-rctx.Done():
+				return nil
+			case <-t.C:
+				if err := a.detectors.reload(rctx, a.store, log); err != nil && rctx.Err() == nil {
+					log.Warn("reload detector settings", "err", err)
+				}
+			}
+		}
+	})
 }
 
 // SetTenantSettings implements api.DetectorEngine.
