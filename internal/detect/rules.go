@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"cel.dev/cel-go/cel"
+	"cel.dev/cel-go/common/cost"
 	"cel.dev/cel-go/ext"
 	"cel.dev/cel-go/interpreter"
 
@@ -199,9 +200,28 @@ var ruleEnv = sync.OnceValues(func() (*cel.Env, error) {
 // concurrent use.
 type CompiledRule struct {
 	Rule
-	det    Detector // name rule:<id>, the alert kind and severity
-	prg    cel.Program
-	errors atomic.Int64
+	det     Detector    // name rule:<id>, the alert kind and severity
+	prg     cel.Program // with the runtime cost limit
+	hot     cel.Program // what the engine runs: prg, or untracked if bounded
+	bounded bool        // the static worst case is within RuleCostLimit
+	errors  atomic.Int64
+}
+
+// eventSized sizes every value a rule reads at most as large as the
+// largest encoded event (event.MaxEncodedSize): strings in bytes, lists
+// and maps in entries. Events reach the engine through the bus codec,
+// which refuses larger ones.
+type eventSized struct{}
+
+func (eventSized) EstimateSize(n cost.AstNode) *cost.SizeEstimate {
+	if n.ComputedSize() != nil {
+		return nil
+	}
+	return &cost.SizeEstimate{Min: 0, Max: event.MaxEncodedSize}
+}
+
+func (eventSized) EstimateCallCost(string, string, *cost.AstNode, []cost.AstNode) *cost.CallEstimate {
+	return nil
 }
 
 // Errors returns how many evaluations of the rule failed (a missing
@@ -243,7 +263,15 @@ func CompileRule(r Rule) (*CompiledRule, error) {
 	if err != nil {
 		return nil, &RuleError{Field: "expr", Msg: err.Error()}
 	}
-	cr := &CompiledRule{Rule: r, prg: prg}
+	cr := &CompiledRule{Rule: r, prg: prg, hot: prg}
+	// A rule whose worst case over inputs the size of the largest event is
+	// within the limit cannot exceed it on a bus event: the engine then
+	// runs it without the (costly) runtime tracking.
+	if est, err := env.EstimateCost(ast, eventSized{}); err == nil && est.Max <= RuleCostLimit {
+		if fast, err := env.Program(ast, cel.EvalOptions(cel.OptOptimize)); err == nil {
+			cr.hot, cr.bounded = fast, true
+		}
+	}
 	cr.Events = slices.Clone(r.Events)
 	kind := r.Kind
 	if kind == "" {
@@ -299,7 +327,14 @@ func (cr *CompiledRule) applies(k event.Kind) bool {
 	return len(cr.Events) == 0 || slices.Contains(cr.Events, k)
 }
 
-func (cr *CompiledRule) eval(v *ruleVars) (ok bool, err error) {
+// eval runs the runtime-limited program (tests of recorded events, whose
+// sizes the bus did not bound).
+func (cr *CompiledRule) eval(v *ruleVars) (bool, error) { return cr.run(cr.prg, v) }
+
+// evalHot runs the engine's program.
+func (cr *CompiledRule) evalHot(v *ruleVars) (bool, error) { return cr.run(cr.hot, v) }
+
+func (cr *CompiledRule) run(prg cel.Program, v *ruleVars) (ok bool, err error) {
 	defer func() {
 		if r := recover(); r != nil { // a CEL library bug must not take the engine down
 			ok, err = false, fmt.Errorf("rule %s: evaluation failed: %v", cr.ID, r)
@@ -308,7 +343,7 @@ func (cr *CompiledRule) eval(v *ruleVars) (ok bool, err error) {
 			cr.errors.Add(1)
 		}
 	}()
-	out, _, err := cr.prg.Eval(v)
+	out, _, err := prg.Eval(v)
 	if err != nil {
 		return false, fmt.Errorf("rule %s: %w", cr.ID, err)
 	}
@@ -534,7 +569,7 @@ func (c *call) evalRules(rs *RuleSet) {
 	var v ruleVars
 	v.fill(c.ev, c.prof, c.hasProf)
 	for _, r := range rules {
-		ok, err := r.eval(&v)
+		ok, err := r.evalHot(&v)
 		if err != nil {
 			c.e.ruleErrs.Add(1)
 			continue

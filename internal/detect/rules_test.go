@@ -305,3 +305,31 @@ func TestTryRule(t *testing.T) {
 	require.Equal(t, res.Matches[0].AlertID, res.Alerts[0].ID)
 	require.Equal(t, alert.Kind("rule.telnet_out"), res.Alerts[1].Kind)
 }
+
+// TestRuleBoundedRunsUntracked: rules whose static worst case over
+// event-sized inputs is within the limit run in the engine without runtime
+// cost tracking, and give the same answers; the others keep the limit.
+func TestRuleBoundedRunsUntracked(t *testing.T) {
+	ev := flowEv("m-1", rt0, "203.0.113.9", 23)
+	ev.Attrs["l"] = []any{1.0, 2.0, 3.0}
+	for _, tc := range []struct {
+		expr    string
+		bounded bool
+	}{
+		{`event.attrs.dst_port in [23, 2323]`, true},
+		{`device.model.startsWith('acme') && event.attrs.dst_ip.matches('^203\\.')`, true},
+		{`cidr('203.0.113.0/24').containsIP(ip(event.attrs.dst_ip))`, true},
+		{`event.attrs.l.exists(x, x == 2.0)`, false},
+		{`event.attrs.l.all(x, event.attrs.l.all(y, x != y || x == y))`, false},
+	} {
+		cr := mustCompile(t, testRule("r", tc.expr))
+		require.Equal(t, tc.bounded, cr.bounded, tc.expr)
+		var v ruleVars
+		v.fill(&ev, Profile{Model: "acme-meter-2"}, true)
+		a, errA := cr.eval(&v)
+		b, errB := cr.evalHot(&v)
+		require.NoError(t, errA, tc.expr)
+		require.NoError(t, errB, tc.expr)
+		require.Equal(t, a, b, tc.expr)
+	}
+}
