@@ -21,7 +21,10 @@
 //     evidence: a summary, the compared values and up to five events.
 //   - Detectors register in one list (registry.go). Each has typed settings
 //     with defaults, overridable per tenant and per tenant/group via
-//     [Settings]; [Detectors] describes them for the API.
+//     [Settings]; [Detectors] and [Fields] describe them for the API,
+//     [ValidateOverride] checks an override field by field, and
+//     [Engine.SetSettings] / [Engine.SetTenantSettings] change them while
+//     Process runs (the next event uses them; learned state is kept).
 //
 // Cohort aggregates (fleet-wide usage shift, common destinations and
 // listening ports) are shared between devices of a group; with several

@@ -70,7 +70,7 @@ func Detectors() []Info {
 	return out
 }
 
-// Settings returns the effective settings of detector name for a tenant
+// SettingsFor returns the effective settings of detector name for a tenant
 // and group (nil if no such detector). The value is a pointer to the
 // detector's settings struct and must not be modified.
 func (e *Engine) SettingsFor(t event.TenantID, group, name string) any {

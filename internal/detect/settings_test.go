@@ -131,14 +131,13 @@ func TestSetTenantSettingsLive(t *testing.T) {
 		}
 	}()
 	off := TenantSettings{}.With("", "auth.default_credentials", json.RawMessage(`{"disabled":true}`))
-	for i := range 50 {
+	for range 50 {
 		if err := e.SetTenantSettings("t1", off); err != nil {
 			t.Fatal(err)
 		}
 		if err := e.SetTenantSettings("t1", TenantSettings{}); err != nil {
 			t.Fatal(err)
 		}
-		_ = i
 	}
 	if err := e.SetTenantSettings("t1", off); err != nil {
 		t.Fatal(err)
@@ -185,4 +184,38 @@ func TestSetTenantSettingsLive(t *testing.T) {
 	if got := e.Settings(); len(got.Overrides) != 0 {
 		t.Fatalf("settings after clearing: %v", got.Overrides)
 	}
+}
+
+// FuzzValidateOverride: an override from an API body either is refused
+// with ErrSettings or resolves without panicking, every field it sets
+// taking effect as validated (no negative number gets through).
+func FuzzValidateOverride(f *testing.F) {
+	f.Add("auth.bruteforce", []byte(`{"threshold": 50, "window": "5m", "disabled": true}`))
+	f.Add("location.travel", []byte(`{"max_speed_kmh": 1e308}`))
+	f.Add("identity.revoked", []byte(`{"reasons": ["revoked_cert", null]}`))
+	f.Add("net.destination", []byte(`{"min_bytes": -1}`))
+	f.Fuzz(func(t *testing.T, name string, raw []byte) {
+		err := ValidateOverride(name, raw)
+		if err != nil {
+			if !errors.Is(err, ErrSettings) {
+				t.Fatalf("unwrapped error %v", err)
+			}
+			return
+		}
+		s := Settings{Overrides: map[string]map[string]json.RawMessage{"t": {name: raw}}}
+		if err := ValidateSettings(s); err != nil {
+			t.Fatalf("ValidateOverride accepted what ValidateSettings refuses: %v", err)
+		}
+		for _, e := range Resolve(s, "t", "") {
+			var m map[string]any
+			if err := json.Unmarshal(e.Settings, &m); err != nil {
+				t.Fatalf("%s: effective settings do not encode: %v", e.Name, err)
+			}
+			for k, v := range m {
+				if f, ok := v.(float64); ok && f < 0 {
+					t.Fatalf("%s.%s = %v got through", e.Name, k, f)
+				}
+			}
+		}
+	})
 }
