@@ -106,10 +106,21 @@ func (s *Rules) Load(ctx context.Context) (int, error) {
 	}
 	for _, t := range s.tenantsInSet() {
 		if !seen[t] { // a deleted tenant
-			s.o.Set.Set(t, nil)
+			s.drop(t)
 		}
 	}
 	return n, nil
+}
+
+func (s *Rules) drop(t event.TenantID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.cache {
+		if k.t == t {
+			delete(s.cache, k)
+		}
+	}
+	s.o.Set.Set(t, nil)
 }
 
 func (s *Rules) tenantsInSet() []event.TenantID {
