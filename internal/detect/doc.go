@@ -19,6 +19,11 @@
 //     Options.MergeWindow (1h) of the last one update that alert (same ID,
 //     Count+1, later LastSeen) and are raised again. Every alert carries
 //     evidence: a summary, the compared values and up to five events.
+//   - Operators' CEL rules ([CompileRule], [RuleSet], rules.go) run after
+//     the detectors on every event of their tenant and kinds, outside the
+//     device lock; each evaluation is cost-bounded and an error counts as
+//     no match. [TryRule] evaluates a rule over recorded events without
+//     an engine's state.
 //   - Detectors register in one list (registry.go). Each has typed settings
 //     with defaults, overridable per tenant and per tenant/group via
 //     [Settings]; [Detectors] and [Fields] describe them for the API,
