@@ -2,7 +2,10 @@ package app
 
 import (
 	"context"
+	"errors"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/garrisonhq/garrison/internal/platform"
 )
@@ -26,6 +29,17 @@ func (a *App) startRules(ctx context.Context) error {
 		return err
 	}
 	a.rules = rules
+	set := rules.Set()
+	if err := errors.Join(
+		a.metrics.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "garrison_detect_rules_enabled", Help: "Enabled detection rules (CEL) of every tenant loaded in the engine.",
+		}, func() float64 { return float64(set.Len()) })),
+		a.metrics.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "garrison_detect_rule_errors_total", Help: "Rule evaluations that failed (missing attribute, type mismatch, cost limit); each counts as no match.",
+		}, func() float64 { return float64(set.Errors()) })),
+	); err != nil {
+		return err
+	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	a.onStop("rules reload", func(context.Context) error {

@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -13,6 +14,20 @@ import (
 	"github.com/garrisonhq/garrison/internal/app"
 	"github.com/garrisonhq/garrison/internal/event"
 )
+
+func metricsText(t *testing.T, s *served) string {
+	t.Helper()
+	req, err := http.NewRequest("GET", "https://"+s.APIAddr().String()+"/metrics", nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	resp, err := s.c.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
+	return string(b)
+}
 
 func flowTo(t *testing.T, ctx context.Context, a *app.App, tenant event.TenantID, dev event.DeviceID, at time.Time, port float64) {
 	t.Helper()
@@ -46,6 +61,7 @@ func TestServeRules(t *testing.T) {
 	require.Equal(t, "rule:telnet-out", a.Detector)
 	require.Equal(t, alert.High, a.Severity)
 	require.Equal(t, "telnet-out", a.Evidence.Values["rule"])
+	require.Contains(t, metricsText(t, s), "garrison_detect_rules_enabled 1\n")
 	s.stop(t)
 
 	token := s.token // printed on the first start only

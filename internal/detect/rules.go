@@ -476,8 +476,9 @@ func plainValue(v any, depth int) any {
 // lock-free (a copy-on-write map swapped atomically); Set may be called at
 // any time, from any goroutine, and takes effect for the next event.
 type RuleSet struct {
-	mu sync.Mutex // serialises writers
-	m  atomic.Pointer[map[event.TenantID]*tenantRules]
+	mu   sync.Mutex // serialises writers
+	m    atomic.Pointer[map[event.TenantID]*tenantRules]
+	errs atomic.Int64
 }
 
 type tenantRules struct {
@@ -537,6 +538,19 @@ func (s *RuleSet) Set(t event.TenantID, rules []*CompiledRule) {
 	s.m.Store(&m)
 }
 
+// Len returns the number of enabled rules of every tenant.
+func (s *RuleSet) Len() int {
+	n := 0
+	for _, tr := range *s.m.Load() {
+		n += len(tr.all)
+	}
+	return n
+}
+
+// Errors returns how many evaluations of the set's rules failed, in every
+// engine that reads it.
+func (s *RuleSet) Errors() int64 { return s.errs.Load() }
+
 // Rules returns the tenant's enabled rules, ordered by id.
 func (s *RuleSet) Rules(t event.TenantID) []*CompiledRule {
 	if tr := (*s.m.Load())[t]; tr != nil {
@@ -572,6 +586,7 @@ func (c *call) evalRules(rs *RuleSet) {
 		ok, err := r.evalHot(&v)
 		if err != nil {
 			c.e.ruleErrs.Add(1)
+			rs.errs.Add(1)
 			continue
 		}
 		if ok {

@@ -270,6 +270,8 @@ func TestEngineRaisesRuleAlerts(t *testing.T) {
 	require.NoError(t, e.Process(ctx, ptrEv(flowEv("m-1", rt0.Add(6*time.Minute), "203.0.113.9", 23))))
 	require.Len(t, sink.alerts, 4)
 	require.Equal(t, int64(1), e.RuleErrors())
+	require.Equal(t, int64(1), rs.Errors())
+	require.Equal(t, 2, rs.Len(), "acme's broken rule and globex's")
 }
 
 func ptrEv(ev event.Event) *event.Event { return &ev }
