@@ -47,7 +47,7 @@ var revocationCols = []cli.Column[identity.Revocation]{
 func newDeviceCmd(e *cliEnv) *cobra.Command {
 	var f apiFlags
 	var tenant string
-	cmd := &cobra.Command{Use: "device", Short: "Manage the device registry of a tenant: list, import manifests, lifecycle, SIM bindings, revocation"}
+	cmd := &cobra.Command{Use: "device", Short: "Manage the device registry of a tenant: list, import manifests, lifecycle, SIM bindings, revocation, commands"}
 	f.bind(cmd)
 	cmd.PersistentFlags().StringVar(&tenant, "tenant", "", "tenant id (required)")
 	// run builds the client and the tenant's device path, then calls fn.
@@ -273,5 +273,6 @@ func newDeviceCmd(e *cliEnv) *cobra.Command {
 	token.Flags().StringVar(&tok.TTL, "ttl", "", "lifetime, e.g. 72h (default 24h)")
 
 	cmd.AddCommand(list, show, create, imp, bindSIM, setState, revoke, token)
+	cmd.AddCommand(deviceCommandCmds(e, &f, run)...) // command.go
 	return cmd
 }

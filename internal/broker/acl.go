@@ -74,13 +74,14 @@ func validSubtopic(s string) bool {
 
 // CanPublish is the publish ACL: default deny. A device may publish only
 // under its own devices/{id}/ to telemetry, metrics, events or ota/...; a
-// quarantined device only to metrics and ota/....
+// quarantined device only reports and updates: metrics, events (boot
+// reports, answers to the commands it may still receive) and ota/....
 func CanPublish(device event.DeviceID, quarantined bool, topic string) (TopicClass, bool) {
 	c, ok := classify(topic, device)
 	if !ok || c == ClassCommands {
 		return c, false
 	}
-	if quarantined && c != ClassMetrics && c != ClassOTA {
+	if quarantined && c != ClassMetrics && c != ClassEvents && c != ClassOTA {
 		return c, false
 	}
 	return c, true

@@ -30,7 +30,7 @@ func TestCanPublish(t *testing.T) {
 		{"", false, false},
 		{"devices/d1/" + strings.Repeat("a", 300), false, false},
 		{"devices/d1/telemetry", true, false},
-		{"devices/d1/events", true, false},
+		{"devices/d1/events", true, true},
 		{"devices/d1/metrics", true, true},
 		{"devices/d1/ota/progress", true, true},
 	}
