@@ -106,7 +106,9 @@ func TestAgentCommandsAndTelemetryEndToEnd(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- ag.Run(actx) }()
 	defer func() { acancel(); <-done }()
-	require.Eventually(t, func() bool { return a.Broker().Stats().Sessions == 1 }, 30*time.Second, 20*time.Millisecond, "agent connected")
+	// Connects counts sessions whose subscriptions were acknowledged.
+	require.Eventually(t, func() bool { return ag.Stats().Connects > 0 && a.Broker().Stats().Sessions == 1 }, 30*time.Second, 20*time.Millisecond,
+		"agent connected and subscribed")
 
 	c := client(t, a)
 	base := "/api/v1/tenants/" + string(tenant) + "/devices/" + dev + "/commands"
