@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -333,5 +334,44 @@ func TestRuleBoundedRunsUntracked(t *testing.T) {
 		require.NoError(t, errA, tc.expr)
 		require.NoError(t, errB, tc.expr)
 		require.Equal(t, a, b, tc.expr)
+	}
+}
+
+// TestRuleSetSwapWhileProcessing: rules replaced while events flow in
+// several goroutines (run with -race): every event sees either set.
+func TestRuleSetSwapWhileProcessing(t *testing.T) {
+	sink := &recSink{}
+	e, rs := ruleEngine(t, sink, nil, testRule("a", `event.attrs.dst_port == 23.0`))
+	b := []*CompiledRule{mustCompile(t, testRule("b", `event.attrs.dst_port == 23.0`))}
+	a := rs.Rules("acme")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 200 {
+			if i%2 == 0 {
+				rs.Set("acme", b)
+			} else {
+				rs.Set("acme", a)
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for g := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				ev := flowEv(event.DeviceID(fmt.Sprintf("d%d", g)), rt0.Add(time.Duration(i)*time.Second), "203.0.113.9", 23)
+				_ = e.Process(context.Background(), &ev)
+			}
+		}()
+	}
+	wg.Wait()
+	<-done
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	require.Len(t, sink.alerts, 400, "every event matched the rule of one set or the other")
+	for _, al := range sink.alerts {
+		require.Contains(t, []alert.Kind{"rule.a", "rule.b"}, al.Kind)
 	}
 }
