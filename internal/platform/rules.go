@@ -24,8 +24,8 @@ type RulesOptions struct {
 	// Set is the rule set the detection engine reads (detect.Options.Rules);
 	// a new one when nil.
 	Set *detect.RuleSet
-	// Directory gives device profiles to TryRule (default: one over the
-	// store's registry).
+	// Directory gives device profiles to Try (default: the devices' current
+	// registry records, read from the store for each try).
 	Directory detect.Directory
 }
 
@@ -62,9 +62,6 @@ func NewRules(o RulesOptions) (*Rules, error) {
 	}
 	if o.Set == nil {
 		o.Set = detect.NewRuleSet()
-	}
-	if o.Directory == nil {
-		o.Directory = NewStoreDirectory(o.Store, o.Clock)
 	}
 	return &Rules{o: o, cache: map[ruleKey]*detect.CompiledRule{}}, nil
 }
@@ -292,5 +289,39 @@ func (s *Rules) Try(ctx context.Context, r store.Rule, events []event.Event) (*d
 	if err != nil {
 		return nil, detect.TryResult{}, err
 	}
-	return cr, detect.TryRule(ctx, cr, events, s.o.Directory), nil
+	dir := s.o.Directory
+	if dir == nil {
+		if dir, err = s.profiles(ctx, r.Tenant, events); err != nil {
+			return nil, detect.TryResult{}, err
+		}
+	}
+	return cr, detect.TryRule(ctx, cr, events, dir), nil
+}
+
+// profiles reads the registry records of the tenant's devices named by
+// events, in one read transaction.
+func (s *Rules) profiles(ctx context.Context, tenant event.TenantID, events []event.Event) (detect.Directory, error) {
+	dir := detect.NewMemDirectory()
+	seen := map[event.DeviceID]bool{}
+	err := s.o.Store.View(ctx, func(tx store.Tx) error {
+		for _, ev := range events {
+			if ev.Device == "" || ev.Tenant != tenant || seen[ev.Device] {
+				continue
+			}
+			seen[ev.Device] = true
+			dev, err := tx.Devices().Get(ctx, tenant, ev.Device)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			dir.Put(Profile(dev))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("platform: rule test: read devices: %w", err)
+	}
+	return dir, nil
 }

@@ -79,3 +79,35 @@ func TestRulesLoad(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, list, 3)
 }
+
+// TestRulesTrySeesCurrentDevices: a rule test reads the devices' current
+// registry records, so a change between two tests is seen.
+func TestRulesTrySeesCurrentDevices(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "g.db"))
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	now := time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)
+	dev := store.Device{Tenant: "acme", ID: "cam-1", Model: "ipcam-2", State: store.StateActive, Groups: []string{"lobby"}, CreatedAt: now, UpdatedAt: now}
+	require.NoError(t, st.Update(ctx, func(tx store.Tx) error {
+		if err := tx.Tenants().Create(ctx, store.Tenant{ID: "acme", Name: "acme", CreatedAt: now}); err != nil {
+			return err
+		}
+		return tx.Devices().Create(ctx, dev)
+	}))
+	rules, err := NewRules(RulesOptions{Store: st, Clock: clock.NewManual(now)})
+	require.NoError(t, err)
+	r := store.Rule{Tenant: "acme", ID: "r", Name: "r", Severity: "low", Expr: "device.model == 'ipcam-3' && 'lobby' in device.groups"}
+	evs := []event.Event{{Tenant: "acme", Device: "cam-1", Kind: event.NetFlow, Time: now}, {Tenant: "acme", Device: "cam-9", Kind: event.NetFlow, Time: now}}
+	_, res, err := rules.Try(ctx, r, evs)
+	require.NoError(t, err)
+	require.Equal(t, 2, res.Evaluated)
+	require.Empty(t, res.Matches)
+
+	dev.Model, dev.UpdatedAt = "ipcam-3", now.Add(time.Minute)
+	require.NoError(t, st.Update(ctx, func(tx store.Tx) error { return tx.Devices().Update(ctx, dev) }))
+	_, res, err = rules.Try(ctx, r, evs)
+	require.NoError(t, err)
+	require.Len(t, res.Matches, 1)
+	require.Equal(t, 0, res.Matches[0].Index)
+}
