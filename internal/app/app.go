@@ -99,6 +99,7 @@ type App struct {
 	broker    *broker.Broker
 	detection *platform.Detection
 	detectors engineRef       // the running detection engine, for the API (detection.go)
+	response  responseRef     // the response engine and mass runner, for the API (response.go)
 	rules     *platform.Rules // operators' detection rules (rules.go)
 	incidents *incidents
 	noDetect  bool
@@ -349,7 +350,8 @@ func (a *App) startAPI(ctx context.Context) error {
 		// Provider webhooks and cell imports (connectivity.go).
 		Connectivity: a.conn.ingester, CellCache: a.conn.cells, CellImportMaxBytes: a.cfg.Cells.ImportMaxBytes,
 		Detectors: &a.detectors, Feeds: a.feeds,
-		Rules: a.rules,
+		Rules:    a.rules,
+		Response: &a.response,
 	})
 	if err != nil {
 		return err

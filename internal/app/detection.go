@@ -104,6 +104,9 @@ func (a *App) startDetection(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := a.startMass(ctx, resp); err != nil { // response.go
+		return err
+	}
 	restored := a.restoreSnapshot(det.Engine)
 	if err := det.Start(ctx); err != nil {
 		return err
