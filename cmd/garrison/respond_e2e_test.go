@@ -26,7 +26,8 @@ import (
 // a good one is versioned, disabled and enabled; actions waiting for a
 // human are approved (the device is quarantined) and rejected; a mass
 // quarantine is previewed (nothing changes) then run at a set rate and
-// followed; following is interrupted and resumed; a job is cancelled.
+// followed; following is interrupted and resumed; a job is cancelled; a
+// command to a device with no live session is recorded offline.
 func TestResponseCLI(t *testing.T) {
 	data := t.TempDir()
 	s, out := startServe(t, data)
@@ -226,6 +227,17 @@ func TestResponseCLI(t *testing.T) {
 	require.Equal(t, 0, code, e)
 	require.Equal(t, 3, strings.Count(o, "\n")-1, o)
 	require.Contains(t, o, "canceled")
+
+	// A command to a device without a live session is recorded offline
+	// (a live agent answering is TestAgentCLI's).
+	o, e, code = acme(op, "device", "command", "meter-2", "ping", "--wait", "1s", "-o", "json")
+	require.Equal(t, 0, code, e)
+	var c store.Command
+	require.NoError(t, json.Unmarshal([]byte(o), &c))
+	require.Equal(t, store.CommandOffline, c.Status)
+	o, e, code = acme(op, "device", "commands", "meter-2")
+	require.Equal(t, 0, code, e)
+	require.Regexp(t, c.ID+`\s+meter-2\s+ping\s+offline`, o)
 
 	o, e, code = acme(acmeAdmin, "audit", "list", "--limit", "1000")
 	require.Equal(t, 0, code, e)
