@@ -139,6 +139,7 @@ func runLifecycle(t *testing.T, cfg config.Config) {
 	code, body = do(t, c, a, "GET", "/metrics", token)
 	require.Equal(t, 200, code)
 	require.Contains(t, body, "garrison_api_requests_total")
+	require.Contains(t, body, "garrison_broker_sessions")
 	c.CloseIdleConnections()
 
 	require.NoError(t, a.Stop(ctx))

@@ -32,6 +32,9 @@ func (a *App) startBroker(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := a.metrics.Register(b.Collector()); err != nil {
+		return err
+	}
 	if err := b.Start(ctx); err != nil {
 		return err
 	}

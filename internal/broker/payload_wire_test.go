@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/mqttconn"
@@ -100,5 +101,41 @@ func TestPahoTelemetryAndCommandResult(t *testing.T) {
 	}
 	if r := f.rec.find(event.CommandResult, "trk-0101", "", "")[0]; r.Attrs["ok"] != true || r.Str("output") != "pong" {
 		t.Fatalf("command result %+v", r)
+	}
+}
+
+// TestCollectorExportsStats: the Prometheus collector reports the broker's
+// counters, the rejected payloads included.
+func TestCollectorExportsStats(t *testing.T) {
+	needMosquitto(t)
+	f := newFixture(t)
+	args, _ := f.device(t, "gw-0102")
+	a := append(append([]string{}, args...), "-t", "devices/gw-0102/metrics", "-m", "not json", "-q", "1")
+	if out, err := exec.Command("mosquitto_pub", a...).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	waitFor(t, 3*time.Second, "rejection", func() bool { return f.b.Stats().Rejected == 1 })
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(f.b.Collector()); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		m := mf.GetMetric()[0]
+		if c := m.GetCounter(); c != nil {
+			got[mf.GetName()] = c.GetValue()
+		} else {
+			got[mf.GetName()] = m.GetGauge().GetValue()
+		}
+	}
+	if got["garrison_broker_payloads_rejected_total"] != 1 || got["garrison_broker_published_total"] != 1 || got["garrison_broker_handshakes_total"] < 1 {
+		t.Fatalf("exported %v", got)
+	}
+	if len(got) != len(brokerMetrics) {
+		t.Fatalf("%d series exported, want %d", len(got), len(brokerMetrics))
 	}
 }
