@@ -263,10 +263,15 @@ func followMass(ctx context.Context, e *cliEnv, call tenantCall, c *cobra.Comman
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
 	c.SetContext(ctx)
-	tty := isTerminal(e.Stdout)
+	// Progress goes to stdout, or to stderr when stdout carries JSON.
+	w := e.Stdout
+	if format == "json" {
+		w = e.Stderr
+	}
+	tty := isTerminal(w)
 	var bar *progressbar.ProgressBar
 	if tty {
-		bar = progressbar.NewOptions(max(j.Total, 1), progressbar.OptionSetWriter(e.Stdout),
+		bar = progressbar.NewOptions(max(j.Total, 1), progressbar.OptionSetWriter(w),
 			progressbar.OptionSetDescription(fmt.Sprintf("%s %s", j.Kind, j.ID)), progressbar.OptionShowCount(),
 			progressbar.OptionSetWidth(30), progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionSetPredictTime(true))
 	}
@@ -278,7 +283,7 @@ func followMass(ctx context.Context, e *cliEnv, call tenantCall, c *cobra.Comman
 			return
 		}
 		if j.Processed != lastProcessed && time.Since(lastLine) >= followLine || j.State != respond.JobRunning {
-			fmt.Fprintf(e.Stdout, "%s %s: %d/%d processed (changed %d, unchanged %d, refused %d) %s\n",
+			fmt.Fprintf(w, "%s %s: %d/%d processed (changed %d, unchanged %d, refused %d) %s\n",
 				j.Kind, j.ID, j.Processed, j.Total, j.Changed, j.Unchanged, j.Refused, j.State)
 			lastLine, lastProcessed = time.Now(), j.Processed
 		}
@@ -291,7 +296,7 @@ func followMass(ctx context.Context, e *cliEnv, call tenantCall, c *cobra.Comman
 		select {
 		case <-ctx.Done():
 			if bar != nil {
-				_, _ = io.WriteString(e.Stdout, "\n")
+				_, _ = io.WriteString(w, "\n")
 			}
 			resume := fmt.Sprintf("garrison mass show %s --follow --tenant %s", j.ID, tenant)
 			fmt.Fprintf(e.Stderr, "stopped following; job %s keeps running on the server (%d/%d). Follow it again: %s\n",
@@ -310,7 +315,7 @@ func followMass(ctx context.Context, e *cliEnv, call tenantCall, c *cobra.Comman
 	}
 	if bar != nil {
 		_ = bar.Finish()
-		_, _ = io.WriteString(e.Stdout, "\n")
+		_, _ = io.WriteString(w, "\n")
 	}
 	if err := printJob(e, format, j); err != nil {
 		return err

@@ -239,6 +239,33 @@ func TestResponseCLI(t *testing.T) {
 	require.Equal(t, 0, code, e)
 	require.Regexp(t, c.ID+`\s+meter-2\s+ping\s+offline`, o)
 
+	// A job survives a restart of serve: it resumes after its cursor and
+	// handles every device exactly once.
+	o, e, code = acme(op, "mass", "run", "--action", "revoke", "--selector", "*", "--rate", "1", "--yes", "--no-follow", "-o", "json")
+	require.Equal(t, 0, code, e)
+	require.NoError(t, json.Unmarshal([]byte(o), &j))
+	require.Equal(t, 5, j.Total)
+	for deadline := time.Now().Add(15 * time.Second); j.Processed == 0 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		o, e, code = acme(op, "mass", "show", j.ID, "-o", "json")
+		require.Equal(t, 0, code, e)
+		require.NoError(t, json.Unmarshal([]byte(o), &j))
+	}
+	require.Positive(t, j.Processed)
+	s.stop(t)
+	o, e, code = acme(op, "mass", "show", j.ID, "-o", "json")
+	require.Equal(t, 1, code, "serve is down: %s", o)
+	s, _ = startServe(t, data)
+	o, e, code = acme(op, "mass", "show", j.ID, "--follow", "-o", "json")
+	require.Equal(t, 0, code, e)
+	require.NoError(t, json.Unmarshal([]byte(o), &j), "with -o json, progress goes to stderr: %s", o)
+	require.Equal(t, respond.JobDone, j.State)
+	require.Equal(t, 5, j.Processed)
+	require.Equal(t, 5, j.Changed+j.Unchanged+j.Refused)
+	require.Equal(t, 5, j.Changed, "active and quarantined devices may all be revoked")
+	for _, id := range []string{"cam-1", "cam-2", "cam-3", "meter-1", "meter-2"} {
+		require.Equal(t, store.StateRevoked, state(id))
+	}
+
 	o, e, code = acme(acmeAdmin, "audit", "list", "--limit", "1000")
 	require.Equal(t, 0, code, e)
 	for _, a := range []string{"playbook.put", "mass.submit", "mass.done"} {
