@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/garrisonhq/garrison/internal/broker"
 	"github.com/garrisonhq/garrison/internal/bus"
 	"github.com/garrisonhq/garrison/internal/command"
 	"github.com/garrisonhq/garrison/internal/event"
@@ -36,6 +37,43 @@ func (a *App) followCommandResults(ctx context.Context) error {
 		return err
 	}
 	a.onStop("command results", func(context.Context) error { c.Stop(); return nil })
+	return a.redeliverCommands(ctx)
+}
+
+// redeliverCommands sends a device its commands that went out while it
+// was offline, each time its subscription to them is granted on this
+// node. The broker's callback only queues the device (it runs on the
+// device's read loop); one worker does the store reads and publishes.
+func (a *App) redeliverCommands(ctx context.Context) error {
+	queue := make(chan broker.Identity, 1024)
+	log := a.log.With("component", "commands")
+	a.broker.OnCommandsSubscribed(func(id broker.Identity) {
+		select {
+		case queue <- id:
+		default:
+			log.Debug("command redelivery queue full; the device's next subscription retries", "tenant", id.Tenant, "device", id.Device)
+		}
+	})
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	a.onStop("command redelivery", func(context.Context) error {
+		cancel()
+		<-done
+		return nil
+	})
+	a.goroutine("command redelivery", func() error {
+		defer close(done)
+		for {
+			select {
+			case <-rctx.Done():
+				return nil
+			case id := <-queue:
+				if _, err := a.commands.Redeliver(rctx, id.Tenant, id.Device); err != nil && rctx.Err() == nil {
+					log.Warn("command redelivery", "tenant", id.Tenant, "device", id.Device, "err", err)
+				}
+			}
+		}
+	})
 	return nil
 }
 

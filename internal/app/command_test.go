@@ -88,6 +88,14 @@ func TestAgentCommandsAndTelemetryEndToEnd(t *testing.T) {
 		defer cons.Stop()
 	}
 
+	// A command sent before the device ever connected is kept and sent
+	// again once it subscribes.
+	c := client(t, a)
+	base := "/api/v1/tenants/" + string(tenant) + "/devices/" + dev + "/commands"
+	var early store.Command
+	require.Equal(t, 202, doJSON(t, c, a, "POST", base, token, `{"name":"ping","ttl_s":600}`, &early))
+	require.Equal(t, store.CommandOffline, early.Status)
+
 	secret, _, err := a.Identity().CreateToken(ctx, tenant, identity.TokenSpec{Device: dev}, "test")
 	require.NoError(t, err)
 	pool, err := tlsutil.Pool(filepath.Join(a.DataDir(), "tls", tlsutil.CertFile))
@@ -110,8 +118,6 @@ func TestAgentCommandsAndTelemetryEndToEnd(t *testing.T) {
 	require.Eventually(t, func() bool { return ag.Stats().Connects > 0 && a.Broker().Stats().Sessions == 1 }, 30*time.Second, 20*time.Millisecond,
 		"agent connected and subscribed")
 
-	c := client(t, a)
-	base := "/api/v1/tenants/" + string(tenant) + "/devices/" + dev + "/commands"
 	send := func(body string) store.Command {
 		t.Helper()
 		var cmd store.Command
@@ -129,10 +135,14 @@ func TestAgentCommandsAndTelemetryEndToEnd(t *testing.T) {
 		}, 20*time.Second, 20*time.Millisecond, "command %s completed", id)
 		return cmd
 	}
+	got := outcome(early.ID)
+	require.Equal(t, store.CommandSucceeded, got.Status, "the command sent while offline ran after the device connected")
+	require.Equal(t, "pong", got.Output)
+
 	ping := send(`{"name":"ping"}`)
 	locate := send(`{"name":"locate","args":{"precision":"10m"}}`)
 	unknown := send(`{"name":"self-destruct"}`)
-	got := outcome(ping.ID)
+	got = outcome(ping.ID)
 	require.Equal(t, store.CommandSucceeded, got.Status)
 	require.Equal(t, "pong", got.Output)
 	require.False(t, got.CompletedAt.IsZero())

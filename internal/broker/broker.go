@@ -185,6 +185,8 @@ type Broker struct {
 	sessions map[string]*session // key: tenant/device
 
 	observers atomic.Int64 // inline subscription ids
+
+	onCommands atomic.Pointer[func(Identity)] // OnCommandsSubscribed
 }
 
 // New validates opts and builds a broker; it opens nothing.
@@ -318,6 +320,15 @@ func (b *Broker) Command(t event.TenantID, d event.DeviceID, payload []byte) (bo
 		return live, fmt.Errorf("broker: command: %w", err)
 	}
 	return live, nil
+}
+
+// OnCommandsSubscribed calls fn each time a device's subscription to its
+// own devices/{id}/commands is granted (after every connect of an agent
+// that subscribes), so that commands published while it was offline can be
+// sent again. fn runs on the device's read loop: it must return quickly.
+// A later call replaces fn.
+func (b *Broker) OnCommandsSubscribed(fn func(id Identity)) {
+	b.onCommands.Store(&fn)
 }
 
 // observerIDBase keeps Observe's inline subscription ids apart from

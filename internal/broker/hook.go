@@ -30,6 +30,7 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnSessionEstablish,
 		mqtt.OnDisconnect,
 		mqtt.OnPublish,
+		mqtt.OnSubscribed,
 	}, []byte{b})
 }
 
@@ -235,6 +236,27 @@ func (b *Broker) decode(id Identity, class TopicClass, topic string, payload []b
 	for _, ev := range evs {
 		if err := b.opts.Publisher.Publish(context.Background(), ev); err != nil {
 			b.log.Warn("mqtt device event publish failed", "tenant", id.Tenant, "device", id.Device, "kind", ev.Kind, "err", err)
+		}
+	}
+}
+
+// OnSubscribed tells the platform when a device's subscription to its own
+// commands was granted: from then on a command reaches it (see
+// [Broker.OnCommandsSubscribed]).
+func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	fn := h.b.onCommands.Load()
+	if cl.Net.Inline || fn == nil {
+		return
+	}
+	s := h.sessionOf(cl)
+	if s == nil {
+		return
+	}
+	want := "devices/" + string(s.id.Device) + "/commands"
+	for i, f := range pk.Filters {
+		if f.Filter == want && i < len(reasonCodes) && reasonCodes[i] < 0x80 {
+			(*fn)(s.id)
+			return
 		}
 	}
 }

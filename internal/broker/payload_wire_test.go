@@ -139,3 +139,44 @@ func TestCollectorExportsStats(t *testing.T) {
 		t.Fatalf("%d series exported, want %d", len(got), len(brokerMetrics))
 	}
 }
+
+// TestOnCommandsSubscribed: the callback fires when a device's subscription
+// to its own commands is granted, never for a refused one.
+func TestOnCommandsSubscribed(t *testing.T) {
+	f := newFixture(t)
+	got := make(chan Identity, 4)
+	f.b.OnCommandsSubscribed(func(id Identity) { got <- id })
+	_, _, tc, _ := f.pki.issue(t, "acme", "trk-0201", time.Now().Add(time.Hour))
+	f.states.set("trk-0201", store.StateActive)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", f.port), &tls.Config{RootCAs: f.pki.pool, Certificates: []tls.Certificate{tc}, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := paho.NewClient(paho.ClientConfig{Conn: mqttconn.Locked(nc)})
+	if ca, err := c.Connect(ctx, &paho.Connect{ClientID: "trk-0201", KeepAlive: 30, CleanStart: true}); err != nil || ca.ReasonCode != 0 {
+		t.Fatalf("connect: %v %+v", err, ca)
+	}
+	defer c.Disconnect(&paho.Disconnect{})
+	_, _ = c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/trk-0202/commands", QoS: 1}}})
+	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/trk-0201/ota/job", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case id := <-got:
+		t.Fatalf("callback for a refused or unrelated subscription: %+v", id)
+	default:
+	}
+	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/trk-0201/commands", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case id := <-got:
+		if id.Tenant != "acme" || id.Device != "trk-0201" {
+			t.Fatalf("callback identity %+v", id)
+		}
+	case <-ctx.Done():
+		t.Fatal("no callback for the commands subscription")
+	}
+}

@@ -257,3 +257,46 @@ func (s *Service) List(ctx context.Context, tenant event.TenantID, device event.
 	})
 	return out, err
 }
+
+// redeliverScan bounds how many of a device's newest commands Redeliver
+// looks at.
+const redeliverScan = 100
+
+// Redeliver publishes again the device's commands that went out while it
+// had no live session (status offline) and have not expired, oldest
+// first, and marks them sent. Call it when the device has subscribed to
+// its commands again. A device answers a repeated id from its result cache
+// rather than running it twice. It returns how many were sent.
+func (s *Service) Redeliver(ctx context.Context, tenant event.TenantID, device event.DeviceID) (int, error) {
+	cs, err := s.List(ctx, tenant, device, redeliverScan)
+	if err != nil {
+		return 0, fmt.Errorf("command redeliver %s/%s: %w", tenant, device, err)
+	}
+	now := s.o.Clock.Now()
+	n := 0
+	for i := len(cs) - 1; i >= 0; i-- {
+		c := cs[i]
+		if c.Status != store.CommandOffline || !now.Before(c.Expires) {
+			continue
+		}
+		p, err := json.Marshal(payload{ID: c.ID, Name: c.Name, Args: c.Args, Expires: c.Expires})
+		if err != nil {
+			return n, fmt.Errorf("command redeliver %s/%s: %w", tenant, c.ID, err)
+		}
+		live, err := s.o.Sender.Command(tenant, device, p)
+		if err != nil {
+			return n, fmt.Errorf("command redeliver %s/%s: publish: %w", tenant, c.ID, err)
+		}
+		if !live {
+			return n, nil // gone again; the next subscription retries
+		}
+		if err := s.o.Store.Update(ctx, func(tx store.Tx) error {
+			return tx.Commands().SetStatus(ctx, tenant, c.ID, store.CommandSent)
+		}); err != nil {
+			return n, fmt.Errorf("command redeliver %s/%s: %w", tenant, c.ID, err)
+		}
+		s.log.Info("command redelivered", "tenant", tenant, "device", device, "command", c.ID, "name", c.Name)
+		n++
+	}
+	return n, nil
+}

@@ -148,3 +148,52 @@ func TestSendOfflineAndRefusals(t *testing.T) {
 		})
 	}
 }
+
+func TestRedeliver(t *testing.T) {
+	ctx := context.Background()
+	svc, st, snd := setup(t)
+	snd.live = false
+	old, err := svc.Send(ctx, "acme", "gw-1", command.Request{Name: "ping"}, "op")
+	require.NoError(t, err)
+	newer, err := svc.Send(ctx, "acme", "gw-1", command.Request{Name: "report"}, "op")
+	require.NoError(t, err)
+	expired := store.Command{Tenant: "acme", ID: "cmd-expired", Device: "gw-1", Name: "reboot", Status: store.CommandOffline,
+		CreatedBy: "op", CreatedAt: time.Now().Add(-time.Hour), Expires: time.Now().Add(-time.Minute)}
+	require.NoError(t, st.Update(ctx, func(tx store.Tx) error { return tx.Commands().Create(ctx, expired) }))
+	answered, err := svc.Send(ctx, "acme", "gw-1", command.Request{Name: "ping"}, "op")
+	require.NoError(t, err)
+	require.NoError(t, svc.Result(ctx, &event.Event{Tenant: "acme", Device: "gw-1", Kind: event.CommandResult, Time: time.Now(),
+		Attrs: map[string]any{"command_id": answered.ID, "ok": true}}))
+	snd.sent = nil
+
+	// Still offline: nothing is marked sent.
+	n, err := svc.Redeliver(ctx, "acme", "gw-1")
+	require.NoError(t, err)
+	require.Equal(t, 0, n)
+
+	snd.live = true
+	snd.sent = nil
+	n, err = svc.Redeliver(ctx, "acme", "gw-1")
+	require.NoError(t, err)
+	require.Equal(t, 2, n, "the two open, unexpired commands")
+	var ids []string
+	for _, p := range snd.sent {
+		var c struct{ ID string }
+		require.NoError(t, json.Unmarshal(p, &c))
+		ids = append(ids, c.ID)
+	}
+	require.Equal(t, []string{old.ID, newer.ID}, ids, "oldest first")
+	for _, id := range []string{old.ID, newer.ID} {
+		c, err := svc.Get(ctx, "acme", "gw-1", id)
+		require.NoError(t, err)
+		require.Equal(t, store.CommandSent, c.Status)
+	}
+	c, err := svc.Get(ctx, "acme", "gw-1", "cmd-expired")
+	require.NoError(t, err)
+	require.Equal(t, store.CommandOffline, c.Status, "an expired command is not sent again")
+
+	// Sent once: a second subscription sends nothing more.
+	n, err = svc.Redeliver(ctx, "acme", "gw-1")
+	require.NoError(t, err)
+	require.Equal(t, 0, n)
+}
