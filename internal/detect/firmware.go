@@ -13,6 +13,7 @@ import (
 type fwState struct {
 	Digest uint32   // hash of the last reported digest
 	Ports  []uint16 // learned listening ports, sorted, capped
+	Told   []uint16 // new ports already alerted, sorted, capped: one alert per port
 }
 
 // firmwareOf reads (version, digest) from firmware.report or device.metrics.
@@ -139,6 +140,13 @@ var listenerDetector = &Detector{
 			}
 			if co.commonPort(port, s.CommonMin, s.CommonShare) {
 				continue
+			}
+			j, told := slices.BinarySearch(f.Told, port)
+			if told {
+				continue
+			}
+			if len(f.Told) < s.MaxLearned {
+				f.Told = slices.Insert(f.Told, j, port)
 			}
 			c.raise(d, fmt.Sprintf("new listening port %d (learned: %v)", port, f.Ports),
 				map[string]any{"port": port, "learned_ports": slices.Clone(f.Ports), "reported": raw}, *c.ev)

@@ -46,6 +46,7 @@ func (e *Engine) Snapshot() ([]byte, error) {
 			cp := *st
 			cp.Net.Learned = slices.Clone(st.Net.Learned)
 			cp.Fw.Ports = slices.Clone(st.Fw.Ports)
+			cp.Fw.Told = slices.Clone(st.Fw.Told)
 			if st.Net.Scan != nil {
 				x := *st.Net.Scan
 				cp.Net.Scan = &x

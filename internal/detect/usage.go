@@ -52,6 +52,10 @@ type usageState struct {
 	Fired   int64    // unix s of the last usage alert
 	Pend    [2]int64 // unix s a (volume, messages) spike was first seen, awaiting confirmation
 	Outage  int64    // unix s of the end of the last silence (>= 3 cadences and 10 min)
+	// Per-message size: EW mean and variance of ln(bytes), so that one
+	// large message is judged against the sizes this device sends.
+	LogL, LogV float32
+	LogN       uint16
 }
 
 // usageObs is what one publish produced for the usage detectors.
@@ -60,6 +64,7 @@ type usageObs struct {
 	hasClosed bool
 	open      *usageWin // the recent window
 	anomalous bool      // a detector fired on the closed window: do not learn it
+	msgZ      float64   // z-score of this message's ln(bytes), NaN while unlearned
 }
 
 func windowLen(cad float32) int32 {
@@ -113,6 +118,37 @@ func (u *usageState) observe(now int64, bytes float64) usageObs {
 	return o
 }
 
+// sizeZ returns the z-score of a message of b bytes against the learned
+// per-message sizes (NaN until 8 messages were seen), then learns it. The
+// spread learns only from messages within 3 sigma and the level moves at
+// most 3 sigma per message, so an attack's large messages cannot teach
+// the device that they are normal before they are judged.
+func (u *usageState) sizeZ(b float64) float64 {
+	x := math.Log1p(math.Max(0, b))
+	z := math.NaN()
+	n := float64(u.LogN)
+	sd := math.Sqrt(float64(u.LogV))
+	if u.LogN >= 8 {
+		z = (x - float64(u.LogL)) / math.Max(sd, 0.05)
+	}
+	a := 0.1
+	if n < 10 {
+		a = 1 / (n + 1)
+	}
+	d := x - float64(u.LogL)
+	if u.LogN >= 8 {
+		d = math.Max(-3*sd, math.Min(3*sd, d))
+	}
+	if u.LogN < 8 || math.Abs(z) <= 3 {
+		u.LogV = float32((1 - a) * (float64(u.LogV) + a*d*d))
+	}
+	u.LogL += float32(a * d)
+	if u.LogN < 65535 {
+		u.LogN++
+	}
+	return z
+}
+
 // coverage returns the window's covered seconds and the time used for its
 // hour bucket.
 func (w *usageWin) coverage() (c int64, at int64) {
@@ -155,6 +191,15 @@ func (bl *baseline) expect(from, to int64, floorFrac, minCV float64) (mean, std 
 		if bl.N[b] < 2 {
 			std = mean * 0.5 // one sample says little about the spread
 		}
+		if bl.N[b] < 2 {
+			// one sample of an hour may have been a quiet one: until the
+			// hour is seen again, its neighbours (a usage curve is
+			// smooth) bound it from below
+			if nb := bl.neighbours(b); nb > mean {
+				std *= nb / mean
+				mean = nb
+			}
+		}
 	}
 	if bl.N[bucketOf(to)] == 0 {
 		found = false // this hour never observed: neighbours may understate it
@@ -173,6 +218,24 @@ func (bl *baseline) expect(from, to int64, floorFrac, minCV float64) (mean, std 
 	mean = math.Max(mean, floorFrac*float64(bl.GMean))
 	std = math.Max(std, minCV*mean)
 	return mean, std, found, mean > 0
+}
+
+// neighbours returns the average learned mean of the hours before and
+// after bucket b, on the same kind of day (0 when neither is learned). On
+// a smooth curve it is close to b's own level, on a slope too.
+func (bl *baseline) neighbours(b int) float64 {
+	day, h := b/24*24, b%24
+	sum, n := 0.0, 0
+	for _, x := range [2]int{day + (h+23)%24, day + (h+1)%24} {
+		if bl.N[x] > 0 {
+			sum += float64(bl.Mean[x])
+			n++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / float64(n)
 }
 
 func (bl *baseline) learn(b int, r float64) {
@@ -225,10 +288,15 @@ type UsageSettings struct {
 	// message-rate ratio must reach this, so a message flood is reported
 	// once, as usage.message_rate_spike.
 	PerMessageRatio float64 `json:"per_message_ratio"`
+	// SingleZ: a recent window holding a single message says nothing about
+	// a rate (a device with variable payloads sends a large one now and
+	// then). It fires only for volume, and only when that message's size
+	// is this many standard deviations above the device's learned ln(size).
+	SingleZ float64 `json:"single_z"`
 }
 
 func defaultUsage() any {
-	return &UsageSettings{Warmup: Duration(24 * time.Hour), MinRatio: 3, EarlyRatio: 6, Z: 5, FloorFrac: 0.2, MinCV: 0.25, CohortMin: 5, PerMessageRatio: 2, ImmediateRatio: 8, Confirm: Duration(15 * time.Minute), CohortShare: 0.1}
+	return &UsageSettings{Warmup: Duration(24 * time.Hour), MinRatio: 3, EarlyRatio: 6, Z: 5, FloorFrac: 0.2, MinCV: 0.25, CohortMin: 5, PerMessageRatio: 2, ImmediateRatio: 8, Confirm: Duration(15 * time.Minute), CohortShare: 0.1, SingleZ: 5}
 }
 
 var dataSpikeDetector = &Detector{
@@ -265,6 +333,9 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 		}
 		if early && cov < min(int64(w.W)/2, int64(0.9*u.Cad)) {
 			return false
+		}
+		if early && w.Count == 1 && (msgs || !(o.msgZ >= s.SingleZ)) {
+			return false // one message is no rate; see SingleZ
 		}
 		v := float64(w.Bytes)
 		if msgs {
@@ -353,6 +424,7 @@ func usagePrepare(c *call) {
 	}
 	b, _ := c.ev.Float("bytes")
 	c.useObs = c.st.Use.observe(c.now, math.Max(0, b))
+	c.useObs.msgZ = c.st.Use.sizeZ(b)
 	c.use = &c.useObs
 }
 

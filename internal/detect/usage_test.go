@@ -1,0 +1,121 @@
+package detect
+
+import (
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/garrisonhq/garrison/internal/alert"
+	"github.com/garrisonhq/garrison/internal/event"
+)
+
+// TestVariablePayloadsQuiet: fleets whose payload sizes vary a lot from
+// one message to the next (CV 0.7 to 0.9, at hourly and quarter-hourly
+// cadences) live a week without a usage alert. A recent window holding a
+// single large message is not a rate.
+func TestVariablePayloadsQuiet(t *testing.T) {
+	w := newWorld()
+	hourly := gws
+	hourly.name, hourly.cv, hourly.n = "gwv", 0.9, 30
+	quarter := meters
+	quarter.name, quarter.cv, quarter.n = "meterv", 0.7, 30
+	for i, f := range []fleet{hourly, quarter} {
+		if testing.Short() {
+			f.n = 10
+		}
+		w.addFleet(uint64(40+i), f, 7*24*time.Hour)
+	}
+	sink := &recSink{}
+	run(t, w.engine(sink, Settings{}), w.sorted())
+	for k, a := range sink.firsts() {
+		if k.k == alert.DataSpike || k.k == alert.MessageRateSpike {
+			t.Errorf("false %s on %s at %s: %s", k.k, k.d, a.FirstSeen.Format(time.RFC3339), a.Evidence.Summary)
+		}
+	}
+}
+
+// TestSingleHugeMessage: one message far outside the device's learned
+// sizes fires usage.volume from the recent window by the next publish,
+// before the long window closes.
+func TestSingleHugeMessage(t *testing.T) {
+	w := newWorld()
+	f := gws
+	f.n = 12
+	w.addFleet(77, f, 60*time.Hour)
+	id := devID(f, 3)
+	at := t0.Add(50 * time.Hour)
+	var hit time.Time
+	for j := range w.evs {
+		e := &w.evs[j]
+		if e.Device == id && e.Kind == event.MQTTPublish && !e.Time.Before(at) {
+			e.Attrs = map[string]any{"topic_class": "telemetry", "bytes": 400 * f.bytes, "qos": 1.0}
+			hit = e.Time
+			break
+		}
+	}
+	sink := &recSink{}
+	run(t, w.engine(sink, Settings{}), w.sorted())
+	a, ok := sink.firsts()[pair{id, alert.DataSpike}]
+	if !ok {
+		t.Fatalf("no data spike on %s", id)
+	}
+	// An hourly device's window spans three hours, so some hours of its
+	// week are still unlearned on day 3 and a spike there is confirmed by
+	// the next publish.
+	if lag := a.FirstSeen.Sub(hit); lag > 70*time.Minute {
+		t.Errorf("raised %s after the message: %s", lag, a.Evidence.Summary)
+	}
+}
+
+// TestSizeZ: the per-message size model learns a device's sizes, and a
+// run of large messages does not become normal before it is judged.
+func TestSizeZ(t *testing.T) {
+	var u usageState
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 200 {
+		u.sizeZ(1000 * (1 + 0.3*rng.NormFloat64()))
+	}
+	if z := u.sizeZ(1100); z > 1.5 || z < -1.5 {
+		t.Errorf("an ordinary message: z = %.2f", z)
+	}
+	zs := make([]float64, 5)
+	for i := range zs {
+		zs[i] = u.sizeZ(100000)
+	}
+	for i, z := range zs {
+		if z < 5 {
+			t.Errorf("large message %d: z = %.2f, want >= 5 (learned %v, %v)", i, z, u.LogL, u.LogV)
+		}
+	}
+}
+
+// TestListenerAlertsOncePerPort: a device that keeps reporting the same
+// new listening port for days raises one alert for it, and a second new
+// port later raises its own instead of being folded into the first
+// port's alert (which the repeats would otherwise keep open).
+func TestListenerAlertsOncePerPort(t *testing.T) {
+	w := newWorld()
+	f := gws
+	f.n = 12
+	w.addFleet(78, f, 100*time.Hour)
+	id := devID(f, 4)
+	for h := 40; h < 100; h++ {
+		ports := []any{22.0, 23.0}
+		if h >= 80 {
+			ports = append(ports, 2323.0)
+		}
+		w.add(event.Event{Device: id, Kind: event.DeviceMetrics, Time: t0.Add(time.Duration(h) * time.Hour), Source: "agent",
+			Attrs: map[string]any{"listening_ports": ports, "fw_version": f.fw, "fw_digest": digestOf(f.model, f.fw)}})
+	}
+	sink := &recSink{}
+	run(t, w.engine(sink, Settings{}), w.sorted())
+	ids := map[string]bool{}
+	for _, a := range sink.alerts {
+		if a.Device == id && a.Kind == alert.UnexpectedListener {
+			ids[a.ID] = true
+		}
+	}
+	if len(ids) != 2 {
+		t.Errorf("%d listener alerts, want 2 (port 23, then port 2323)", len(ids))
+	}
+}
