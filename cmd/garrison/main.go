@@ -81,6 +81,7 @@ func newRootCmd(e *cliEnv) *cobra.Command {
 		newCellsCmd(e),
 		newSimulateCmd(e),
 		newDemoCmd(e),
+		newAgentCmd(e),
 	)
 	return root
 }

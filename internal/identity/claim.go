@@ -100,7 +100,9 @@ func (s *Service) ExchangeClaim(ctx context.Context, tenant event.TenantID, clai
 	if err != nil {
 		return fail(err)
 	}
+	var activated bool
 	err = s.opt.Store.Update(ctx, func(tx store.Tx) error {
+		activated = false
 		if _, err := tx.Settings().Get(ctx, tenant, claimRevokedKey(fp)); err == nil {
 			return fmt.Errorf("claim certificate: %w", ErrRevoked)
 		} else if !errors.Is(err, store.ErrNotFound) {
@@ -117,12 +119,18 @@ func (s *Service) ExchangeClaim(ctx context.Context, tenant event.TenantID, clai
 			map[string]any{"claim": fp, "model": model, "serial": serial}); err != nil {
 			return err
 		}
+		if activated, err = s.activateTx(ctx, tx, tenant, dev.ID, opt.Actor); err != nil {
+			return err
+		}
 		return s.persist(ctx, tx, iss, opt)
 	})
 	if err != nil {
 		return fail(err)
 	}
 	s.published(ctx, iss, opt)
+	if activated {
+		s.publishActivated(ctx, tenant, dev.ID)
+	}
 	return iss, nil
 }
 

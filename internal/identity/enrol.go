@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/registry"
 	"github.com/garrisonhq/garrison/internal/store"
 )
 
@@ -146,7 +147,9 @@ func (s *Service) Enrol(ctx context.Context, tenant event.TenantID, device event
 	// The checks and the token's use run in the group commit's transaction
 	// (see batch.go), so concurrent enrolments share one fsync; a refusal
 	// refuses this enrolment alone and writes nothing.
+	var activated bool
 	pre := func(ctx context.Context, tx store.Tx) error {
+		activated = false // the group commit may run pre again
 		b, err := tx.Settings().Get(ctx, tenant, tokenKey(id))
 		if errors.Is(err, store.ErrNotFound) {
 			return &refusal{ErrTokenInvalid}
@@ -187,12 +190,49 @@ func (s *Service) Enrol(ctx context.Context, tenant event.TenantID, device event
 			map[string]any{"device": device, "remaining": tok.Remaining}); err != nil {
 			return err
 		}
-		return nil
+		activated, err = s.activateTx(ctx, tx, tenant, device, opt.Actor)
+		return err
 	}
 	err = s.commitWith(ctx, iss, opt, pre)
 	if err != nil {
 		return Issued{}, fmt.Errorf("identity: enrol %s/%s: %w", tenant, device, err)
 	}
 	s.published(ctx, iss, opt)
+	if activated {
+		s.publishActivated(ctx, tenant, device)
+	}
 	return iss, nil
+}
+
+// activateTx moves a registered device to active in tx when it receives
+// its first identity by enrolment (one-time token, factory certificate or
+// claim exchange): until then the broker refuses it. It reports whether
+// the state changed, so the caller publishes the change after commit. A
+// device the registry does not know is left alone.
+func (s *Service) activateTx(ctx context.Context, tx store.Tx, tenant event.TenantID, device event.DeviceID, actor string) (bool, error) {
+	d, err := tx.Devices().Get(ctx, tenant, device)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	if d.State != store.StateRegistered {
+		return false, nil
+	}
+	if _, _, err := registry.SetStateTx(ctx, tx, tenant, device, store.StateActive, actor, "enrolled", s.clk.Now()); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// publishActivated announces a committed activation (brokers and
+// detection follow device.state events).
+func (s *Service) publishActivated(ctx context.Context, tenant event.TenantID, device event.DeviceID) {
+	if s.opt.Publisher == nil {
+		return
+	}
+	e := registry.StateEvent(tenant, device, store.StateRegistered, store.StateActive, "enrolled", s.clk.Now())
+	if err := s.opt.Publisher.Publish(ctx, e); err != nil {
+		s.log.WarnContext(ctx, "identity: publish failed", "tenant", tenant, "device", device, "kind", e.Kind, "err", err)
+	}
 }

@@ -88,9 +88,10 @@ func TestEnrolConcurrentSharedToken(t *testing.T) {
 			if certs != uses {
 				t.Fatalf("%d certificates stored, want %d", certs, uses)
 			}
-			// Per enrolment: cert.issue and enrol.token_use.
-			if got := auditCount(t, st, "acme") - auditBefore; got != 2*uses {
-				t.Fatalf("%d audit records, want %d", got, 2*uses)
+			// Per enrolment: cert.issue, enrol.token_use and device.state
+			// (registered -> active).
+			if got := auditCount(t, st, "acme") - auditBefore; got != 3*uses {
+				t.Fatalf("%d audit records, want %d", got, 3*uses)
 			}
 		})
 	}

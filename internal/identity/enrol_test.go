@@ -85,7 +85,24 @@ func TestEnrolTokens(t *testing.T) {
 					t.Fatalf("%s changed state", r.name)
 				}
 			}
+			state := func(id event.DeviceID) (s store.DeviceState) {
+				t.Helper()
+				if err := st.View(ctx, func(tx store.Tx) error {
+					d, err := tx.Devices().Get(ctx, "acme", id)
+					s = d.State
+					return err
+				}); err != nil {
+					t.Fatal(err)
+				}
+				return s
+			}
+			if s := state("meter-1"); s != store.StateRegistered {
+				t.Fatalf("refusals changed meter-1's state to %s", s)
+			}
 			iss, err := f.svc.Enrol(ctx, "acme", "meter-1", one, deviceCSR(t, "meter-1"))
+			if s := state("meter-1"); s != store.StateActive {
+				t.Fatalf("an enrolled device is %s, want active (the broker refuses registered devices)", s)
+			}
 			if err != nil || iss.Record.Device != "meter-1" {
 				t.Fatalf("enrol: %v", err)
 			}

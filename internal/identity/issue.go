@@ -125,10 +125,23 @@ func (s *Service) Issue(ctx context.Context, tenant event.TenantID, device event
 	if err != nil {
 		return Issued{}, fmt.Errorf("identity: issue %s/%s: %w", tenant, device, err)
 	}
-	if err := s.commit(ctx, iss, opt); err != nil {
+	// An enrolment with a factory certificate (EST simpleenroll presenting
+	// it) activates a registered device, as a token or a claim does.
+	var activated bool
+	var pre func(context.Context, store.Tx) error
+	if opt.Reason == "enrol" {
+		pre = func(ctx context.Context, tx store.Tx) (err error) {
+			activated, err = s.activateTx(ctx, tx, tenant, device, opt.Actor)
+			return err
+		}
+	}
+	if err := s.commitWith(ctx, iss, opt, pre); err != nil {
 		return Issued{}, fmt.Errorf("identity: issue %s/%s: %w", tenant, device, err)
 	}
 	s.published(ctx, iss, opt)
+	if activated {
+		s.publishActivated(ctx, tenant, device)
+	}
 	return iss, nil
 }
 

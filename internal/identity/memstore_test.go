@@ -190,7 +190,8 @@ func (a memAudit) Range(ctx context.Context, tenant event.TenantID, after int64,
 	return out, nil
 }
 
-// memDevices implements Create and Get; the rest of store.Devices panics.
+// memDevices implements Create, Get, Update and List; the rest of
+// store.Devices panics.
 type memDevices struct {
 	m *memStore
 	store.Devices
@@ -200,6 +201,15 @@ func (d memDevices) Create(ctx context.Context, x store.Device) error {
 	k := string(x.Tenant) + "/" + string(x.ID)
 	if _, ok := d.m.devices[k]; ok {
 		return store.ErrConflict
+	}
+	d.m.devices[k] = x
+	return nil
+}
+
+func (d memDevices) Update(ctx context.Context, x store.Device) error {
+	k := string(x.Tenant) + "/" + string(x.ID)
+	if _, ok := d.m.devices[k]; !ok {
+		return store.ErrNotFound
 	}
 	d.m.devices[k] = x
 	return nil
