@@ -228,6 +228,24 @@ func TestResponseCLI(t *testing.T) {
 	require.Equal(t, 3, strings.Count(o, "\n")-1, o)
 	require.Contains(t, o, "canceled")
 
+	// On a terminal: the count is asked to be confirmed, a "no" starts
+	// nothing, a "yes" starts the job and a progress bar follows it.
+	for _, answer := range []string{"n", "y"} {
+		o, code := onTerminal(t, s, op, answer+"\n", "mass", "run", "--action", "kick", "--model", "cam", "--tenant", "acme")
+		require.Contains(t, o, "kick 3 device(s) matching model=cam? [y/N]")
+		if answer == "n" {
+			require.Equal(t, 1, code, o)
+			require.Contains(t, o, "not started")
+			continue
+		}
+		require.Equal(t, 0, code, o)
+		require.Contains(t, o, "3/3", "the progress bar reaches the total")
+		require.Regexp(t, `kick\s+done\s+3/3`, o)
+	}
+	o, e, code = acme(op, "mass", "list")
+	require.Equal(t, 0, code, e)
+	require.Equal(t, 4, strings.Count(o, "\n")-1, "one job for the yes, none for the no: %s", o)
+
 	// A command to a device without a live session is recorded offline
 	// (a live agent answering is TestAgentCLI's).
 	o, e, code = acme(op, "device", "command", "meter-2", "ping", "--wait", "1s", "-o", "json")
