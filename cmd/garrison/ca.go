@@ -115,6 +115,28 @@ func newCACmd(e *cliEnv) *cobra.Command {
 		},
 	}
 	imp.Flags().StringVar(&role, "role", "external", "external (factory certificates are trusted) or claim (claim certificates may be exchanged)")
-	cmd.AddCommand(show, rotate, imp)
+	trust := func(use, short, verb string) *cobra.Command {
+		return &cobra.Command{
+			Use: use + " ID", Short: short, Args: cobra.ExactArgs(1),
+			RunE: func(c *cobra.Command, args []string) error {
+				base, err := tenantBase(tenant)
+				if err != nil {
+					return err
+				}
+				cl, err := f.client(e)
+				if err != nil {
+					return err
+				}
+				var ca api.CAInfo
+				if err := cl.Do(c.Context(), http.MethodPost, base+"/ca/"+url.PathEscape(args[0])+"/"+verb, nil, &ca); err != nil {
+					return err
+				}
+				return cli.PrintOne(e.Stdout, f.output, ca, caCols)
+			},
+		}
+	}
+	distrust := trust("distrust", "Stop trusting a retired or imported CA (ends a roll-over: its certificates stop verifying)", "distrust")
+	retrust := trust("trust", "Trust a CA again", "trust")
+	cmd.AddCommand(show, rotate, imp, distrust, retrust)
 	return cmd
 }

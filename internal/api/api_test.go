@@ -21,6 +21,7 @@ import (
 	"github.com/garrisonhq/garrison/internal/auth"
 	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/identity"
 	"github.com/garrisonhq/garrison/internal/ota"
 	"github.com/garrisonhq/garrison/internal/store"
 	"github.com/garrisonhq/garrison/internal/store/sqlite"
@@ -35,6 +36,7 @@ type env struct {
 	n   int
 	cat *ota.Catalog
 	eng *ota.Engine
+	id  *identity.Service
 }
 
 func newEnv(t testing.TB) *env {
@@ -51,7 +53,7 @@ func newEnv(t testing.TB) *env {
 		Commands:     newCommands(t, st, clk),
 		Rules:        newRules(t, st, clk)})
 	require.NoError(t, err)
-	return &env{st: st, clk: clk, srv: srv, cat: cat, eng: eng}
+	return &env{st: st, clk: clk, srv: srv, cat: cat, eng: eng, id: id}
 }
 
 // world is one fresh tenant with an operator and token of every role, a
@@ -73,6 +75,7 @@ type world struct {
 	ota            otaWorld
 	resp           responseWorld
 	commandID      string
+	caID           string // a retired issuing CA of the tenant (trust, distrust)
 }
 
 func (e *env) token(ctx context.Context, tx store.Tx, tenant event.TenantID, op store.Operator, role store.Role, exp time.Time) (string, string) {
@@ -141,6 +144,17 @@ func (e *env) world(t testing.TB) world {
 	w.newTenantInput = fmt.Sprintf(`{"id":"new-%d","name":"New"}`, e.n)
 	e.otaWorld(t, &w)
 	return w
+}
+
+// retiredCA gives w a retired issuing CA (two rotations: the first CA is
+// no longer active, still trusted), for the trust and distrust routes.
+func (e *env) retiredCA(t testing.TB, w *world) {
+	t.Helper()
+	first, err := e.id.Rotate(context.Background(), w.tenant, "setup")
+	require.NoError(t, err)
+	_, err = e.id.Rotate(context.Background(), w.tenant, "setup")
+	require.NoError(t, err)
+	w.caID = first.ID
 }
 
 // do runs one request through the server.
@@ -227,6 +241,12 @@ func request(rt api.Route, w world, tenant event.TenantID) (string, string) {
 		path = strings.ReplaceAll(path, "{name}", "auth.bruteforce")
 	case strings.Contains(path, "/rules/{id}"):
 		path = strings.ReplaceAll(path, "{id}", seededRule)
+	case strings.Contains(path, "/ca/{id}"):
+		id := w.caID
+		if id == "" { // a world without a retired CA: the call is refused before any lookup
+			id = "no-such-ca"
+		}
+		path = strings.ReplaceAll(path, "{id}", id)
 	case strings.Contains(path, "/campaigns/{id}"):
 		path = strings.ReplaceAll(path, "{id}", w.ota.campaign(rt.Pattern))
 	}
@@ -303,6 +323,9 @@ func TestRBACEveryRoute(t *testing.T) {
 		for _, who := range principals {
 			t.Run(rt.Method+" "+rt.Pattern+" as "+string(who), func(t *testing.T) {
 				w := e.world(t)
+				if strings.Contains(rt.Pattern, "/ca/{id}") {
+					e.retiredCA(t, &w)
+				}
 				tok := w.tokens[who]
 				if who == "foreign" {
 					tok = w.foreign

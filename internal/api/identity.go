@@ -26,6 +26,7 @@ type CAService interface {
 	ListCAs(ctx context.Context, tenant event.TenantID) ([]store.CA, error)
 	Rotate(ctx context.Context, tenant event.TenantID, actor string) (store.CA, error)
 	Import(ctx context.Context, tenant event.TenantID, certData []byte, role, actor string) (store.CA, error)
+	SetTrusted(ctx context.Context, tenant event.TenantID, id string, trusted bool, actor string) error
 	CreateToken(ctx context.Context, tenant event.TenantID, spec identity.TokenSpec, actor string) (string, identity.EnrolToken, error)
 	RevokeSelected(ctx context.Context, tenant event.TenantID, f store.DeviceFilter, label string, reason int, actor string, dryRun bool, sample int) (identity.Revocation, error)
 	RevokeDeviceState(ctx context.Context, tenant event.TenantID, device event.DeviceID, reason int, actor string, dryRun bool) (identity.Revocation, error)
@@ -40,6 +41,15 @@ func (s *Server) identityRoutes(t string) []Route {
 		op(get, t+"/ca", auth.PermTenantRead, ScopeTenant, http.StatusOK, "List the tenant's CAs (issuing, retired, imported) with fingerprints and validity; never a private key.", (*Server).listCAs),
 		op(post, t+"/ca/rotate", auth.PermCAWrite, ScopeTenant, http.StatusCreated, "Rotate the issuing CA; the previous one stays trusted until its certificates expire.", (*Server).rotateCA),
 		op(post, t+"/ca/import", auth.PermCAWrite, ScopeTenant, http.StatusCreated, "Import a CA certificate of the tenant's own (factory or claim CA), PEM.", (*Server).importCA),
+		op(post, t+"/ca/{id}/distrust", auth.PermCAWrite, ScopeTenant, http.StatusOK,
+			"Stop trusting a retired or imported CA, ending a roll-over: certificates it signed no longer verify (handshakes, EST, OCSP answers stay). The active issuing CA cannot be distrusted (409): rotate first.",
+			func(s *Server, ctx context.Context, c *call, _ noBody) (CAInfo, error) {
+				return s.setCATrust(ctx, c, false)
+			}),
+		op(post, t+"/ca/{id}/trust", auth.PermCAWrite, ScopeTenant, http.StatusOK, "Trust a CA again.",
+			func(s *Server, ctx context.Context, c *call, _ noBody) (CAInfo, error) {
+				return s.setCATrust(ctx, c, true)
+			}),
 		op(post, t+"/enrolment-tokens", auth.PermDevicesWrite, ScopeTenant, http.StatusCreated, "Create an enrolment token for one device or a batch; the secret is returned once.", (*Server).createEnrolToken),
 	}
 }
@@ -116,6 +126,27 @@ func (s *Server) rotateCA(ctx context.Context, c *call, _ noBody) (CAInfo, error
 		return CAInfo{}, identityError(err)
 	}
 	return s.caInfo(ca)
+}
+
+// setCATrust sets whether the tenant trusts CA {id} and returns it.
+func (s *Server) setCATrust(ctx context.Context, c *call, trusted bool) (CAInfo, error) {
+	if err := s.needCA(); err != nil {
+		return CAInfo{}, err
+	}
+	id := c.r.PathValue("id")
+	if err := s.opt.Identity.SetTrusted(ctx, c.tenant, id, trusted, c.p.Actor()); err != nil {
+		return CAInfo{}, identityError(err)
+	}
+	cas, err := s.opt.Identity.ListCAs(ctx, c.tenant)
+	if err != nil {
+		return CAInfo{}, identityError(err)
+	}
+	for _, ca := range cas {
+		if ca.ID == id {
+			return s.caInfo(ca)
+		}
+	}
+	return CAInfo{}, errorf(http.StatusNotFound, CodeNotFound, "not found")
 }
 
 // ImportCARequest imports a CA certificate of the tenant. Role is

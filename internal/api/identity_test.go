@@ -259,6 +259,31 @@ func TestCAShowRotateImport(t *testing.T) {
 	require.NotContains(t, strings.ToLower(body), "private")
 	require.NotContains(t, body, "key_enc")
 
+	// Ending the roll-over: distrusting the retired CA stops its
+	// certificates verifying; the active one cannot be distrusted; trusting
+	// it again restores them. Viewers may not; unknown ids are 404.
+	old := base + "/ca/" + before.Record.Issuer
+	code, body = h.json(t, "POST", old+"/distrust", viewer, "", nil)
+	require.Equal(t, 403, code, body)
+	var ci api.CAInfo
+	code, body = h.json(t, "POST", old+"/distrust", admin, "", &ci)
+	require.Equal(t, 200, code, body)
+	require.False(t, ci.Trusted)
+	_, err = h.id.Verify(ctx, w.tenant, []*x509.Certificate{before.Cert})
+	require.Error(t, err, "a certificate of a distrusted CA no longer verifies")
+	_, err = h.id.Verify(ctx, w.tenant, []*x509.Certificate{after.Cert})
+	require.NoError(t, err, "the active CA's certificates still verify")
+	code, body = h.json(t, "POST", base+"/ca/"+rotated.ID+"/distrust", admin, "", nil)
+	require.Equal(t, 409, code, body)
+	require.Contains(t, body, "rotate first")
+	code, body = h.json(t, "POST", base+"/ca/"+strings.Repeat("0", 64)+"/distrust", admin, "", nil)
+	require.Equal(t, 404, code, body)
+	code, body = h.json(t, "POST", old+"/trust", admin, "", &ci)
+	require.Equal(t, 200, code, body)
+	require.True(t, ci.Trusted)
+	_, err = h.id.Verify(ctx, w.tenant, []*x509.Certificate{before.Cert})
+	require.NoError(t, err, "trusted again")
+
 	// Import the factory CA.
 	req, _ := json.Marshal(api.ImportCARequest{PEM: factoryCA(t)})
 	var imported api.CAInfo
