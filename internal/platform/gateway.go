@@ -84,6 +84,12 @@ const (
 	gwTemplate4     = 256
 )
 
+// gwPublisher takes what the accounting server and the collector publish
+// (radius.Publisher and flows.Publisher alike).
+type gwPublisher interface {
+	Publish(ctx context.Context, e *event.Event) error
+}
+
 // busAsync publishes without waiting for each acknowledgement, as the
 // simulator always did; Drain flushes the bus before scoring.
 type busAsync struct{ b *bus.Bus }
@@ -105,9 +111,9 @@ func (d directorySIMs) ByIMSI(_ context.Context, t event.TenantID, imsi string) 
 }
 
 // newAPNGateway builds the accounting server and the flow collector of
-// tenant on the platform's bus, SIM bindings and clock, sharing one
+// tenant on the platform's publisher, SIM bindings and clock, sharing one
 // Framed-IP lease map as serve does, and the gateway that feeds them.
-func newAPNGateway(b *bus.Bus, sims radius.SIMs, clk clock.Clock, tenant event.TenantID, log *slog.Logger) (*apnGateway, error) {
+func newAPNGateway(pub gwPublisher, sims radius.SIMs, clk clock.Clock, tenant event.TenantID, log *slog.Logger) (*apnGateway, error) {
 	secret := make([]byte, 16)
 	if _, err := rand.Read(secret); err != nil {
 		return nil, fmt.Errorf("gateway: secret: %w", err)
@@ -117,12 +123,16 @@ func newAPNGateway(b *bus.Bus, sims radius.SIMs, clk clock.Clock, tenant event.T
 		known: map[string]bool{}, counters: map[string]*gwCounters{}, devs: map[event.DeviceID]bool{},
 	}
 	leases := radius.NewLeases()
-	pub := busAsync{b}
 	var err error
 	g.acct, err = radius.New(radius.Options{
 		Clients:   []radius.Client{{Name: "sim-pgw", Tenant: tenant, Prefix: netip.PrefixFrom(gwNAS.Addr(), 32), Secret: secret}},
 		Publisher: pub, SIMs: sims, Cells: g.cells, Leases: leases,
-		Clock: clk, Logger: log.With("component", "radius"),
+		// The gateway never retransmits and every request differs (an
+		// Event-Timestamp, a new identifier), so the window only sets how
+		// often the server sweeps its tables: on simulated time, 30 s would
+		// sweep several times per simulated minute.
+		DuplicateWindow: 10 * time.Minute,
+		Clock:           clk, Logger: log.With("component", "radius"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)

@@ -54,7 +54,7 @@ func newGWRig(t *testing.T) *gwRig {
 	}
 	t.Cleanup(p.Close)
 	r := &gwRig{p: p}
-	r.gw, err = newAPNGateway(b, directorySIMs{p.Detection.Directory()}, p.Clock, p.Tenant, slog.New(slog.DiscardHandler))
+	r.gw, err = newAPNGateway(busAsync{b}, directorySIMs{p.Detection.Directory()}, p.Clock, p.Tenant, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

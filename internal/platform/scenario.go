@@ -151,7 +151,7 @@ func (p *Platform) Run(ctx context.Context, sc *sim.Scenario, o ScenarioOptions)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	gw, err := newAPNGateway(p.Bus, directorySIMs{p.Detection.Directory()}, p.Clock, p.Tenant, log)
+	gw, err := newAPNGateway(busAsync{p.Bus}, directorySIMs{p.Detection.Directory()}, p.Clock, p.Tenant, log)
 	if err != nil {
 		return nil, err
 	}
