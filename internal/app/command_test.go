@@ -131,7 +131,9 @@ func TestAgentCommandsAndTelemetryEndToEnd(t *testing.T) {
 		var cmd store.Command
 		require.Eventually(t, func() bool {
 			require.Equal(t, 200, doJSON(t, c, a, "GET", base+"/"+id, token, "", &cmd))
-			return cmd.Status != store.CommandSent
+			// offline (sent before the device connected) and sent are both
+			// still open; wait for the device's answer
+			return cmd.Status == store.CommandSucceeded || cmd.Status == store.CommandFailed
 		}, 20*time.Second, 20*time.Millisecond, "command %s completed", id)
 		return cmd
 	}
