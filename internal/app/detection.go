@@ -95,10 +95,10 @@ func (a *App) startDetection(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	backend := respond.RegistryBackend{Registry: reg}
+	backend := a.responseBackend(reg)
 	resp, err = respond.New(respond.Options{
 		Store: a.store, Clock: a.clk, Logger: a.log.With("component", "respond"),
-		Quarantiner: backend, SIMBlocker: backend, Revoker: backend, Alerts: det, Publisher: a.bus,
+		Quarantiner: backend, Disconnecter: backend, SIMBlocker: backend, Revoker: backend, Alerts: det, Publisher: a.bus,
 		Notifier: a.incidents.webhooks, Incidents: a.incidents.svc,
 	})
 	if err != nil {
