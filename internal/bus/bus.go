@@ -12,6 +12,9 @@
 //   - [Bus.Publish] returns only once the stream has stored the event.
 //     [Bus.PublishAsync] keeps a window of unacknowledged publishes; every
 //     failure is counted and returned by the next [Bus.Flush].
+//     [Bus.PublishBatched] does the same but carries events of one subject
+//     published close together in one message (format at [BatchHeader]);
+//     consumers unpack it, so handlers still see one event at a time.
 //   - A [Consumer] is durable and pull-based; it hands events to its handler
 //     one at a time in stream order (so in order per subject), acknowledges
 //     after the handler returns nil and retries the same event with backoff
@@ -132,6 +135,17 @@ type Options struct {
 	// PublishWindow is the number of PublishAsync calls that may await their
 	// acknowledgement at once (default 8192).
 	PublishWindow int
+
+	// BatchLinger is how long [Bus.PublishBatched] gathers events before it
+	// sends what it has (default 2ms); a full batch goes at once.
+	BatchLinger time.Duration
+	// BatchMaxEvents bounds the events of one batch message (default 128,
+	// at most MaxBatchEvents).
+	BatchMaxEvents int
+	// BatchMaxBytes bounds the body of one batch message (default 256 KiB,
+	// lowered to the server's maximum payload less 4 KiB for headers; at
+	// least event.MaxEncodedSize + 8).
+	BatchMaxBytes int
 }
 
 // Errors returned by the bus.
@@ -156,6 +170,8 @@ type Bus struct {
 	evSrv, secSrv *server.Server
 	evNC, secNC   *nats.Conn
 	evJS, secJS   jetstream.JetStream
+	batchJS       jetstream.JetStream // EVENTS batches, own async window
+	batch         *batcher
 
 	mu        sync.Mutex
 	closed    bool
@@ -219,6 +235,23 @@ func Open(ctx context.Context, o Options) (*Bus, error) {
 	if err := b.ensureStreams(ctx); err != nil {
 		return nil, err
 	}
+	if mp := int(b.evNC.MaxPayload()) - 4<<10; mp > 0 && b.opts.BatchMaxBytes > mp {
+		b.opts.BatchMaxBytes = mp
+	}
+	if b.opts.BatchMaxBytes < minBatchBytes {
+		return nil, fmt.Errorf("%w: server maximum payload %d is too small for a batch of one largest event", ErrConfig, b.evNC.MaxPayload())
+	}
+	// Batches get their own window, in messages: each carries up to
+	// BatchMaxEvents events, so a smaller window bounds the memory awaiting
+	// acknowledgement.
+	w := b.opts.PublishWindow
+	b.opts.PublishWindow = max(w/32, 64)
+	b.batchJS, err = b.newJS(b.evNC, Events)
+	b.opts.PublishWindow = w
+	if err != nil {
+		return nil, err
+	}
+	b.batch = newBatcher(b, b.batchJS)
 	ok = true
 	b.log.Info("bus ready", "mode", b.mode(), "events_stream", b.StreamName(Events), "security_stream", b.StreamName(Security))
 	return b, nil
@@ -267,6 +300,15 @@ func (o *Options) defaults() error {
 	if o.PublishWindow == 0 {
 		o.PublishWindow = 8192
 	}
+	if o.BatchLinger == 0 {
+		o.BatchLinger = 2 * time.Millisecond
+	}
+	if o.BatchMaxEvents == 0 {
+		o.BatchMaxEvents = 128
+	}
+	if o.BatchMaxBytes == 0 {
+		o.BatchMaxBytes = 256 << 10
+	}
 	var errs []error
 	if o.URL == "" && o.DataDir == "" {
 		errs = append(errs, errors.New("data dir required for the embedded bus"))
@@ -287,14 +329,23 @@ func (o *Options) defaults() error {
 	if o.StreamPrefix != "" && !plainToken(o.StreamPrefix) {
 		errs = append(errs, fmt.Errorf("stream prefix %q must be letters, digits, '-' or '_'", o.StreamPrefix))
 	}
-	if o.EventsMaxAge < 0 || o.SecurityMaxAge < 0 || o.DataMaxAge < 0 || o.Replicas < 0 || o.SyncInterval < 0 || o.PublishWindow < 0 {
+	if o.EventsMaxAge < 0 || o.SecurityMaxAge < 0 || o.DataMaxAge < 0 || o.Replicas < 0 || o.SyncInterval < 0 || o.PublishWindow < 0 || o.BatchLinger < 0 {
 		errs = append(errs, errors.New("limits must not be negative"))
+	}
+	if o.BatchMaxEvents < 1 || o.BatchMaxEvents > MaxBatchEvents {
+		errs = append(errs, fmt.Errorf("batch max events %d must be from 1 to %d", o.BatchMaxEvents, MaxBatchEvents))
+	}
+	if o.BatchMaxBytes < minBatchBytes {
+		errs = append(errs, fmt.Errorf("batch max bytes %d must be at least %d (one largest event)", o.BatchMaxBytes, minBatchBytes))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))
 	}
 	return nil
 }
+
+// minBatchBytes fits one event of the largest size with its length prefix.
+const minBatchBytes = event.MaxEncodedSize + 8
 
 func plainToken(s string) bool {
 	if s == "" {
@@ -393,17 +444,26 @@ func (b *Bus) runServer(dir, name string, syncAlways bool) (*server.Server, *nat
 func (b *Bus) newJS(nc *nats.Conn, st Stream) (jetstream.JetStream, error) {
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncMaxPending(b.opts.PublishWindow),
-		jetstream.WithPublishAsyncAckHandler(func(jetstream.JetStream, *nats.Msg, *jetstream.PubAck) {
-			b.m.stream[st].acked.Inc()
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, _ *jetstream.PubAck) {
+			b.m.stream[b.streamOf(st, m.Subject)].acked.Add(float64(msgEvents(m)))
 		}),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
-			b.asyncFailed(st, m.Subject, err)
+			b.asyncFailed(b.streamOf(st, m.Subject), m.Subject, msgEvents(m), err)
 		}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("bus: jetstream: %w", err)
 	}
 	return js, nil
+}
+
+// streamOf tells which stream a message published through the context of
+// stream st went to: the EVENTS context also carries DATA (same server).
+func (b *Bus) streamOf(st Stream, subj string) Stream {
+	if st == Events && strings.HasPrefix(subj, b.opts.DataSubjectPrefix+".") {
+		return Data
+	}
+	return st
 }
 
 // StreamName returns the JetStream name of stream st.
@@ -583,6 +643,40 @@ func (b *Bus) PublishAsync(ctx context.Context, e *event.Event) error {
 		b.m.stream[Events].failed.Inc()
 		return err
 	}
+	return b.publishAsync(ctx, e, subj, st, data)
+}
+
+// PublishBatched is PublishAsync for high-volume events: events of the same
+// subject (tenant, kind, partition) published within Options.BatchLinger
+// of each other travel as one JetStream message (one stored message, one
+// acknowledgement; see [BatchHeader]), up to BatchMaxEvents events or
+// BatchMaxBytes. Order per subject is kept, also relative to other
+// PublishBatched calls (not to PublishAsync or Publish calls). As with
+// PublishAsync, an error returned here means e was not accepted; a failure
+// after that is counted per event and reported by the next [Bus.Flush],
+// which also sends what is still gathering. Consumers see each event on its
+// own. SECURITY kinds are not batched (they keep their Nats-Msg-Id
+// deduplication) and go through PublishAsync.
+func (b *Bus) PublishBatched(ctx context.Context, e *event.Event) error {
+	if b.isClosed() {
+		return ErrClosed
+	}
+	subj, st, data, err := b.encode(e)
+	if err != nil {
+		b.m.stream[Events].failed.Inc()
+		return err
+	}
+	if st == Security {
+		return b.publishAsync(ctx, e, subj, st, data)
+	}
+	if err := b.batch.add(ctx, st, subj, data); err != nil {
+		b.m.stream[st].failed.Inc()
+		return err
+	}
+	return nil
+}
+
+func (b *Bus) publishAsync(ctx context.Context, e *event.Event, subj string, st Stream, data []byte) error {
 	var opts []jetstream.PublishOpt
 	if st == Security {
 		opts = append(opts, jetstream.WithMsgID(e.ID))
@@ -604,20 +698,31 @@ func (b *Bus) PublishAsync(ctx context.Context, e *event.Event) error {
 	}
 }
 
-func (b *Bus) asyncFailed(st Stream, subj string, err error) {
-	b.m.stream[st].failed.Inc()
+// asyncFailed records that n events published to subj were not stored.
+func (b *Bus) asyncFailed(st Stream, subj string, n int, err error) {
+	b.m.stream[st].failed.Add(float64(n))
 	b.mu.Lock()
-	b.asyncN++
+	b.asyncN += n
 	if len(b.asyncErrs) < maxRecordedAsyncErrs {
+		if n > 1 {
+			err = fmt.Errorf("batch of %d events: %w", n, err)
+		}
 		b.asyncErrs = append(b.asyncErrs, fmt.Errorf("%s: %w", subj, err))
 	}
 	b.mu.Unlock()
 }
 
-// Flush waits until every PublishAsync so far has been acknowledged or has
-// failed, and returns the failures since the previous Flush (nil if none).
-// With several publishing goroutines, a Flush reports everyone's failures.
+// Flush sends the events PublishBatched is still gathering, waits until
+// every PublishAsync and PublishBatched so far has been acknowledged or has
+// failed, and returns the failures since the previous Flush (nil if none;
+// the count is in events). With several publishing goroutines, a Flush
+// reports everyone's failures.
 func (b *Bus) Flush(ctx context.Context) error {
+	if b.batch != nil {
+		if err := b.batch.send(ctx, false); err != nil {
+			return err
+		}
+	}
 	for _, js := range b.distinctJS() {
 		select {
 		case <-js.PublishAsyncComplete():
@@ -637,7 +742,7 @@ func (b *Bus) Flush(ctx context.Context) error {
 
 func (b *Bus) distinctJS() []jetstream.JetStream {
 	var out []jetstream.JetStream
-	for _, js := range []jetstream.JetStream{b.evJS, b.secJS} {
+	for _, js := range []jetstream.JetStream{b.evJS, b.secJS, b.batchJS} {
 		if js != nil && !slices.Contains(out, js) {
 			out = append(out, js)
 		}
@@ -687,7 +792,11 @@ func (b *Bus) Close() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err := b.Flush(ctx)
+	var berr error
+	if b.batch != nil {
+		berr = b.batch.close(ctx)
+	}
+	err := errors.Join(berr, b.Flush(ctx))
 	if b.evSrv != nil {
 		// nats-server 2.15 writes a consumer's state at most every 100 ms
 		// and can lose the last acknowledgements when the server stops

@@ -248,22 +248,61 @@ const (
 	handedBack                // a stop interrupted the retries; Nak'd
 )
 
-// handle runs the handler on msg until it succeeds or gives up. Before it
-// terminates or hands back msg it calls flush, so that the batched
-// acknowledgement of earlier events cannot cover msg.
+// handle runs the handler on msg's event, or on each event of a batch
+// message in order, until it succeeds or gives up. Before it terminates or
+// hands back msg it calls flush, so that the batched acknowledgement of
+// earlier messages cannot cover msg.
+//
+// A batch message is acknowledged (later, batched) once every event in it
+// was handled or given up on. A handler error retries that event in place,
+// like a single event; giving up on it drops that event only (logged,
+// counted) and goes on with the next. A stop during a retry hands the whole
+// message back, so the events of the batch before the failing one are
+// delivered again: handlers must be idempotent.
 func (c *Consumer) handle(msg jetstream.Msg, flush func()) outcome {
+	if n := msg.Headers().Get(BatchHeader); n != "" {
+		evs, err := decodeBatch(n, msg.Data())
+		if err != nil {
+			return c.undecodable(msg, flush, err)
+		}
+		progress := time.Now()
+		for i := range evs {
+			if time.Since(progress) > c.opts.AckWait/3 {
+				// A long batch must not outlive its AckWait on the server.
+				_ = msg.InProgress()
+				progress = time.Now()
+			}
+			if c.handleOne(msg, &evs[i], flush, false) == handedBack {
+				return handedBack
+			}
+		}
+		return handled
+	}
 	var e event.Event
 	if err := event.Unmarshal(msg.Data(), &e); err != nil {
-		c.log.Error("bus: dropping undecodable event", "subject", msg.Subject(), "err", err)
-		c.m.dropped.Inc()
-		flush()
-		_ = msg.Term()
-		c.b.lastAck.Store(time.Now().UnixNano())
-		return dropped
+		return c.undecodable(msg, flush, err)
 	}
+	return c.handleOne(msg, &e, flush, true)
+}
+
+// undecodable terminates a message that is not an event or a valid batch.
+func (c *Consumer) undecodable(msg jetstream.Msg, flush func(), err error) outcome {
+	c.log.Error("bus: dropping undecodable message", "subject", msg.Subject(), "err", err)
+	c.m.dropped.Inc()
+	c.m.malformed.Inc()
+	flush()
+	_ = msg.Term()
+	c.b.lastAck.Store(time.Now().UnixNano())
+	return dropped
+}
+
+// handleOne runs the handler on e (carried by msg) with retries. Giving up
+// terminates msg when it carries e alone (single); in a batch only e is
+// dropped and the outcome is handled, so the rest of the batch goes on.
+func (c *Consumer) handleOne(msg jetstream.Msg, e *event.Event, flush func(), single bool) outcome {
 	wait := c.opts.Backoff
 	for attempt := 1; ; attempt++ {
-		err := c.opts.Handler(c.ctx, &e)
+		err := c.opts.Handler(c.ctx, e)
 		if err == nil {
 			c.m.handled.Inc()
 			return handled
@@ -275,6 +314,9 @@ func (c *Consumer) handle(msg jetstream.Msg, flush func()) outcome {
 		if c.opts.MaxAttempts > 0 && attempt >= c.opts.MaxAttempts {
 			c.log.Error("bus: giving up on event", "event", e.ID, "tenant", e.Tenant, "device", e.Device, "kind", e.Kind, "attempts", attempt, "err", err)
 			c.m.dropped.Inc()
+			if !single {
+				return handled
+			}
 			_ = msg.Term()
 			c.b.lastAck.Store(time.Now().UnixNano())
 			return dropped

@@ -11,7 +11,7 @@ import (
 type metrics struct {
 	published, acked, failed *prometheus.CounterVec // by stream
 	handled, handlerErrs     *prometheus.CounterVec // by consumer
-	dropped                  *prometheus.CounterVec // by consumer
+	dropped, malformed       *prometheus.CounterVec // by consumer
 	stream                   [3]streamCounters      // indexed by Stream
 }
 
@@ -39,6 +39,7 @@ func newMetrics(r prometheus.Registerer) *metrics {
 		handled:     cv("handled_total", "Events handled and acknowledged by a consumer.", "consumer"),
 		handlerErrs: cv("handler_errors_total", "Handler calls that returned an error (the event is retried).", "consumer"),
 		dropped:     cv("dropped_total", "Events a consumer gave up on (undecodable or out of attempts).", "consumer"),
+		malformed:   cv("malformed_total", "Messages a consumer could not decode: not an event or a malformed batch (terminated, also counted as dropped).", "consumer"),
 	}
 	for _, st := range []Stream{Events, Security, Data} {
 		l := st.String()
@@ -52,8 +53,8 @@ func newMetrics(r prometheus.Registerer) *metrics {
 type streamCounters struct{ published, acked, failed prometheus.Counter }
 
 // consumerCounters are one consumer's counters, resolved once.
-type consumerCounters struct{ handled, handlerErrs, dropped prometheus.Counter }
+type consumerCounters struct{ handled, handlerErrs, dropped, malformed prometheus.Counter }
 
 func (m *metrics) consumer(label string) consumerCounters {
-	return consumerCounters{m.handled.WithLabelValues(label), m.handlerErrs.WithLabelValues(label), m.dropped.WithLabelValues(label)}
+	return consumerCounters{m.handled.WithLabelValues(label), m.handlerErrs.WithLabelValues(label), m.dropped.WithLabelValues(label), m.malformed.WithLabelValues(label)}
 }
