@@ -132,15 +132,16 @@ func (a *App) startConnectivity(ctx context.Context) error {
 
 // asyncPublisher publishes flows without waiting for each acknowledgement:
 // flow records are not retransmitted by exporters, so waiting would only
-// slow the collector; failures are counted by the bus.
+// slow the collector; failures are counted by the bus. Flows of one
+// subject are batched (a few per JetStream message, up to 2 ms later).
 type asyncPublisher struct {
 	b interface {
-		PublishAsync(ctx context.Context, e *event.Event) error
+		PublishBatched(ctx context.Context, e *event.Event) error
 	}
 }
 
 func (p asyncPublisher) Publish(ctx context.Context, e *event.Event) error {
-	return p.b.PublishAsync(ctx, e)
+	return p.b.PublishBatched(ctx, e)
 }
 
 // RADIUSAddrs are the accounting and authentication listening addresses

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -92,8 +93,11 @@ type pendingBatch struct {
 }
 
 // batcher gathers PublishBatched events per subject and sends them as
-// batch messages from one goroutine, in the order the batches were opened,
-// so events of one subject keep their publish order.
+// batch messages from one goroutine, in the order the batches were opened.
+// At most one batch is open per ordering key (the subject without its kind:
+// tenant and partition), and an event of another kind closes it, so a
+// consumer of a partition sees the events of all kinds in publish order,
+// as with one message per event.
 //
 // Lock order: sendSem before mu. mu guards the gathering state only; no I/O
 // happens under it.
@@ -107,7 +111,7 @@ type batcher struct {
 
 	mu     sync.Mutex
 	closed bool
-	open   map[string]*pendingBatch // subject -> batch still accepting events
+	open   map[string]*pendingBatch // ordering key -> batch still accepting events
 	queue  []*pendingBatch          // every gathered batch, oldest first
 	queued int
 	space  chan struct{} // closed (and replaced) whenever a sender takes the queue
@@ -159,16 +163,22 @@ func (q *batcher) add(ctx context.Context, st Stream, subj string, data []byte) 
 				return fmt.Errorf("bus: publish %s: batch queue full: %w", subj, ctx.Err())
 			}
 		}
-		bt := q.open[subj]
+		key := orderKey(subj)
+		bt := q.open[key]
+		if bt != nil && bt.subj != subj {
+			delete(q.open, key) // another kind in this partition: keep the order
+			bt.full = true
+			bt = nil
+		}
 		if bt != nil && len(bt.buf)+binary.MaxVarintLen32+len(data) > q.maxBytes {
-			delete(q.open, subj)
+			delete(q.open, key)
 			bt.full = true
 			signal(q.full)
 			bt = nil
 		}
 		if bt == nil {
 			bt = &pendingBatch{st: st, subj: subj, buf: make([]byte, 0, min(q.maxBytes, max(4096, 2*len(data))))}
-			q.open[subj] = bt
+			q.open[key] = bt
 			q.queue = append(q.queue, bt)
 			if len(q.queue) == 1 {
 				signal(q.kick)
@@ -182,13 +192,30 @@ func (q *batcher) add(ctx context.Context, st Stream, subj string, data []byte) 
 		bt.n++
 		q.queued += len(data)
 		if bt.n >= q.maxN {
-			delete(q.open, subj)
+			delete(q.open, key)
 			bt.full = true
 			signal(q.full)
 		}
 		q.mu.Unlock()
 		return nil
 	}
+}
+
+// orderKey is subj (PREFIX.TENANT.KIND.PARTITION) without its kind token.
+func orderKey(subj string) string {
+	i := strings.IndexByte(subj, '.')
+	if i < 0 {
+		return subj
+	}
+	j := strings.IndexByte(subj[i+1:], '.')
+	if j < 0 {
+		return subj
+	}
+	k := strings.IndexByte(subj[i+1+j+1:], '.')
+	if k < 0 {
+		return subj
+	}
+	return subj[:i+1+j] + subj[i+1+j+1+k:]
 }
 
 // run sends gathered batches: full batches at once, and everything

@@ -104,47 +104,59 @@ func BenchmarkPublishSync(b *testing.B) {
 }
 
 // BenchmarkPublishConsume: events/s published (async, acknowledged) and
-// handled by a durable consumer (explicit ack per event) at the same time;
-// the clock stops when the consumer has handled the last one.
+// handled by a durable consumer (batched AckAll acks) at the same time; the
+// clock stops when the consumer has handled the last one. "single" sends one
+// JetStream message per event (PublishAsync), "batched" gathers events per
+// subject (PublishBatched, default linger and limits); same events, same run.
 func BenchmarkPublishConsume(b *testing.B) {
 	for _, mode := range benchModes {
-		b.Run(mode, func(b *testing.B) {
-			bus := benchBus(b, mode)
-			evs := benchEvents()
-			ctx := context.Background()
-			var handled atomic.Int64
-			done := make(chan struct{})
-			target := int64(b.N)
-			c, err := bus.Consume(ctx, ConsumerOptions{Name: "bench", Deliver: DeliverNew, Batch: 1024, Handler: func(context.Context, *event.Event) error {
-				if handled.Add(1) == target {
-					close(done)
+		for _, way := range []string{"single", "batched"} {
+			b.Run(mode+"/"+way, func(b *testing.B) {
+				bus := benchBus(b, mode)
+				publish := bus.PublishAsync
+				if way == "batched" {
+					publish = bus.PublishBatched
 				}
-				return nil
-			}})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.ReportAllocs()
-			b.ResetTimer()
-			start := time.Now()
-			for i := 0; i < b.N; i++ {
-				if err := bus.PublishAsync(ctx, evs[i%len(evs)]); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if err := bus.Flush(ctx); err != nil {
-				b.Fatal(err)
-			}
-			select {
-			case <-done:
-			case <-time.After(2 * time.Minute):
-				b.Fatalf("consumer handled %d of %d", handled.Load(), b.N)
-			}
-			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
-			b.StopTimer()
-			c.Stop()
-		})
+				benchPublishConsume(b, bus, publish)
+			})
+		}
 	}
+}
+
+func benchPublishConsume(b *testing.B, bus *Bus, publish func(context.Context, *event.Event) error) {
+	evs := benchEvents()
+	ctx := context.Background()
+	var handled atomic.Int64
+	done := make(chan struct{})
+	target := int64(b.N)
+	c, err := bus.Consume(ctx, ConsumerOptions{Name: "bench", Deliver: DeliverNew, Batch: 1024, Handler: func(context.Context, *event.Event) error {
+		if handled.Add(1) == target {
+			close(done)
+		}
+		return nil
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		if err := publish(ctx, evs[i%len(evs)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := bus.Flush(ctx); err != nil {
+		b.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		b.Fatalf("consumer handled %d of %d", handled.Load(), b.N)
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+	b.StopTimer()
+	c.Stop()
 }
 
 // BenchmarkConsume: events/s handled and acknowledged by one durable

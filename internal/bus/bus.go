@@ -245,7 +245,7 @@ func Open(ctx context.Context, o Options) (*Bus, error) {
 	// BatchMaxEvents events, so a smaller window bounds the memory awaiting
 	// acknowledgement.
 	w := b.opts.PublishWindow
-	b.opts.PublishWindow = max(w/32, 64)
+	b.opts.PublishWindow = max(w/8, 64)
 	b.batchJS, err = b.newJS(b.evNC, Events)
 	b.opts.PublishWindow = w
 	if err != nil {
@@ -650,8 +650,10 @@ func (b *Bus) PublishAsync(ctx context.Context, e *event.Event) error {
 // subject (tenant, kind, partition) published within Options.BatchLinger
 // of each other travel as one JetStream message (one stored message, one
 // acknowledgement; see [BatchHeader]), up to BatchMaxEvents events or
-// BatchMaxBytes. Order per subject is kept, also relative to other
-// PublishBatched calls (not to PublishAsync or Publish calls). As with
+// BatchMaxBytes. Publish order is kept per tenant and partition across
+// kinds (an event of another kind closes the open batch of its partition),
+// so partition consumers see what they saw without batching; it is not
+// kept relative to PublishAsync or Publish calls. As with
 // PublishAsync, an error returned here means e was not accepted; a failure
 // after that is counted per event and reported by the next [Bus.Flush],
 // which also sends what is still gathering. Consumers see each event on its
