@@ -493,3 +493,27 @@ func TestBatchedKeepsPartitionOrderAcrossKinds(t *testing.T) {
 		}
 	})
 }
+
+// TestBatchedDataStream: DATA kinds are batched on their own stream and
+// counted there.
+func TestBatchedDataStream(t *testing.T) {
+	eachBackend(t, func(t *testing.T, be backend) {
+		ctx := ctxT(t)
+		b := be.open(t, gatherAll)
+		for i := range 3 {
+			if err := b.PublishBatched(ctx, ev(i, "meter-1", event.DeviceTelemetry)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		msgs := storedMsgs(t, b, Data)
+		if len(msgs) != 1 || msgs[0].Header.Get(BatchHeader) != "3" {
+			t.Fatalf("DATA holds %d messages, want one batch of 3", len(msgs))
+		}
+		if p, a, e := count(b.m.published.WithLabelValues("data")), count(b.m.acked.WithLabelValues("data")), count(b.m.acked.WithLabelValues("events")); p != 3 || a != 3 || e != 0 {
+			t.Fatalf("data published %v acked %v, events acked %v; want 3, 3, 0", p, a, e)
+		}
+	})
+}
