@@ -175,8 +175,10 @@ func bucketOf(at int64) int {
 // expect returns the expected rate and its spread for a window covering
 // [from, to]: the highest learned bucket among the hours it spans, so that
 // a window over a morning ramp is not read as a spike. An hour never
-// observed compares with the device's peak level.
-func (bl *baseline) expect(from, to int64, floorFrac, minCV float64) (mean, std float64, learned, ok bool) {
+// observed compares with the cohort's shape for that hour (cohort > 0: the
+// cohort's learned level of the hour relative to a device's global level)
+// when there is one, else with the device's peak learned level.
+func (bl *baseline) expect(from, to int64, floorFrac, minCV, cohort float64) (mean, std float64, learned, ok bool) {
 	if bl.GN < 8 {
 		return 0, 0, false, false
 	}
@@ -207,12 +209,16 @@ func (bl *baseline) expect(from, to int64, floorFrac, minCV float64) (mean, std 
 	}
 	if !found {
 		// hours not learned yet (e.g. first weekend): compare with the
-		// device's peak learned level, which is conservative
+		// device's peak learned level, which is conservative, or, when the
+		// cohort has seen the hour and found it busier (a fleet first seen
+		// on a weekend meets its first Monday morning), with the device's
+		// own level scaled by the cohort's shape of the hour
 		for i := range bl.Mean {
 			if bl.N[i] > 0 {
 				mean = math.Max(mean, float64(bl.Mean[i]))
 			}
 		}
+		mean = math.Max(mean, cohort*float64(bl.GMean))
 		std = mean * 0.5
 	}
 	mean = math.Max(mean, floorFrac*float64(bl.GMean))
@@ -344,7 +350,11 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 		r := v / float64(cov) * 3600
 		b := bucketOf(at)
 		from := w.Prev // a long window (e.g. holding an outage and its catch-up) is compared with its busiest hour
-		mean, std, learned, ok := bl.expect(from, w.Last, s.FloorFrac, s.MinCV)
+		m := 0
+		if msgs {
+			m = 1
+		}
+		mean, std, learned, ok := bl.expect(from, w.Last, s.FloorFrac, s.MinCV, cohort.shape(m, bucketOf(w.Last)))
 		if !ok {
 			return false
 		}
@@ -356,7 +366,7 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 		if !msgs && fire {
 			// volume explained by more messages is usage.messages' finding:
 			// require the bytes per message to have grown as well
-			if mm, _, _, ok := u.M.expect(from, w.Last, s.FloorFrac, s.MinCV); ok {
+			if mm, _, _, ok := u.M.expect(from, w.Last, s.FloorFrac, s.MinCV, cohort.shape(1, bucketOf(w.Last))); ok {
 				msgRatio := math.Max(1, float64(w.Count)/float64(cov)*3600/mm)
 				perMsg = ratio / msgRatio
 				fire = perMsg >= s.PerMessageRatio
@@ -366,10 +376,6 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 			return false
 		}
 		adj = ratio * mean
-		m := 0
-		if msgs {
-			m = 1
-		}
 		if !learned || adj < s.ImmediateRatio*mean {
 			p := &u.Pend[m]
 			if *p == 0 || c.now-*p > u.pendHorizon() {
@@ -449,7 +455,7 @@ func usageLearn(c *call) {
 			if m == 1 {
 				bl = &u.M
 			}
-			mean, _, learned, ok := bl.expect(o.closed.Prev, o.closed.Last, 0.3, 0.25)
+			mean, _, learned, ok := bl.expect(o.closed.Prev, o.closed.Last, 0.3, 0.25, 0) // learning compares with the device alone
 			if !ok {
 				continue
 			}
@@ -464,6 +470,12 @@ func usageLearn(c *call) {
 	}
 	if suspicious || o.anomalous || c.now-u.Fired < 3600 || (u.Pend[0] != 0 && c.now-u.Pend[0] < u.pendHorizon()) || (u.Pend[1] != 0 && c.now-u.Pend[1] < u.pendHorizon()) {
 		return // do not learn the attack, nor a spike awaiting confirmation
+	}
+	co := c.e.cohort(c.key.t, c.group())
+	for m, bl := range [2]*baseline{&u.B, &u.M} {
+		if bl.GN >= 8 && bl.GMean > 0 {
+			co.learnShape(m, b, [2]float64{rb, rm}[m]/float64(bl.GMean))
+		}
 	}
 	u.B.learn(b, rb)
 	u.M.learn(b, rm)
@@ -483,10 +495,14 @@ type cohortState struct {
 	Slot     [2][2]int64 // [metric][slot] epoch hour
 	SumLog   [2][2]float64
 	N        [2][2]int32
-	PendSlot [2][2]int64      // [metric][slot] epoch hour
-	PendN    [2][2]int32      // devices whose usage started spiking in that hour
-	Ports    map[uint16]int32 // listening port -> devices that learned it
-	Dests    map[uint32]int32 // destination hash -> devices that learned it
+	PendSlot [2][2]int64 // [metric][slot] epoch hour
+	PendN    [2][2]int32 // devices whose usage started spiking in that hour
+	// Shape[m][b]: EW mean of ln(window rate / the device's global level)
+	// over the cohort's learned windows of hour bucket b; ShapeN counts them.
+	Shape  [2][48]float32
+	ShapeN [2][48]uint16
+	Ports  map[uint16]int32 // listening port -> devices that learned it
+	Dests  map[uint32]int32 // destination hash -> devices that learned it
 }
 
 func (e *Engine) cohort(t event.TenantID, group string) cohortView {
@@ -545,6 +561,39 @@ func (v cohortView) shift(msgs bool, at int64, minN int) float64 {
 		return 1
 	}
 	return math.Max(1, math.Exp(sum/float64(n)))
+}
+
+// shapeMin is how many learned windows of other devices an hour needs
+// before a device that never saw it is compared with the cohort's shape.
+const shapeMin = 3
+
+// learnShape adds one learned window of hour bucket b, as its rate over
+// the device's global level.
+func (v cohortView) learnShape(m, b int, ratio float64) {
+	x := math.Max(-5, math.Min(5, math.Log(math.Max(ratio, 1e-6))))
+	v.e.cohortMu.Lock()
+	defer v.e.cohortMu.Unlock()
+	n := v.c.ShapeN[m][b]
+	a := math.Max(0.05, 1/float64(n+1))
+	v.c.Shape[m][b] += float32(a * (x - float64(v.c.Shape[m][b])))
+	if n < 65535 {
+		v.c.ShapeN[m][b]++
+	}
+}
+
+// shape returns the cohort's level of hour bucket b relative to a
+// device's global level, or 0 when too few windows were learned. Early in
+// an hour its own windows have not closed yet: the hour before (same kind
+// of day) stands in for it.
+func (v cohortView) shape(m, b int) float64 {
+	v.e.cohortMu.Lock()
+	defer v.e.cohortMu.Unlock()
+	for _, x := range [2]int{b, b/24*24 + (b%24+23)%24} {
+		if v.c.ShapeN[m][x] >= shapeMin {
+			return math.Exp(float64(v.c.Shape[m][x]))
+		}
+	}
+	return 0
 }
 
 // pending records that a device of the cohort started spiking at now.
