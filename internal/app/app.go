@@ -186,6 +186,7 @@ func (a *App) Start(ctx context.Context) (err error) {
 		{"api (with EST)", a.startAPI},
 		{"broker", a.startBroker},
 		{"command results", a.followCommandResults},
+		{"firmware jobs follow subscriptions", a.followJobSubscriptions},
 		{"firmware campaigns", a.runCampaigns},
 		{"broker follows revocations", a.followRevocations},
 		{"detection and response", a.startDetection},

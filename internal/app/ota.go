@@ -89,6 +89,23 @@ func (a *App) runCampaigns(ctx context.Context) error {
 	return nil
 }
 
+// followJobSubscriptions re-sends a device's unanswered firmware jobs when
+// it subscribes to its job topic on this node (after a reconnect): a job
+// published while it was offline is otherwise lost, since jobs are not
+// retained. Resend only queues (in memory); the engine's next step
+// publishes.
+func (a *App) followJobSubscriptions(context.Context) error {
+	if a.broker == nil || a.otaEngine == nil {
+		return nil
+	}
+	a.broker.OnJobsSubscribed(func(id broker.Identity) {
+		if n := a.otaEngine.Resend(id.Tenant, id.Device); n > 0 {
+			a.log.Debug("firmware jobs queued again", "tenant", id.Tenant, "device", id.Device, "jobs", n)
+		}
+	})
+	return nil
+}
+
 // brokerJobs publishes campaign jobs on devices/{id}/ota/job.
 type brokerJobs struct{ a *App }
 

@@ -303,3 +303,81 @@ func TestCampaignOverMQTT(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestJobResentOnReconnect: a device offline when its wave was sent gets
+// the job when it connects and subscribes later (jobs are not retained),
+// and its registry firmware follows the successful update.
+func TestJobResentOnReconnect(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.OTA.Tick = 20 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a, err := app.New(cfg, nil, app.Options{KeyPassphrase: testPass})
+	require.NoError(t, err)
+	require.NoError(t, a.Start(ctx))
+	defer a.Stop(context.Background())
+
+	const tenant = event.TenantID("acme")
+	now := time.Now().UTC()
+	d := &otaDevice{id: "meter-0100"}
+	require.NoError(t, a.Store().Update(ctx, func(tx store.Tx) error {
+		if err := tx.Tenants().Create(ctx, store.Tenant{ID: tenant, Name: "Acme", CreatedAt: now}); err != nil {
+			return err
+		}
+		return tx.Devices().Create(ctx, store.Device{Tenant: tenant, ID: d.id, Model: "m1", State: store.StateActive, Firmware: "1.1.0", CreatedAt: now, UpdatedAt: now})
+	}))
+	d.cert, d.leaf = issueDevice(t, ctx, a, tenant, d.id)
+
+	_, root, _ := ed25519.GenerateKey(rand.Reader)
+	_, rel, _ := ed25519.GenerateKey(rand.Reader)
+	require.NoError(t, a.Firmware().SetRoot(ctx, tenant, "test", root.Public().(ed25519.PublicKey)))
+	keys, err := firmware.SignKeys(firmware.KeySet{Expires: now.Add(24 * time.Hour), Version: 1,
+		Keys: []firmware.TrustedKey{firmware.NewTrustedKey(rel.Public().(ed25519.PublicKey), now.Add(24*time.Hour))}}, root)
+	require.NoError(t, err)
+	_, err = a.Firmware().SetKeys(ctx, tenant, "test", keys)
+	require.NoError(t, err)
+	art := []byte("garrison firmware 1.2.0")
+	sum := sha256.Sum256(art)
+	digest := hex.EncodeToString(sum[:])
+	m := &firmware.Manifest{Signed: firmware.Release{Expires: now.Add(24 * time.Hour), MinVersion: "1.0.0", Models: []string{"m1"},
+		SHA256: digest, Size: int64(len(art)), Version: "1.2.0"}}
+	require.NoError(t, m.Sign(rel))
+	mb, err := m.Marshal()
+	require.NoError(t, err)
+	_, err = a.Firmware().AddRelease(ctx, tenant, "test", mb, bytes.NewReader(art))
+	require.NoError(t, err)
+
+	c, err := a.Campaigns().Create(ctx, tenant, "test", ota.Spec{Release: digest, Selector: ota.Selector{Model: "m1"}})
+	require.NoError(t, err)
+	// The job goes out while the device is offline.
+	require.Eventually(t, func() bool {
+		var n int
+		require.NoError(t, a.Store().View(ctx, func(tx store.Tx) error {
+			cs, err := tx.Campaigns().CountTargets(ctx, tenant, c.ID)
+			for _, x := range cs {
+				if x.State == ota.TargetSent {
+					n += x.N
+				}
+			}
+			return err
+		}))
+		return n == 1
+	}, 20*time.Second, 20*time.Millisecond, "the job was sent")
+	time.Sleep(100 * time.Millisecond) // a few engine steps: nothing re-sends by itself
+
+	connectDevice(t, ctx, a, d) // connects and subscribes to its ota/job
+	defer d.mqtt.Disconnect(&paho.Disconnect{})
+	var j ota.Job
+	select {
+	case j = <-d.jobs:
+	case <-ctx.Done():
+		t.Fatal("the job was not sent again when the device subscribed")
+	}
+	require.Equal(t, c.ID, j.Campaign)
+	require.NoError(t, d.report(ctx, ota.Status{Job: j.Job, State: ota.TargetSucceeded, Version: "1.2.0", Digest: digest}))
+	require.Eventually(t, func() bool {
+		var dev store.Device
+		require.NoError(t, a.Store().View(ctx, func(tx store.Tx) (err error) { dev, err = tx.Devices().Get(ctx, tenant, d.id); return err }))
+		return dev.Firmware == "1.2.0"
+	}, 20*time.Second, 20*time.Millisecond, "the registry records the new firmware")
+}

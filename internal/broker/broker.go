@@ -187,6 +187,7 @@ type Broker struct {
 	observers atomic.Int64 // inline subscription ids
 
 	onCommands atomic.Pointer[func(Identity)] // OnCommandsSubscribed
+	onOTA      atomic.Pointer[func(Identity)] // OnJobsSubscribed
 }
 
 // New validates opts and builds a broker; it opens nothing.
@@ -329,6 +330,15 @@ func (b *Broker) Command(t event.TenantID, d event.DeviceID, payload []byte) (bo
 // A later call replaces fn.
 func (b *Broker) OnCommandsSubscribed(fn func(id Identity)) {
 	b.onCommands.Store(&fn)
+}
+
+// OnJobsSubscribed calls fn each time a device's subscription covering its
+// own devices/{id}/ota/job (the topic itself, ota/+ or ota/#) is granted,
+// so that a firmware job published while it was offline can be sent
+// again. fn runs on the device's read loop: it must return quickly. A
+// later call replaces fn.
+func (b *Broker) OnJobsSubscribed(fn func(id Identity)) {
+	b.onOTA.Store(&fn)
 }
 
 // observerIDBase keeps Observe's inline subscription ids apart from

@@ -241,22 +241,29 @@ func (b *Broker) decode(id Identity, class TopicClass, topic string, payload []b
 }
 
 // OnSubscribed tells the platform when a device's subscription to its own
-// commands was granted: from then on a command reaches it (see
-// [Broker.OnCommandsSubscribed]).
+// commands or firmware jobs was granted: from then on a command or a job
+// reaches it (see [Broker.OnCommandsSubscribed], [Broker.OnJobsSubscribed]).
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
-	fn := h.b.onCommands.Load()
-	if cl.Net.Inline || fn == nil {
+	cmds, jobs := h.b.onCommands.Load(), h.b.onOTA.Load()
+	if cl.Net.Inline || (cmds == nil && jobs == nil) {
 		return
 	}
 	s := h.sessionOf(cl)
 	if s == nil {
 		return
 	}
-	want := "devices/" + string(s.id.Device) + "/commands"
+	prefix := "devices/" + string(s.id.Device) + "/"
 	for i, f := range pk.Filters {
-		if f.Filter == want && i < len(reasonCodes) && reasonCodes[i] < 0x80 {
-			(*fn)(s.id)
-			return
+		if i >= len(reasonCodes) || reasonCodes[i] >= 0x80 {
+			continue
+		}
+		switch rest, _ := strings.CutPrefix(f.Filter, prefix); {
+		case cmds != nil && f.Filter == prefix+"commands":
+			(*cmds)(s.id)
+			cmds = nil
+		case jobs != nil && strings.HasPrefix(f.Filter, prefix) && (rest == "ota/job" || rest == "ota/+" || rest == "ota/#"):
+			(*jobs)(s.id)
+			jobs = nil
 		}
 	}
 }

@@ -180,3 +180,49 @@ func TestOnCommandsSubscribed(t *testing.T) {
 		t.Fatal("no callback for the commands subscription")
 	}
 }
+
+// TestOnJobsSubscribed: the jobs callback fires for a granted subscription
+// covering the device's own ota/job (the topic, ota/+ or ota/#), not for a
+// refused one (another device's) nor for its commands.
+func TestOnJobsSubscribed(t *testing.T) {
+	f := newFixture(t)
+	got := make(chan Identity, 8)
+	f.b.OnJobsSubscribed(func(id Identity) { got <- id })
+	_, _, tc, _ := f.pki.issue(t, "acme", "trk-0301", time.Now().Add(time.Hour))
+	f.states.set("trk-0301", store.StateActive)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", f.port), &tls.Config{RootCAs: f.pki.pool, Certificates: []tls.Certificate{tc}, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := paho.NewClient(paho.ClientConfig{Conn: mqttconn.Locked(nc)})
+	if ca, err := c.Connect(ctx, &paho.Connect{ClientID: "trk-0301", KeepAlive: 30, CleanStart: true}); err != nil || ca.ReasonCode != 0 {
+		t.Fatalf("connect: %v %+v", err, ca)
+	}
+	defer c.Disconnect(&paho.Disconnect{})
+	sub := func(topic string) {
+		t.Helper()
+		if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: topic, QoS: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _ = c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/trk-0302/ota/job", QoS: 1}}}) // refused: another device's
+	sub("devices/trk-0301/commands")
+	select {
+	case id := <-got:
+		t.Fatalf("jobs callback for a refused or unrelated subscription: %+v", id)
+	default:
+	}
+	for _, topic := range []string{"devices/trk-0301/ota/job", "devices/trk-0301/ota/+", "devices/trk-0301/ota/#"} {
+		sub(topic)
+		select {
+		case id := <-got:
+			if id.Tenant != "acme" || id.Device != "trk-0301" {
+				t.Fatalf("callback identity %+v", id)
+			}
+		case <-ctx.Done():
+			t.Fatalf("no callback for %s", topic)
+		}
+	}
+}

@@ -502,6 +502,28 @@ func (e *Engine) transition(ctx context.Context, tenant event.TenantID, actor, i
 	return r.c, nil
 }
 
+// Resend queues again the job of every open campaign in which device was
+// sent a job and has not answered yet; the next step publishes it (within
+// or outside maintenance windows: the device already had its turn). The
+// platform calls it when the device subscribes to its job topic after a
+// reconnect, so a job published while it was offline is not lost. It
+// returns how many jobs were queued.
+func (e *Engine) Resend(tenant event.TenantID, device event.DeviceID) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for _, r := range e.runs {
+		if r.c.Tenant != tenant {
+			continue
+		}
+		if t := r.targets[device]; t != nil && t.State == TargetSent && !slices.Contains(r.resend, device) {
+			r.resend = append(r.resend, device)
+			n++
+		}
+	}
+	return n
+}
+
 // Report applies a device's ota/status payload. tenant and device are
 // who the broker authenticated; a report for a job of another device is
 // refused with ErrUnknownJob. Duplicate and late reports for a final
@@ -662,6 +684,9 @@ func (e *Engine) Step(ctx context.Context) error {
 			if err := tx.Campaigns().PutTargets(ctx, targets); err != nil {
 				return err
 			}
+			if err := e.recordFirmware(ctx, tx, targets); err != nil {
+				return err
+			}
 			for _, n := range notes {
 				if _, err := audit.Append(ctx, tx, n); err != nil {
 					return err
@@ -691,6 +716,39 @@ func (e *Engine) Step(ctx context.Context) error {
 	for _, j := range jobs {
 		if err := e.o.Publisher.PublishJob(ctx, j.tenant, j.device, j.payload); err != nil {
 			e.log.WarnContext(ctx, "ota job publish failed", "tenant", j.tenant, "device", j.device, "err", err)
+		}
+	}
+	return nil
+}
+
+// recordFirmware sets the registry's firmware of every device whose update
+// succeeded to the version it reported (which the engine checked against
+// the release), audited, in the step's transaction: selectors by firmware
+// and the next campaign see the fleet as it is.
+func (e *Engine) recordFirmware(ctx context.Context, tx store.Tx, targets []store.CampaignTarget) error {
+	for _, t := range targets {
+		if t.State != TargetSucceeded || t.Version == "" {
+			continue
+		}
+		d, err := tx.Devices().Get(ctx, t.Tenant, t.Device)
+		if errors.Is(err, store.ErrNotFound) {
+			continue // deleted since
+		} else if err != nil {
+			return err
+		}
+		if d.Firmware == t.Version {
+			continue
+		}
+		from := d.Firmware
+		d.Firmware, d.UpdatedAt = t.Version, e.o.Clock.Now().UTC()
+		if err := tx.Devices().Update(ctx, d); err != nil {
+			return err
+		}
+		n := e.auditEntry(t.Tenant, "campaign/"+t.Campaign, "device.firmware", t.Campaign,
+			map[string]any{"device": t.Device, "from": from, "to": t.Version, "digest": t.Digest})
+		n.Target = "device/" + string(t.Device)
+		if _, err := audit.Append(ctx, tx, n); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -339,6 +339,15 @@ func TestCampaignResumesAfterRestart(t *testing.T) {
 	cur, counts := f.campaign(t, c.ID)
 	require.Equal(t, store.CampaignCompleted, cur.State)
 	require.Equal(t, 10, counts[TargetSucceeded])
+	// The registry knows what the fleet runs now.
+	require.NoError(t, f.st.View(f.ctx, func(tx store.Tx) error {
+		ds, err := tx.Devices().List(f.ctx, tenant, store.DeviceFilter{Model: "meter-x1"})
+		require.Len(t, ds, 10)
+		for _, d := range ds {
+			require.Equal(t, f.entry.Version, d.Firmware, d.ID)
+		}
+		return err
+	}))
 }
 
 func TestCampaignBadInput(t *testing.T) {
@@ -413,4 +422,28 @@ func FuzzParseStatus(f *testing.F) {
 			t.Fatalf("accepted %+v", s)
 		}
 	})
+}
+
+// TestResendOnSubscription: a device that was sent a job while offline
+// gets the same job again when it subscribes (Resend), once per call; a
+// device that answered gets nothing; other tenants are not touched.
+func TestResendOnSubscription(t *testing.T) {
+	f := newCampFixture(t, 4, nil)
+	_, err := f.eng.Create(f.ctx, tenant, "op1", Spec{Release: f.entry.Digest, Selector: Selector{Model: "meter-x1"},
+		Waves: []float64{50, 100}})
+	require.NoError(t, err)
+	jobs, to := f.step(t)
+	require.Len(t, jobs, 2)
+	f.report(t, jobs[0], to[0], TargetDownloading) // answered
+	f.step(t)
+
+	require.Zero(t, f.eng.Resend("other-tenant", to[1]))
+	require.Zero(t, f.eng.Resend(tenant, to[0]), "it answered: its job arrived")
+	require.Equal(t, 1, f.eng.Resend(tenant, to[1]))
+	require.Equal(t, 0, f.eng.Resend(tenant, to[1]), "queued once until the next step")
+	again, againTo := f.step(t)
+	require.Equal(t, []event.DeviceID{to[1]}, againTo)
+	require.Equal(t, jobs[1].Job, again[0].Job, "the same job, not a new one")
+	_, none := f.step(t)
+	require.Empty(t, none, "a resend is one publish per subscription")
 }
