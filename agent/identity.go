@@ -386,15 +386,24 @@ func (a *Agent) storeIssued(ctx context.Context, certs []*x509.Certificate, key 
 }
 
 // renewLoop renews the certificate once RenewAt of its lifetime has
-// passed, retrying with back-off while the platform cannot be reached.
+// passed, retrying with back-off while the platform cannot be reached. A
+// certificate that is due again as soon as it arrives (the device's clock
+// runs ahead of the platform's) waits the back-off ceiling instead of
+// renewing in a loop.
 func (a *Agent) renewLoop(ctx context.Context) {
 	attempt := 0
+	renewed := false
 	for {
 		id := a.currentIdentity()
 		wait := id.renewAt(a.cfg.RenewAt).Sub(a.cfg.Clock.Now())
 		if attempt > 0 {
 			wait = max(wait, a.cfg.Backoff.Delay(attempt, a.cfg.Rand()))
+		} else if renewed && wait <= 0 {
+			a.log.Warn("agent: the renewed certificate is already due on this device's clock (clock skew?); waiting before renewing again",
+				"device", a.cfg.Device, "renew_at", id.renewAt(a.cfg.RenewAt))
+			wait = a.cfg.Backoff.Max
 		}
+		renewed = false
 		if wait > 0 {
 			select {
 			case <-ctx.Done():
@@ -413,7 +422,7 @@ func (a *Agent) renewLoop(ctx context.Context) {
 			}
 			continue
 		}
-		attempt = 0
+		attempt, renewed = 0, true
 		nid := a.currentIdentity()
 		a.log.Info("agent: certificate renewed", "device", a.cfg.Device, "not_after", nid.leaf.NotAfter)
 		a.renewed.Add(1)

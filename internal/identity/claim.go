@@ -100,9 +100,7 @@ func (s *Service) ExchangeClaim(ctx context.Context, tenant event.TenantID, clai
 	if err != nil {
 		return fail(err)
 	}
-	var activated bool
 	err = s.opt.Store.Update(ctx, func(tx store.Tx) error {
-		activated = false
 		if _, err := tx.Settings().Get(ctx, tenant, claimRevokedKey(fp)); err == nil {
 			return fmt.Errorf("claim certificate: %w", ErrRevoked)
 		} else if !errors.Is(err, store.ErrNotFound) {
@@ -119,18 +117,16 @@ func (s *Service) ExchangeClaim(ctx context.Context, tenant event.TenantID, clai
 			map[string]any{"claim": fp, "model": model, "serial": serial}); err != nil {
 			return err
 		}
-		if activated, err = s.activateTx(ctx, tx, tenant, dev.ID, opt.Actor); err != nil {
-			return err
-		}
+		// A claim certificate is shared by a whole model: the device stays
+		// registered until an operator activates it (unlike a token,
+		// which the operator made for it, or a factory certificate of its
+		// own).
 		return s.persist(ctx, tx, iss, opt)
 	})
 	if err != nil {
 		return fail(err)
 	}
 	s.published(ctx, iss, opt)
-	if activated {
-		s.publishActivated(ctx, tenant, dev.ID)
-	}
 	return iss, nil
 }
 

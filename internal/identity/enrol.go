@@ -205,8 +205,9 @@ func (s *Service) Enrol(ctx context.Context, tenant event.TenantID, device event
 }
 
 // activateTx moves a registered device to active in tx when it receives
-// its first identity by enrolment (one-time token, factory certificate or
-// claim exchange): until then the broker refuses it. It reports whether
+// its first identity by enrolment with a one-time token or its own factory
+// certificate: until then the broker refuses it. (A claim exchange leaves
+// it registered: the claim certificate is the whole model's.) It reports whether
 // the state changed, so the caller publishes the change after commit. A
 // device the registry does not know is left alone.
 func (s *Service) activateTx(ctx context.Context, tx store.Tx, tenant event.TenantID, device event.DeviceID, actor string) (bool, error) {
