@@ -146,19 +146,9 @@ func TestOnCommandsSubscribed(t *testing.T) {
 	f := newFixture(t)
 	got := make(chan Identity, 4)
 	f.b.OnCommandsSubscribed(func(id Identity) { got <- id })
-	_, _, tc, _ := f.pki.issue(t, "acme", "trk-0201", time.Now().Add(time.Hour))
-	f.states.set("trk-0201", store.StateActive)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	nc, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", f.port), &tls.Config{RootCAs: f.pki.pool, Certificates: []tls.Certificate{tc}, ServerName: "localhost"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := paho.NewClient(paho.ClientConfig{Conn: mqttconn.Locked(nc)})
-	if ca, err := c.Connect(ctx, &paho.Connect{ClientID: "trk-0201", KeepAlive: 30, CleanStart: true}); err != nil || ca.ReasonCode != 0 {
-		t.Fatalf("connect: %v %+v", err, ca)
-	}
-	defer c.Disconnect(&paho.Disconnect{})
+	c := f.connectActive(t, ctx, "trk-0201")
 	_, _ = c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/trk-0202/commands", QoS: 1}}})
 	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/trk-0201/ota/job", QoS: 1}}}); err != nil {
 		t.Fatal(err)
@@ -188,19 +178,9 @@ func TestOnJobsSubscribed(t *testing.T) {
 	f := newFixture(t)
 	got := make(chan Identity, 8)
 	f.b.OnJobsSubscribed(func(id Identity) { got <- id })
-	_, _, tc, _ := f.pki.issue(t, "acme", "trk-0301", time.Now().Add(time.Hour))
-	f.states.set("trk-0301", store.StateActive)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	nc, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", f.port), &tls.Config{RootCAs: f.pki.pool, Certificates: []tls.Certificate{tc}, ServerName: "localhost"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := paho.NewClient(paho.ClientConfig{Conn: mqttconn.Locked(nc)})
-	if ca, err := c.Connect(ctx, &paho.Connect{ClientID: "trk-0301", KeepAlive: 30, CleanStart: true}); err != nil || ca.ReasonCode != 0 {
-		t.Fatalf("connect: %v %+v", err, ca)
-	}
-	defer c.Disconnect(&paho.Disconnect{})
+	c := f.connectActive(t, ctx, "trk-0301")
 	sub := func(topic string) {
 		t.Helper()
 		if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: topic, QoS: 1}}}); err != nil {
@@ -225,4 +205,22 @@ func TestOnJobsSubscribed(t *testing.T) {
 			t.Fatalf("no callback for %s", topic)
 		}
 	}
+}
+
+// connectActive issues a certificate for an active device of tenant acme
+// and opens its MQTT v5 session (closed at the end of the test).
+func (f *fixture) connectActive(t *testing.T, ctx context.Context, device event.DeviceID) *paho.Client {
+	t.Helper()
+	_, _, tc, _ := f.pki.issue(t, "acme", device, time.Now().Add(time.Hour))
+	f.states.set(device, store.StateActive)
+	nc, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", f.port), &tls.Config{RootCAs: f.pki.pool, Certificates: []tls.Certificate{tc}, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := paho.NewClient(paho.ClientConfig{Conn: mqttconn.Locked(nc)})
+	if ca, err := c.Connect(ctx, &paho.Connect{ClientID: string(device), KeepAlive: 30, CleanStart: true}); err != nil || ca.ReasonCode != 0 {
+		t.Fatalf("connect: %v %+v", err, ca)
+	}
+	t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
+	return c
 }
