@@ -33,6 +33,25 @@ func tenantBase(tenant string) (string, error) {
 	return "/api/v1/tenants/" + url.PathEscape(tenant), nil
 }
 
+// tenantRun returns a RunE builder for a tenant's API sub-tree: it reads
+// --tenant, builds the client, and calls fn with the path of the tenant's
+// sub (e.g. "/devices"). The flags are read when the command runs.
+func tenantRun(e *cliEnv, f *apiFlags, tenant *string, sub string) func(fn func(c *cobra.Command, cl *cli.Client, base string, args []string) error) func(*cobra.Command, []string) error {
+	return func(fn func(c *cobra.Command, cl *cli.Client, base string, args []string) error) func(*cobra.Command, []string) error {
+		return func(c *cobra.Command, args []string) error {
+			base, err := tenantBase(*tenant)
+			if err != nil {
+				return err
+			}
+			cl, err := f.client(e)
+			if err != nil {
+				return err
+			}
+			return fn(c, cl, base+sub, args)
+		}
+	}
+}
+
 func newCACmd(e *cliEnv) *cobra.Command {
 	var f apiFlags
 	var tenant string

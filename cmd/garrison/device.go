@@ -50,20 +50,7 @@ func newDeviceCmd(e *cliEnv) *cobra.Command {
 	cmd := &cobra.Command{Use: "device", Short: "Manage the device registry of a tenant: list, import manifests, lifecycle, SIM bindings, revocation, commands"}
 	f.bind(cmd)
 	cmd.PersistentFlags().StringVar(&tenant, "tenant", "", "tenant id (required)")
-	// run builds the client and the tenant's device path, then calls fn.
-	run := func(fn func(c *cobra.Command, cl *cli.Client, base string, args []string) error) func(*cobra.Command, []string) error {
-		return func(c *cobra.Command, args []string) error {
-			base, err := tenantBase(tenant)
-			if err != nil {
-				return err
-			}
-			cl, err := f.client(e)
-			if err != nil {
-				return err
-			}
-			return fn(c, cl, base+"/devices", args)
-		}
-	}
+	run := tenantRun(e, &f, &tenant, "/devices")
 	devPath := func(base, id string) string { return base + "/" + url.PathEscape(id) }
 
 	var model, state, after string

@@ -42,19 +42,7 @@ func newFirmwareCmd(e *cliEnv) *cobra.Command {
 	cmd := &cobra.Command{Use: "firmware", Short: "Release keys, signed manifests (offline) and the tenant's firmware catalog (API)"}
 	f.bind(cmd)
 	cmd.PersistentFlags().StringVar(&tenant, "tenant", "", "tenant id (API commands)")
-	viaAPI := func(fn func(c *cobra.Command, cl *cli.Client, base string, args []string) error) func(*cobra.Command, []string) error {
-		return func(c *cobra.Command, args []string) error {
-			base, err := tenantBase(tenant)
-			if err != nil {
-				return err
-			}
-			cl, err := f.client(e)
-			if err != nil {
-				return err
-			}
-			return fn(c, cl, base+"/firmware", args)
-		}
-	}
+	viaAPI := tenantRun(e, &f, &tenant, "/firmware")
 
 	var dir, role, name string
 	keygen := &cobra.Command{
@@ -373,19 +361,7 @@ func newCampaignCmd(e *cliEnv) *cobra.Command {
 	cmd := &cobra.Command{Use: "campaign", Short: "Create and steer firmware campaigns of a tenant"}
 	f.bind(cmd)
 	cmd.PersistentFlags().StringVar(&tenant, "tenant", "", "tenant id (required)")
-	run := func(fn func(c *cobra.Command, cl *cli.Client, base string, args []string) error) func(*cobra.Command, []string) error {
-		return func(c *cobra.Command, args []string) error {
-			base, err := tenantBase(tenant)
-			if err != nil {
-				return err
-			}
-			cl, err := f.client(e)
-			if err != nil {
-				return err
-			}
-			return fn(c, cl, base+"/campaigns", args)
-		}
-	}
+	run := tenantRun(e, &f, &tenant, "/campaigns")
 	var spec ota.Spec
 	var waves, windows, devices string
 	var minSuccess, maxFailure float64
