@@ -69,6 +69,7 @@ type Tx interface {
 	Cells() Cells
 	Rules() Rules       // rule.go
 	Commands() Commands // command.go
+	Groups() Groups     // group.go
 }
 
 // Tenant is an isolated customer of the platform.
@@ -234,7 +235,7 @@ type DeviceFilter struct {
 	State      DeviceState
 	Firmware   string
 	Tag        string // key or key=value
-	Group      string
+	Group      string // static members, or a dynamic group's (see [Groups])
 	IMSIPrefix string
 	After      event.DeviceID // keyset pagination: ids greater than this
 	Limit      int            // 0 means no limit

@@ -127,9 +127,23 @@ func (s devices) Update(ctx context.Context, d store.Device) error {
 	return nil
 }
 
-func (s devices) filter(tenant event.TenantID, f store.DeviceFilter) *where {
+// filter builds the condition of f over devices d of the tenant (After and
+// Limit are the caller's). A group term reads the tenant's groups (see
+// [store.Groups] for its meaning).
+func (s devices) filter(ctx context.Context, tenant event.TenantID, f store.DeviceFilter) (*where, error) {
+	w, err := s.deviceConds(ctx, tenant, f, nil)
+	if err != nil {
+		return nil, err
+	}
+	w.conds = append([]string{`d.tenant = ?`}, w.conds...)
+	w.args = append([]any{string(tenant)}, w.args...)
+	return w, nil
+}
+
+// deviceConds returns the conditions of f's terms, without the tenant's;
+// seen holds the dynamic groups being resolved (see groupCond).
+func (t *tx) deviceConds(ctx context.Context, tenant event.TenantID, f store.DeviceFilter, seen []string) (*where, error) {
 	w := &where{}
-	w.add(`d.tenant = ?`, string(tenant))
 	if f.Model != "" {
 		w.add(`d.model = ?`, f.Model)
 	}
@@ -141,22 +155,29 @@ func (s devices) filter(tenant event.TenantID, f store.DeviceFilter) *where {
 	}
 	if f.Tag != "" {
 		if k, v, ok := strings.Cut(f.Tag, "="); ok {
-			w.add(s.d.TagValue, k, v)
+			w.add(t.d.TagValue, k, v)
 		} else {
-			w.add(s.d.TagKey, k)
+			w.add(t.d.TagKey, k)
 		}
 	}
 	if f.Group != "" {
-		w.add(s.d.Group, f.Group)
+		cond, args, err := t.groupCond(ctx, tenant, f.Group, seen)
+		if err != nil {
+			return nil, fmt.Errorf("group %s: %w", f.Group, err)
+		}
+		w.add(cond, args...)
 	}
 	if f.IMSIPrefix != "" {
 		w.add(`substr(d.imsi, 1, ?) = ?`, len([]rune(f.IMSIPrefix)), f.IMSIPrefix)
 	}
-	return w
+	return w, nil
 }
 
 func (s devices) List(ctx context.Context, tenant event.TenantID, f store.DeviceFilter) ([]store.Device, error) {
-	w := s.filter(tenant, f)
+	w, err := s.filter(ctx, tenant, f)
+	if err != nil {
+		return nil, fmt.Errorf("devices list %s: %w", tenant, err)
+	}
 	if f.After != "" {
 		w.add(`d.id > ?`, string(f.After))
 	}
@@ -169,7 +190,10 @@ func (s devices) List(ctx context.Context, tenant event.TenantID, f store.Device
 }
 
 func (s devices) Count(ctx context.Context, tenant event.TenantID, f store.DeviceFilter) (int, error) {
-	w := s.filter(tenant, f)
+	w, err := s.filter(ctx, tenant, f)
+	if err != nil {
+		return 0, fmt.Errorf("devices count %s: %w", tenant, err)
+	}
 	var n int
 	if err := s.c.QueryRow(ctx, `SELECT COUNT(*) FROM devices d WHERE `+w.String(), w.args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("devices count %s: %w", tenant, err)

@@ -160,8 +160,11 @@ func (s mass) Jobs(ctx context.Context, tenant event.TenantID, state string, n i
 }
 
 // selection builds the condition of a mass selection over devices d.
-func (s mass) selection(tenant event.TenantID, sel store.MassSelection) *where {
-	w := devices{s.tx}.filter(tenant, sel.Filter)
+func (s mass) selection(ctx context.Context, tenant event.TenantID, sel store.MassSelection) (*where, error) {
+	w, err := devices{s.tx}.filter(ctx, tenant, sel.Filter)
+	if err != nil {
+		return nil, err
+	}
 	if !sel.SeenBefore.IsZero() {
 		w.add(`(d.last_seen IS NULL OR d.last_seen < ?)`, Micros(sel.SeenBefore))
 	}
@@ -172,7 +175,7 @@ func (s mass) selection(tenant event.TenantID, sel store.MassSelection) *where {
 		w.add(`EXISTS (SELECT 1 FROM alerts a WHERE a.tenant = d.tenant AND a.kind = ? AND a.device = d.id AND a.state IN (?, ?))`,
 			string(sel.OpenAlert), string(alert.Open), string(alert.Acknowledged))
 	}
-	return w
+	return w, nil
 }
 
 func scanRef(r Row) (store.DeviceRef, error) {
@@ -182,7 +185,10 @@ func scanRef(r Row) (store.DeviceRef, error) {
 }
 
 func (s mass) Select(ctx context.Context, tenant event.TenantID, sel store.MassSelection, after event.DeviceID, n int) ([]store.DeviceRef, error) {
-	w := s.selection(tenant, sel)
+	w, err := s.selection(ctx, tenant, sel)
+	if err != nil {
+		return nil, fmt.Errorf("mass select %s: %w", tenant, err)
+	}
 	if after != "" {
 		w.add(`d.id > ?`, string(after))
 	}
@@ -194,7 +200,10 @@ func (s mass) Select(ctx context.Context, tenant event.TenantID, sel store.MassS
 }
 
 func (s mass) Count(ctx context.Context, tenant event.TenantID, sel store.MassSelection) (int, error) {
-	w := s.selection(tenant, sel)
+	w, err := s.selection(ctx, tenant, sel)
+	if err != nil {
+		return 0, fmt.Errorf("mass count %s: %w", tenant, err)
+	}
 	var n int
 	if err := s.c.QueryRow(ctx, `SELECT COUNT(*) FROM devices d WHERE `+w.String(), w.args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("mass count %s: %w", tenant, err)

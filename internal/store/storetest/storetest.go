@@ -44,8 +44,10 @@ func Run(t *testing.T, open Opener) {
 		{"Mass", testMass},           // response.go
 		{"Campaigns", testCampaigns},
 		{"Cells", testCells},
-		{"Rules", testRules},       // rules.go
-		{"Commands", testCommands}, // command.go
+		{"Rules", testRules},                     // rules.go
+		{"Commands", testCommands},               // command.go
+		{"Groups", testGroups},                   // group.go
+		{"GroupMembership", testGroupMembership}, // group.go
 		{"TenantIsolation", testIsolation},
 		{"Incidents", testIncidents},
 		{"IncidentCompareAndSet", testIncidentCAS},
