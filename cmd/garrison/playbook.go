@@ -57,6 +57,20 @@ var approvalCols = []cli.Column[store.Action]{
 	{Header: "REASON", Value: func(a store.Action) string { return oneLineMax(a.Reason, 80) }},
 }
 
+// approvalDetailCols are the columns of `approval show`: the whole reason,
+// and who decided.
+var approvalDetailCols = []cli.Column[store.Action]{
+	{Header: "ID", Value: func(a store.Action) string { return a.ID }},
+	{Header: "DEVICE", Value: func(a store.Action) string { return string(a.Device) }},
+	{Header: "KIND", Value: func(a store.Action) string { return a.Kind }},
+	{Header: "ALERT", Value: func(a store.Action) string { return a.AlertID }},
+	{Header: "PLAYBOOK", Value: func(a store.Action) string { return a.Playbook }},
+	{Header: "STATE", Value: func(a store.Action) string { return string(a.State) }},
+	{Header: "ACTOR", Value: func(a store.Action) string { return a.Actor }},
+	{Header: "UPDATED", Value: func(a store.Action) string { return cli.Time(a.UpdatedAt) }},
+	{Header: "REASON", Value: func(a store.Action) string { return oneLineMax(a.Reason, 600) }},
+}
+
 // oneLineMax flattens s to one line of at most n runes.
 func oneLineMax(s string, n int) string {
 	r := []rune(strings.Join(strings.Fields(s), " "))
@@ -257,19 +271,39 @@ func newApprovalCmd(e *cliEnv) *cobra.Command {
 	}
 	list.Flags().IntVar(&limit, "limit", 0, "at most this many (server default 100)")
 	decide := func(decision, use, short string) *cobra.Command {
-		return &cobra.Command{
+		var reason string
+		d := &cobra.Command{
 			Use: use + " ID", Short: short, Args: cobra.ExactArgs(1),
 			RunE: func(c *cobra.Command, args []string) error {
+				if decision == "reject" && strings.TrimSpace(reason) == "" {
+					return errors.New("--reason is required to reject: say why the action must not run")
+				}
 				var a store.Action
-				if err := call(c, http.MethodPost, "/approvals", api.ApprovalRequest{Action: args[0], Decision: decision}, &a); err != nil {
+				if err := call(c, http.MethodPost, "/approvals", api.ApprovalRequest{Action: args[0], Decision: decision, Reason: reason}, &a); err != nil {
 					return err
 				}
 				return cli.PrintOne(e.Stdout, f.output, a, approvalCols)
 			},
 		}
+		help := "why (optional; kept on the action and in the audit log)"
+		if decision == "reject" {
+			help = "why the action must not run (required; one line, at most 500 bytes; kept on the action and in the audit log)"
+		}
+		d.Flags().StringVar(&reason, "reason", "", help)
+		return d
 	}
-	cmd.AddCommand(list,
+	show := &cobra.Command{
+		Use: "show ID", Short: "Show one action, waiting or decided, with who decided and why", Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			var a store.Action
+			if err := call(c, http.MethodGet, "/actions/"+url.PathEscape(args[0]), nil, &a); err != nil {
+				return err
+			}
+			return cli.PrintOne(e.Stdout, f.output, a, approvalDetailCols)
+		},
+	}
+	cmd.AddCommand(list, show,
 		decide("approve", "approve", "Approve an action (it runs now, as you; a wait_approval step runs the playbook's remaining steps)"),
-		decide("reject", "reject", "Reject an action (it never runs)"))
+		decide("reject", "reject", "Reject an action with --reason (it never runs)"))
 	return cmd
 }

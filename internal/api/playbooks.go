@@ -28,8 +28,8 @@ type ResponseService interface {
 	PutPlaybook(ctx context.Context, tenant event.TenantID, name string, doc []byte, actor string) (respond.PlaybookInfo, error)
 	SetPlaybookEnabled(ctx context.Context, tenant event.TenantID, name string, enabled bool, actor string) (respond.PlaybookInfo, error)
 
-	Approve(ctx context.Context, tenant event.TenantID, actionID, operator string) error
-	Reject(ctx context.Context, tenant event.TenantID, actionID, operator string) error
+	Approve(ctx context.Context, tenant event.TenantID, actionID, operator, reason string) error
+	Reject(ctx context.Context, tenant event.TenantID, actionID, operator, reason string) error
 	RestoreFalsePositive(ctx context.Context, tenant event.TenantID, alertID, actor string) error
 
 	Preview(ctx context.Context, tenant event.TenantID, sel string, sample int) (respond.MassPreview, error)
@@ -56,7 +56,8 @@ func (s *Server) responseRoutes(t string) []Route {
 		op(post, t+"/playbooks/{name}/disable", auth.PermPlaybooksWrite, ScopeTenant, ok, "Disable a playbook (a default included).", (*Server).disablePlaybook),
 
 		op(get, t+"/approvals", auth.PermTenantRead, ScopeTenant, ok, "List actions waiting for approval, oldest first.", (*Server).listApprovals),
-		op(post, t+"/approvals", auth.PermResponseWrite, ScopeTenant, ok, "Approve (the action then runs) or reject an action waiting for approval.", (*Server).decideApproval),
+		op(post, t+"/approvals", auth.PermResponseWrite, ScopeTenant, ok, "Approve (the action then runs) or reject (with a reason) an action waiting for approval.", (*Server).decideApproval),
+		op(get, t+"/actions/{id}", auth.PermTenantRead, ScopeTenant, ok, "Get one response action (its id ALERT/PLAYBOOK/STEP with each / escaped as %2F), decided or not.", (*Server).getAction),
 
 		op(get, t+"/mass/preview", auth.PermTenantRead, ScopeTenant, ok, "Dry run of a mass action: how many devices a selector picks, and a sample. Nothing changes.", (*Server).previewMass),
 		op(post, t+"/mass", auth.PermResponseWrite, ScopeTenant, accepted, "Start a mass action (quarantine, revoke, kick) over the devices a selector picks; returns the job.", (*Server).submitMass),
@@ -240,11 +241,28 @@ func (s *Server) listApprovals(ctx context.Context, c *call, _ noBody) ([]store.
 	return nonNil(as), err
 }
 
+func (s *Server) getAction(ctx context.Context, c *call, _ noBody) (store.Action, error) {
+	id := c.r.PathValue("id")
+	if id == "" || len(id) > 400 {
+		return store.Action{}, errorf(http.StatusBadRequest, CodeInvalid, "id must be an action id (ALERT/PLAYBOOK/STEP)")
+	}
+	var a store.Action
+	err := s.opt.Store.View(ctx, func(tx store.Tx) (err error) {
+		a, err = tx.Actions().Get(ctx, c.tenant, id)
+		return err
+	})
+	return a, err
+}
+
 // ApprovalRequest decides an action waiting for approval. Action is its id
-// (ALERT/PLAYBOOK/STEP, as listed); Decision is approve or reject.
+// (ALERT/PLAYBOOK/STEP, as listed); Decision is approve or reject. Reason
+// is required to reject (one line, at most 500 bytes) and optional to
+// approve; it is kept on the action ("rejected by OPERATOR: REASON") and in
+// the audit record.
 type ApprovalRequest struct {
 	Action   string `json:"action"`
 	Decision string `json:"decision"`
+	Reason   string `json:"reason,omitempty"`
 }
 
 func (s *Server) decideApproval(ctx context.Context, c *call, req ApprovalRequest) (store.Action, error) {
@@ -255,13 +273,16 @@ func (s *Server) decideApproval(ctx context.Context, c *call, req ApprovalReques
 	if req.Action == "" || len(req.Action) > 400 {
 		return store.Action{}, errorf(http.StatusBadRequest, CodeInvalid, "action must be the id of an action waiting for approval")
 	}
-	switch req.Decision {
-	case "approve":
-		err = svc.Approve(ctx, c.tenant, req.Action, c.p.Actor())
-	case "reject":
-		err = svc.Reject(ctx, c.tenant, req.Action, c.p.Actor())
-	default:
+	if req.Decision != "approve" && req.Decision != "reject" {
 		return store.Action{}, errorf(http.StatusBadRequest, CodeInvalid, fmt.Sprintf("decision %q must be approve or reject", req.Decision))
+	}
+	if err := respond.CheckDecisionReason(req.Decision == "reject", req.Reason); err != nil {
+		return store.Action{}, errorf(http.StatusBadRequest, CodeInvalid, err.Error())
+	}
+	if req.Decision == "approve" {
+		err = svc.Approve(ctx, c.tenant, req.Action, c.p.Actor(), req.Reason)
+	} else {
+		err = svc.Reject(ctx, c.tenant, req.Action, c.p.Actor(), req.Reason)
 	}
 	if err != nil {
 		return store.Action{}, responseError(err)

@@ -53,6 +53,7 @@ func (w responseWorld) fill(path string) string {
 	path = strings.ReplaceAll(path, "/playbooks/{name}", "/playbooks/quarantine-compromised")
 	path = strings.ReplaceAll(path, "/versions/{version}", "/versions/0")
 	path = strings.ReplaceAll(path, "/mass/{id}", "/mass/"+w.job)
+	path = strings.ReplaceAll(path, "/actions/{id}", "/actions/"+url.PathEscape(w.action))
 	if strings.HasSuffix(path, "/mass/preview") {
 		path += "?selector=*"
 	}
@@ -228,6 +229,10 @@ func TestApprovalRoutes(t *testing.T) {
 		{operator, mustJSON(api.ApprovalRequest{Decision: "approve"}), http.StatusBadRequest, "action must be the id"},
 		{operator, mustJSON(api.ApprovalRequest{Action: "nope/x/0", Decision: "approve"}), http.StatusNotFound, "not found"},
 		{operator, `{"action":"` + id + `","decision":"approve","extra":1}`, http.StatusBadRequest, "extra"},
+		{operator, mustJSON(api.ApprovalRequest{Action: id, Decision: "reject"}), http.StatusBadRequest, "a rejection needs a reason"},
+		{operator, mustJSON(api.ApprovalRequest{Action: id, Decision: "reject", Reason: "  "}), http.StatusBadRequest, "a rejection needs a reason"},
+		{operator, mustJSON(api.ApprovalRequest{Action: id, Decision: "reject", Reason: strings.Repeat("r", 501)}), http.StatusBadRequest, "reason is 501 bytes; at most 500"},
+		{operator, mustJSON(api.ApprovalRequest{Action: id, Decision: "reject", Reason: "a\nb"}), http.StatusBadRequest, "one line"},
 	} {
 		code, body = r.json(t, "POST", base+"/approvals", tc.tok, tc.body, nil)
 		require.Equal(t, tc.code, code, body)
@@ -250,7 +255,7 @@ func TestApprovalRoutes(t *testing.T) {
 	require.Equal(t, store.ActionDone, act.State, "an approved action runs")
 	require.Contains(t, act.Actor, "operator:")
 	require.Equal(t, store.StateQuarantined, r.deviceState(t, w.tenant, "m-0000"))
-	code, body = r.json(t, "POST", base+"/approvals", operator, mustJSON(api.ApprovalRequest{Action: id, Decision: "reject"}), nil)
+	code, body = r.json(t, "POST", base+"/approvals", operator, mustJSON(api.ApprovalRequest{Action: id, Decision: "reject", Reason: "too late"}), nil)
 	require.Equal(t, http.StatusConflict, code)
 	require.Contains(t, body, "action is not awaiting approval")
 
@@ -270,10 +275,34 @@ func TestApprovalRoutes(t *testing.T) {
 	// Reject: the action never runs.
 	require.NoError(t, r.svc.Handle(ctx, alert.Alert{ID: "ps-2", Tenant: w.tenant, Device: "m-0001", Kind: alert.PortScan,
 		Severity: alert.High, FirstSeen: t0, LastSeen: t0, Count: 1, State: alert.Open}))
-	code, body = r.json(t, "POST", base+"/approvals", admin, mustJSON(api.ApprovalRequest{Action: respond.ActionID("ps-2", "approve-scans", 0), Decision: "reject"}), &act)
+	rid := respond.ActionID("ps-2", "approve-scans", 0)
+	code, body = r.json(t, "POST", base+"/approvals", admin, mustJSON(api.ApprovalRequest{Action: rid, Decision: "reject", Reason: "scanner is our own pentest"}), &act)
 	require.Equal(t, http.StatusOK, code, body)
 	require.Equal(t, store.ActionRejected, act.State)
+	require.Equal(t, "rejected by "+act.Actor+": scanner is our own pentest", act.Reason)
 	require.Equal(t, store.StateActive, r.deviceState(t, w.tenant, "m-0001"))
+
+	// The decided action keeps its reason: GET actions/{id} (slashes
+	// escaped), and the audit record.
+	var got store.Action
+	code, body = r.json(t, "GET", base+"/actions/"+url.PathEscape(rid), viewer, "", &got)
+	require.Equal(t, http.StatusOK, code, body)
+	require.Equal(t, act.Reason, got.Reason)
+	require.Equal(t, store.ActionRejected, got.State)
+	code, _ = r.json(t, "GET", base+"/actions/"+url.PathEscape(rid), w.foreign, "", nil)
+	require.Equal(t, http.StatusNotFound, code, "another tenant does not see it")
+	code, _ = r.json(t, "GET", base+"/actions/"+url.PathEscape("nope/x/0"), viewer, "", nil)
+	require.Equal(t, http.StatusNotFound, code)
+	var rejectAudited bool
+	require.NoError(t, r.st.View(ctx, func(tx store.Tx) error {
+		recs, err := tx.Audit().Range(ctx, w.tenant, 0, 10000)
+		for _, rec := range recs {
+			rejectAudited = rejectAudited || (rec.Target == "action:"+rid && rec.Action == "action.rejected" &&
+				rec.Actor == act.Actor && strings.Contains(string(rec.Details), "scanner is our own pentest"))
+		}
+		return err
+	}))
+	require.True(t, rejectAudited)
 }
 
 func TestFalsePositiveResolutionRestores(t *testing.T) {

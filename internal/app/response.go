@@ -127,20 +127,20 @@ func (r *responseRef) SetPlaybookEnabled(ctx context.Context, t event.TenantID, 
 	return s.SetPlaybookEnabled(ctx, t, name, enabled, actor)
 }
 
-func (r *responseRef) Approve(ctx context.Context, t event.TenantID, actionID, operator string) error {
+func (r *responseRef) Approve(ctx context.Context, t event.TenantID, actionID, operator, reason string) error {
 	s, err := r.get()
 	if err != nil {
 		return err
 	}
-	return s.Approve(ctx, t, actionID, operator)
+	return s.Approve(ctx, t, actionID, operator, reason)
 }
 
-func (r *responseRef) Reject(ctx context.Context, t event.TenantID, actionID, operator string) error {
+func (r *responseRef) Reject(ctx context.Context, t event.TenantID, actionID, operator, reason string) error {
 	s, err := r.get()
 	if err != nil {
 		return err
 	}
-	return s.Reject(ctx, t, actionID, operator)
+	return s.Reject(ctx, t, actionID, operator, reason)
 }
 
 func (r *responseRef) RestoreFalsePositive(ctx context.Context, t event.TenantID, alertID, actor string) error {

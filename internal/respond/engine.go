@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/garrisonhq/garrison/internal/alert"
 	"github.com/garrisonhq/garrison/internal/audit"
@@ -608,28 +610,61 @@ func (e *Engine) publishAction(ctx context.Context, act store.Action, now time.T
 	}
 }
 
-// Approve carries out an action waiting for approval, as operator. For a
+// MaxDecisionReason is the longest reason an operator may give for a
+// decision on an action waiting for approval, in bytes.
+const MaxDecisionReason = 500
+
+// CheckDecisionReason validates the reason given with a decision: a
+// rejection needs one (so that whoever reads the action later knows why it
+// never ran); an approval may have one. A reason is one line of printable
+// UTF-8 text of at most [MaxDecisionReason] bytes.
+func CheckDecisionReason(reject bool, reason string) error {
+	switch {
+	case strings.TrimSpace(reason) == "" && reject:
+		return errors.New("a rejection needs a reason (why the action must not run)")
+	case len(reason) > MaxDecisionReason:
+		return fmt.Errorf("reason is %d bytes; at most %d", len(reason), MaxDecisionReason)
+	case !utf8.ValidString(reason):
+		return errors.New("reason is not valid UTF-8")
+	case strings.IndexFunc(reason, unicode.IsControl) >= 0:
+		return errors.New("reason must be one line of printable text")
+	}
+	return nil
+}
+
+// Approve carries out an action waiting for approval, as operator, with an
+// optional reason kept on the action and in the audit record. For a
 // wait_approval step, the playbook's later steps then run as operator. The
 // blast-radius guard does not apply to approved actions. An action of
 // another tenant is not found; one not waiting returns an error matching
 // [ErrNotAwaiting].
-func (e *Engine) Approve(ctx context.Context, tenant event.TenantID, actionID, operator string) error {
-	return e.decide(ctx, tenant, actionID, operator, true)
+func (e *Engine) Approve(ctx context.Context, tenant event.TenantID, actionID, operator, reason string) error {
+	return e.decide(ctx, tenant, actionID, operator, reason, true)
 }
 
-// Reject declines an action waiting for approval. For a wait_approval step
-// the playbook's later steps never run.
-func (e *Engine) Reject(ctx context.Context, tenant event.TenantID, actionID, operator string) error {
-	return e.decide(ctx, tenant, actionID, operator, false)
+// Reject declines an action waiting for approval, as operator, for reason
+// (required, see [CheckDecisionReason]): the action is stored rejected with
+// "rejected by OPERATOR: REASON", audited, and published as action.taken.
+// For a wait_approval step the playbook's later steps never run.
+func (e *Engine) Reject(ctx context.Context, tenant event.TenantID, actionID, operator, reason string) error {
+	return e.decide(ctx, tenant, actionID, operator, reason, false)
 }
 
-func (e *Engine) decide(ctx context.Context, tenant event.TenantID, actionID, operator string, approve bool) error {
+func (e *Engine) decide(ctx context.Context, tenant event.TenantID, actionID, operator, reason string, approve bool) error {
 	op := "reject"
 	if approve {
 		op = "approve"
 	}
 	if operator == "" || operator == Automation {
 		return fmt.Errorf("respond %s %s: %w: an operator must decide", op, actionID, store.ErrInvalid)
+	}
+	if err := CheckDecisionReason(!approve, reason); err != nil {
+		return fmt.Errorf("respond %s %s: %w: %w", op, actionID, store.ErrInvalid, err)
+	}
+	reason = strings.TrimSpace(reason)
+	by := " by " + operator
+	if reason != "" {
+		by += ": " + reason
 	}
 	now := e.o.Clock.Now().UTC()
 	var act store.Action
@@ -654,11 +689,11 @@ func (e *Engine) decide(ctx context.Context, tenant event.TenantID, actionID, op
 		act.Actor, act.UpdatedAt = operator, now
 		switch {
 		case !approve:
-			act.State, act.Reason = store.ActionRejected, "rejected by "+operator
+			act.State, act.Reason = store.ActionRejected, "rejected"+by
 		case act.Kind == string(StepWaitApproval):
-			act.State, act.Reason = store.ActionDone, "approved by "+operator
+			act.State, act.Reason = store.ActionDone, "approved"+by
 		default:
-			act.State, act.Reason = store.ActionPending, "approved by "+operator
+			act.State, act.Reason = store.ActionPending, "approved"+by
 		}
 		if err := tx.Actions().Put(ctx, act); err != nil {
 			return err

@@ -319,21 +319,35 @@ func TestApproveModeAndTenantIsolation(t *testing.T) {
 	require.Equal(t, store.ActionDone, f.action(t, "acme", "al-1/careful/2").State) // notify is not disruptive
 
 	// Another tenant cannot approve it, nor can automation.
-	require.ErrorIs(t, f.eng.Approve(ctx, "other", "al-1/careful/0", "op-9"), store.ErrNotFound)
-	require.ErrorIs(t, f.eng.Approve(ctx, "acme", "al-1/careful/0", respond.Automation), store.ErrInvalid)
+	require.ErrorIs(t, f.eng.Approve(ctx, "other", "al-1/careful/0", "op-9", ""), store.ErrNotFound)
+	require.ErrorIs(t, f.eng.Approve(ctx, "acme", "al-1/careful/0", respond.Automation, ""), store.ErrInvalid)
 	require.Equal(t, store.StateActive, f.state(t, "acme", "dev-00001"))
 
-	require.NoError(t, f.eng.Approve(ctx, "acme", "al-1/careful/0", "op-7"))
+	require.NoError(t, f.eng.Approve(ctx, "acme", "al-1/careful/0", "op-7", ""))
 	require.Equal(t, store.StateQuarantined, f.state(t, "acme", "dev-00001"))
 	q = f.action(t, "acme", "al-1/careful/0")
 	require.Equal(t, store.ActionDone, q.State)
 	require.Equal(t, "op-7", q.Actor)
-	require.ErrorIs(t, f.eng.Approve(ctx, "acme", "al-1/careful/0", "op-7"), respond.ErrNotAwaiting)
+	require.ErrorIs(t, f.eng.Approve(ctx, "acme", "al-1/careful/0", "op-7", ""), respond.ErrNotAwaiting)
 
-	require.NoError(t, f.eng.Reject(ctx, "acme", "al-1/careful/1", "op-7"))
+	require.NoError(t, f.eng.Reject(ctx, "acme", "al-1/careful/1", "op-7", "known maintenance window"))
 	require.Equal(t, store.ActionRejected, f.action(t, "acme", "al-1/careful/1").State)
 	require.Equal(t, store.StateQuarantined, f.state(t, "acme", "dev-00001"))
 	require.Equal(t, store.StateActive, f.state(t, "other", "dev-00001"))
+
+	rej := f.action(t, "acme", "al-1/careful/1")
+	require.Equal(t, "rejected by op-7: known maintenance window", rej.Reason, "the reason is kept on the action")
+	var rejectAudited, rejectPublished bool
+	for _, r := range f.audit(t, "acme") {
+		rejectAudited = rejectAudited || (r.Actor == "op-7" && r.Action == "action.rejected" && strings.Contains(string(r.Details), "known maintenance window"))
+	}
+	require.True(t, rejectAudited, "the rejection and its reason are audited")
+	f.rec.mu.Lock()
+	for _, ev := range f.rec.events {
+		rejectPublished = rejectPublished || (ev.Kind == event.ActionTaken && ev.Attrs["action_id"] == "al-1/careful/1" && ev.Attrs["outcome"] == "rejected")
+	}
+	f.rec.mu.Unlock()
+	require.True(t, rejectPublished)
 
 	var approved bool
 	for _, r := range f.audit(t, "acme") {
@@ -363,7 +377,7 @@ func TestWaitApprovalGate(t *testing.T) {
 	require.Equal(t, store.ActionApproval, f.action(t, "acme", "al-1/gated/1").State)
 	require.Equal(t, store.StateActive, f.state(t, "acme", "dev-00000"))
 
-	require.NoError(t, f.eng.Approve(ctx, "acme", "al-1/gated/1", "op-1"))
+	require.NoError(t, f.eng.Approve(ctx, "acme", "al-1/gated/1", "op-1", ""))
 	require.Equal(t, store.StateRevoked, f.state(t, "acme", "dev-00000"))
 	require.Equal(t, "op-1", f.action(t, "acme", "al-1/gated/3").Actor)
 	notes, _ := f.rec.counts()
@@ -410,7 +424,7 @@ func TestBlastRadiusGuardFlood(t *testing.T) {
 	require.Equal(t, store.StateQuarantined, f.state(t, "other", "dev-00001"))
 
 	// A human may approve beyond the cap.
-	require.NoError(t, f.eng.Approve(ctx, "acme", waiting[0].ID, "op-1"))
+	require.NoError(t, f.eng.Approve(ctx, "acme", waiting[0].ID, "op-1", ""))
 	require.Equal(t, store.StateQuarantined, f.state(t, "acme", waiting[0].Device))
 
 	// Once the window has passed, automation acts again (and may alert again).
@@ -597,4 +611,43 @@ func testGuardConcurrent(t *testing.T, f *fixture) {
 	require.Len(t, f.actions(t, "acme", store.ActionFilter{Kind: "quarantine", State: store.ActionApproval}), fleet-wantCap)
 	_, raised := f.rec.counts()
 	require.Equal(t, 1, raised)
+}
+
+func TestRejectNeedsAReason(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, nil)
+	f.fleet(t, "acme", 2)
+	doc := `playbooks:
+  - name: careful
+    trigger: {kinds: [net.port_scan]}
+    mode: approve
+    steps: [quarantine]
+`
+	_, err := f.eng.SetPlaybooks(ctx, "acme", []byte(doc), "op")
+	require.NoError(t, err)
+	require.NoError(t, f.eng.Handle(ctx, mkAlert("acme", "al-1", "dev-00001", alert.PortScan, t0)))
+	before := len(f.audit(t, "acme"))
+	for _, tc := range []struct{ reason, want string }{
+		{"", "a rejection needs a reason"},
+		{"   ", "a rejection needs a reason"},
+		{strings.Repeat("x", respond.MaxDecisionReason+1), "at most 500"},
+		{"two\nlines", "one line"},
+		{"bad \xff utf-8", "UTF-8"},
+	} {
+		err := f.eng.Reject(ctx, "acme", "al-1/careful/0", "op-7", tc.reason)
+		require.ErrorIs(t, err, store.ErrInvalid, "%q", tc.reason)
+		require.ErrorContains(t, err, tc.want)
+	}
+	require.Len(t, f.audit(t, "acme"), before, "a refused rejection changes nothing")
+	require.Equal(t, store.ActionApproval, f.action(t, "acme", "al-1/careful/0").State)
+
+	// An approval may carry a reason; it is kept too.
+	require.ErrorIs(t, f.eng.Approve(ctx, "acme", "al-1/careful/0", "op-7", "two\nlines"), store.ErrInvalid)
+	require.NoError(t, f.eng.Approve(ctx, "acme", "al-1/careful/0", "op-7", "confirmed with the site"))
+	require.Equal(t, store.ActionDone, f.action(t, "acme", "al-1/careful/0").State)
+	var kept bool
+	for _, r := range f.audit(t, "acme") {
+		kept = kept || (r.Action == "action.pending" && strings.Contains(string(r.Details), "approved by op-7: confirmed with the site"))
+	}
+	require.True(t, kept)
 }
