@@ -19,7 +19,10 @@ import (
 //
 // Terms: model=M, firmware=V, state=S, group=G, tag=K or tag=K:V (the tag K
 // with value V), imsi^=PREFIX (IMSI starts with PREFIX). Each key appears at
-// most once. The empty string (or "*") selects every device.
+// most once. The empty string (or "*") selects every device. group=G
+// matches the devices statically in G and, when G is a dynamic group, the
+// devices its own selector matches (resolved by the store when devices are
+// selected; see group.go).
 type Selector struct {
 	Model      string
 	Firmware   string
@@ -179,7 +182,9 @@ func (s Selector) Filter() store.DeviceFilter {
 	return f
 }
 
-// Match reports whether d is selected (the same rule the store applies).
+// Match reports whether d is selected (the same rule the store applies),
+// except that a group term counts static membership only: resolving a
+// dynamic group takes the store (see [MatchTx]).
 func (s Selector) Match(d store.Device) bool {
 	if s.Model != "" && d.Model != s.Model || s.Firmware != "" && d.Firmware != s.Firmware ||
 		s.State != "" && d.State != s.State || s.IMSIPrefix != "" && !strings.HasPrefix(d.IMSI, s.IMSIPrefix) {

@@ -19,6 +19,7 @@ import (
 	"github.com/garrisonhq/garrison/internal/audit"
 	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/registry"
 	"github.com/garrisonhq/garrison/internal/store"
 )
 
@@ -231,6 +232,7 @@ func (e *Engine) Handle(ctx context.Context, a alert.Alert) error {
 	var dev store.Device
 	devFound := false
 	alertStored := false
+	selected := map[int]bool{} // playbooks whose device selector picks the alert's device
 	err := e.o.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		if pbs, err = e.loadPlaybooks(ctx, tx, a.Tenant); err != nil {
@@ -243,6 +245,16 @@ func (e *Engine) Handle(ctx context.Context, a alert.Alert) error {
 				devFound = true
 			case !errors.Is(err, store.ErrNotFound):
 				return err
+			}
+		}
+		if devFound {
+			// A selector's group term may name a dynamic group: resolve it here.
+			for i := range pbs {
+				if pbs[i].Trigger.Selector != (Playbook{}).Trigger.Selector {
+					if selected[i], err = registry.MatchTx(ctx, tx, a.Tenant, pbs[i].Trigger.Selector, dev); err != nil {
+						return err
+					}
+				}
 			}
 		}
 		_, err = tx.Alerts().Get(ctx, a.Tenant, a.ID)
@@ -263,7 +275,7 @@ func (e *Engine) Handle(ctx context.Context, a alert.Alert) error {
 		if !pb.Matches(a) {
 			continue
 		}
-		if pb.Trigger.Selector != (Playbook{}).Trigger.Selector && (!devFound || !pb.Trigger.Selector.Match(dev)) {
+		if pb.Trigger.Selector != (Playbook{}).Trigger.Selector && (!devFound || !selected[i]) {
 			continue
 		}
 		matched = append(matched, pb)
