@@ -19,6 +19,24 @@ const (
 	ClassCommands  TopicClass = "commands"
 )
 
+// attr returns c as an event attribute value. The constants box without
+// an allocation, which string(c) of a variable would not.
+func (c TopicClass) attr() any {
+	switch c {
+	case ClassTelemetry:
+		return string(ClassTelemetry)
+	case ClassMetrics:
+		return string(ClassMetrics)
+	case ClassEvents:
+		return string(ClassEvents)
+	case ClassOTA:
+		return string(ClassOTA)
+	case ClassCommands:
+		return string(ClassCommands)
+	}
+	return string(c)
+}
+
 // MaxTopicLen bounds topic names and filters; MQTT allows 65535 but no
 // device topic needs more than this.
 const MaxTopicLen = 256
@@ -60,16 +78,10 @@ func classify(topic string, device event.DeviceID) (TopicClass, bool) {
 	return "", false
 }
 
+// validSubtopic reports whether every /-separated level of s is non-empty
+// (without splitting: this runs twice for every publish).
 func validSubtopic(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, level := range strings.Split(s, "/") {
-		if level == "" {
-			return false
-		}
-	}
-	return true
+	return s != "" && s[0] != '/' && s[len(s)-1] != '/' && !strings.Contains(s, "//")
 }
 
 // CanPublish is the publish ACL: default deny. A device may publish only

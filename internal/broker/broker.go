@@ -378,7 +378,11 @@ func (b *Broker) Stats() Stats {
 }
 
 func (b *Broker) emit(id Identity, kind event.Kind, attrs map[string]any) {
-	now := b.opts.Clock.Now()
+	b.emitAt(id, kind, b.opts.Clock.Now(), attrs)
+}
+
+// emitAt is emit at a time the caller already read from the clock.
+func (b *Broker) emitAt(id Identity, kind event.Kind, now time.Time, attrs map[string]any) {
 	ev := &event.Event{ID: event.NewID(now), Tenant: id.Tenant, Device: id.Device, Kind: kind, Time: now, Source: "broker", Attrs: attrs}
 	if ev.Tenant == "" {
 		ev.Tenant = "unknown"

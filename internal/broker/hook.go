@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"strings"
@@ -23,15 +22,15 @@ type hook struct {
 
 func (h *hook) ID() string { return "garrison" }
 
+// Provides is asked by mochi for every hook call of every packet: a
+// switch, not a lookup in a slice.
 func (h *hook) Provides(b byte) bool {
-	return bytes.Contains([]byte{
-		mqtt.OnConnectAuthenticate,
-		mqtt.OnACLCheck,
-		mqtt.OnSessionEstablish,
-		mqtt.OnDisconnect,
-		mqtt.OnPublish,
-		mqtt.OnSubscribed,
-	}, []byte{b})
+	switch b {
+	case mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablish,
+		mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnSubscribed:
+		return true
+	}
+	return false
 }
 
 // sessionOf returns the broker session of a client, or nil for clients the
@@ -212,11 +211,25 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, packets.CodeSuccessIgnore
 	}
 	h.b.metrics.published.Add(1)
-	h.b.emit(s.id, event.MQTTPublish, map[string]any{
-		"topic_class": string(class), "bytes": float64(len(pk.Payload)), "qos": float64(pk.FixedHeader.Qos),
+	h.b.emitAt(s.id, event.MQTTPublish, now, map[string]any{
+		"topic_class": class.attr(), "bytes": float64(len(pk.Payload)), "qos": qosAttr(pk.FixedHeader.Qos),
 	})
 	h.b.decode(s.id, class, pk.TopicName, pk.Payload, now)
 	return pk, nil
+}
+
+// qosAttr is the qos attribute of mqtt.publish; the constants box without
+// an allocation.
+func qosAttr(q byte) any {
+	switch q {
+	case 0:
+		return float64(0)
+	case 1:
+		return float64(1)
+	case 2:
+		return float64(2)
+	}
+	return float64(q)
 }
 
 // decode turns an accepted publish into device events (DecodeDevicePayload)
@@ -224,12 +237,13 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 // reported as device.payload_rejected, and the publish itself stands.
 func (b *Broker) decode(id Identity, class TopicClass, topic string, payload []byte, now time.Time) {
 	sub := strings.TrimPrefix(topic, "devices/"+string(id.Device)+"/")
-	evs, err := DecodeDevicePayload(id, sub, payload, now)
+	var buf [2]*event.Event // no publish decodes to more
+	evs, err := appendDevicePayload(buf[:0], id, sub, payload, now)
 	if err != nil {
 		b.metrics.rejected.Add(1)
 		b.log.Debug("mqtt payload rejected", "tenant", id.Tenant, "device", id.Device, "topic_class", class, "err", err)
-		b.emit(id, event.PayloadRejected, map[string]any{
-			"topic_class": string(class), "subtopic": truncate(sub, 128), "reason": truncate(err.Error(), 512), "bytes": float64(len(payload)),
+		b.emitAt(id, event.PayloadRejected, now, map[string]any{
+			"topic_class": class.attr(), "subtopic": truncate(sub, 128), "reason": truncate(err.Error(), 512), "bytes": float64(len(payload)),
 		})
 		return
 	}

@@ -68,7 +68,7 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 		st.m[idleDevice(i)] = store.StateActive
 	}
 	br, err := New(Options{Addr: "127.0.0.1:0", Certificate: serverCert, Verifier: &poolVerifier{pool: p.pool, revoked: map[string]bool{}},
-		States: st, Publisher: &encodingPublisher{}})
+		States: st, Publisher: &marshalPublisher{}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"reflect"
 	"strconv"
@@ -56,6 +55,12 @@ var ErrPayload = errors.New("device payload")
 // reported_at. On error no event is returned and the error, wrapping
 // [ErrPayload], names the field.
 func DecodeDevicePayload(id Identity, subtopic string, payload []byte, now time.Time) ([]*event.Event, error) {
+	return appendDevicePayload(nil, id, subtopic, payload, now)
+}
+
+// appendDevicePayload is [DecodeDevicePayload] appending to dst (the
+// broker's hot path passes an array on its stack); on error it returns nil.
+func appendDevicePayload(dst []*event.Event, id Identity, subtopic string, payload []byte, now time.Time) ([]*event.Event, error) {
 	head, _, _ := strings.Cut(subtopic, "/")
 	if len(payload) > MaxDevicePayload {
 		return nil, fmt.Errorf("%w: %s: %d bytes > %d", ErrPayload, head, len(payload), MaxDevicePayload)
@@ -66,13 +71,13 @@ func DecodeDevicePayload(id Identity, subtopic string, payload []byte, now time.
 	}
 	switch TopicClass(head) {
 	case ClassTelemetry:
-		return decodeTelemetry(payload, mk)
+		return decodeTelemetry(dst, payload, mk)
 	case ClassMetrics:
-		return decodeMetrics(payload, mk)
+		return decodeMetrics(dst, payload, mk)
 	case ClassEvents:
-		return decodeDeviceEvent(payload, mk)
+		return decodeDeviceEvent(dst, payload, mk)
 	case ClassOTA:
-		return nil, nil
+		return dst, nil
 	}
 	return nil, fmt.Errorf("%w: unknown subtopic %q", ErrPayload, truncate(subtopic, 64))
 }
@@ -89,16 +94,19 @@ func decodeObject(what string, payload []byte, v any) error {
 	if !utf8.Valid(b) {
 		return fmt.Errorf("%w: %s: not valid UTF-8", ErrPayload, what)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(v); err != nil {
+	// One pass over the bytes instead of a Decoder (which copies them into
+	// its own buffer); Unmarshal checks the whole input, so trailing data
+	// fails as a syntax error after a complete first value.
+	if err := json.Unmarshal(b, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
 			return fmt.Errorf("%w: %s: field %q: want %s, got %s", ErrPayload, what, te.Field, jsonType(te.Type), te.Value)
 		}
+		var se *json.SyntaxError
+		if errors.As(err, &se) && se.Offset > 0 && json.Valid(b[:se.Offset-1]) {
+			return fmt.Errorf("%w: %s: trailing data after the object", ErrPayload, what)
+		}
 		return fmt.Errorf("%w: %s: %v", ErrPayload, what, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w: %s: trailing data after the object", ErrPayload, what)
 	}
 	return nil
 }
@@ -180,7 +188,7 @@ type telemetryPayload struct {
 	AccuracyM *number `json:"accuracy_m"`
 }
 
-func decodeTelemetry(payload []byte, mk mkFunc) ([]*event.Event, error) {
+func decodeTelemetry(dst []*event.Event, payload []byte, mk mkFunc) ([]*event.Event, error) {
 	const what = "telemetry"
 	if len(payload) > MaxTelemetryForward {
 		return nil, fmt.Errorf("%w: %s: %d bytes > %d forwarded", ErrPayload, what, len(payload), MaxTelemetryForward)
@@ -212,7 +220,7 @@ func decodeTelemetry(payload []byte, mk mkFunc) ([]*event.Event, error) {
 	if ts != "" {
 		attrs["reported_at"] = ts
 	}
-	out := []*event.Event{mk(event.DeviceTelemetry, attrs)}
+	dst = append(dst, mk(event.DeviceTelemetry, attrs))
 	if hasLat {
 		loc := map[string]any{"lat": lat, "lon": lon, "source": "device"}
 		if hasAcc {
@@ -221,9 +229,9 @@ func decodeTelemetry(payload []byte, mk mkFunc) ([]*event.Event, error) {
 		if ts != "" {
 			loc["reported_at"] = ts
 		}
-		out = append(out, mk(event.Location, loc))
+		dst = append(dst, mk(event.Location, loc))
 	}
-	return out, nil
+	return dst, nil
 }
 
 type metricsPayload struct {
@@ -237,7 +245,7 @@ type metricsPayload struct {
 	UptimeS        *number   `json:"uptime_s"`
 }
 
-func decodeMetrics(payload []byte, mk mkFunc) ([]*event.Event, error) {
+func decodeMetrics(dst []*event.Event, payload []byte, mk mkFunc) ([]*event.Event, error) {
 	const what = "metrics"
 	var p metricsPayload
 	if err := decodeObject(what, payload, &p); err != nil {
@@ -288,7 +296,7 @@ func decodeMetrics(payload []byte, mk mkFunc) ([]*event.Event, error) {
 			attrs[f.field] = n
 		}
 	}
-	return []*event.Event{mk(event.DeviceMetrics, attrs)}, nil
+	return append(dst, mk(event.DeviceMetrics, attrs)), nil
 }
 
 type deviceEventPayload struct {
@@ -303,7 +311,7 @@ type deviceEventPayload struct {
 	Error     *string `json:"error"`
 }
 
-func decodeDeviceEvent(payload []byte, mk mkFunc) ([]*event.Event, error) {
+func decodeDeviceEvent(dst []*event.Event, payload []byte, mk mkFunc) ([]*event.Event, error) {
 	var p deviceEventPayload
 	if err := decodeObject("events", payload, &p); err != nil {
 		return nil, err
@@ -366,5 +374,5 @@ func decodeDeviceEvent(payload []byte, mk mkFunc) ([]*event.Event, error) {
 	if ts != "" {
 		attrs["reported_at"] = ts
 	}
-	return []*event.Event{mk(kind, attrs)}, nil
+	return append(dst, mk(kind, attrs)), nil
 }
