@@ -52,25 +52,10 @@ var ErrInvalid = fmt.Errorf("audit: %w", store.ErrInvalid)
 // written. Time is stored in UTC at microsecond precision (what both stores
 // keep), and hashed as stored.
 func Append(ctx context.Context, tx store.Tx, e Entry) (store.AuditRecord, error) {
-	if e.Tenant == "" || e.Action == "" || e.Time.IsZero() {
-		return store.AuditRecord{}, fmt.Errorf("%w: tenant, time and action are required", ErrInvalid)
+	if err := checkEntry(e); err != nil {
+		return store.AuditRecord{}, err
 	}
-	if len(e.Details) > 0 {
-		var obj map[string]json.RawMessage
-		if err := json.Unmarshal(e.Details, &obj); err != nil {
-			return store.AuditRecord{}, fmt.Errorf("%w: details must be a JSON object: %v", ErrInvalid, err)
-		}
-	}
-	r := store.AuditRecord{
-		Tenant:   e.Tenant,
-		Seq:      1,
-		Time:     e.Time.Truncate(time.Microsecond).UTC(),
-		Actor:    e.Actor,
-		Action:   e.Action,
-		Target:   e.Target,
-		Details:  bytes.Clone(e.Details),
-		PrevHash: make([]byte, HashSize),
-	}
+	r := record(e)
 	head, err := tx.Audit().Head(ctx, e.Tenant)
 	switch {
 	case err == nil:
@@ -85,33 +70,134 @@ func Append(ctx context.Context, tx store.Tx, e Entry) (store.AuditRecord, error
 	return r, nil
 }
 
+// checkEntry refuses an entry without tenant, time or action, or with
+// details that are not a JSON object.
+func checkEntry(e Entry) error {
+	if e.Tenant == "" || e.Action == "" || e.Time.IsZero() {
+		return fmt.Errorf("%w: tenant, time and action are required", ErrInvalid)
+	}
+	if len(e.Details) > 0 {
+		// Valid JSON whose first token is '{' is an object.
+		if b := bytes.TrimLeft(e.Details, " \t\r\n"); !json.Valid(e.Details) || len(b) == 0 || b[0] != '{' {
+			return fmt.Errorf("%w: details must be a JSON object", ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// record is e as stored, first in an empty chain.
+func record(e Entry) store.AuditRecord {
+	return store.AuditRecord{
+		Tenant:   e.Tenant,
+		Seq:      1,
+		Time:     e.Time.Truncate(time.Microsecond).UTC(),
+		Actor:    e.Actor,
+		Action:   e.Action,
+		Target:   e.Target,
+		Details:  bytes.Clone(e.Details),
+		PrevHash: make([]byte, HashSize),
+	}
+}
+
+// Chain appends many records to one tenant's chain in one transaction: it
+// reads the head once (on PostgreSQL this takes the tenant's append lock,
+// so open it before reading what the records describe), links and hashes
+// each added record in memory, and writes them all at Flush, in as few
+// statements as the store allows. Nothing else may append to the tenant's
+// chain in tx between OpenChain and Flush.
+type Chain struct {
+	tx      store.Tx
+	tenant  event.TenantID
+	seq     int64
+	prev    []byte
+	pending []store.AuditRecord
+}
+
+// OpenChain reads tenant's head in tx.
+func OpenChain(ctx context.Context, tx store.Tx, tenant event.TenantID) (*Chain, error) {
+	c := &Chain{tx: tx, tenant: tenant, prev: make([]byte, HashSize)}
+	head, err := tx.Audit().Head(ctx, tenant)
+	switch {
+	case err == nil:
+		c.seq, c.prev = head.Seq, head.Hash
+	case !errors.Is(err, store.ErrNotFound):
+		return nil, fmt.Errorf("audit append: %w", err)
+	}
+	return c, nil
+}
+
+// Add links e (of the chain's tenant) after the last record and queues it
+// for Flush.
+func (c *Chain) Add(e Entry) (store.AuditRecord, error) {
+	if e.Tenant != c.tenant {
+		return store.AuditRecord{}, fmt.Errorf("%w: entry of tenant %q in the chain of %q", ErrInvalid, e.Tenant, c.tenant)
+	}
+	if err := checkEntry(e); err != nil {
+		return store.AuditRecord{}, err
+	}
+	r := record(e)
+	r.Seq, r.PrevHash = c.seq+1, c.prev
+	r.Hash = Hash(r)
+	c.seq, c.prev = r.Seq, r.Hash
+	c.pending = append(c.pending, r)
+	return r, nil
+}
+
+// appendMany is the optional bulk form of store.AuditLog.Append (the SQL
+// stores have it): one statement for many records, ErrConflict if any Seq
+// is taken.
+type appendMany interface {
+	AppendMany(ctx context.Context, rs []store.AuditRecord) error
+}
+
+// Flush writes the queued records.
+func (c *Chain) Flush(ctx context.Context) error {
+	if len(c.pending) == 0 {
+		return nil
+	}
+	log := c.tx.Audit()
+	if m, ok := log.(appendMany); ok {
+		if err := m.AppendMany(ctx, c.pending); err != nil {
+			return fmt.Errorf("audit append: %w", err)
+		}
+	} else {
+		for _, r := range c.pending {
+			if err := log.Append(ctx, r); err != nil {
+				return fmt.Errorf("audit append: %w", err)
+			}
+		}
+	}
+	c.pending = c.pending[:0]
+	return nil
+}
+
 // Hash returns the SHA-256 of r's canonical encoding: the domain tag
 // "garrison.audit.v1", then tenant, seq (int64), time (int64 Unix
 // nanoseconds, UTC), actor, action, target, details and prev_hash, each
 // variable-length field prefixed by its length as a big-endian uint64.
 // r.Hash itself is not covered.
 func Hash(r store.AuditRecord) []byte {
-	h := sha256.New()
-	var n [8]byte
-	field := func(b []byte) {
-		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
-		h.Write(n[:])
-		h.Write(b)
-	}
-	integer := func(v int64) {
-		binary.BigEndian.PutUint64(n[:], uint64(v))
-		h.Write(n[:])
-	}
-	field([]byte("garrison.audit.v1"))
-	field([]byte(r.Tenant))
-	integer(r.Seq)
-	integer(r.Time.UTC().UnixNano())
-	field([]byte(r.Actor))
-	field([]byte(r.Action))
-	field([]byte(r.Target))
-	field(r.Details)
-	field(r.PrevHash)
-	return h.Sum(nil)
+	// One buffer, on the stack for a typical record, hashed at once.
+	var buf [512]byte
+	b := appendField(buf[:0], domain)
+	b = appendField(b, r.Tenant)
+	b = binary.BigEndian.AppendUint64(b, uint64(r.Seq))
+	b = binary.BigEndian.AppendUint64(b, uint64(r.Time.UTC().UnixNano()))
+	b = appendField(b, r.Actor)
+	b = appendField(b, r.Action)
+	b = appendField(b, r.Target)
+	b = appendField(b, r.Details)
+	b = appendField(b, r.PrevHash)
+	sum := sha256.Sum256(b)
+	return sum[:]
+}
+
+const domain = "garrison.audit.v1"
+
+// appendField appends v prefixed by its length as a big-endian uint64.
+func appendField[T ~string | ~[]byte](b []byte, v T) []byte {
+	b = binary.BigEndian.AppendUint64(b, uint64(len(v)))
+	return append(b, v...)
 }
 
 // Problem names what is wrong with the first bad record.

@@ -4,13 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -142,58 +140,11 @@ func (s *Service) Enrol(ctx context.Context, tenant event.TenantID, device event
 	if err != nil {
 		return Issued{}, fmt.Errorf("identity: enrol %s/%s: %w", tenant, device, err)
 	}
-	h := sha256.Sum256([]byte(token))
-	now := s.clk.Now()
 	// The checks and the token's use run in the group commit's transaction
 	// (see batch.go), so concurrent enrolments share one fsync; a refusal
 	// refuses this enrolment alone and writes nothing.
-	var activated bool
-	pre := func(ctx context.Context, tx store.Tx) error {
-		activated = false // the group commit may run pre again
-		b, err := tx.Settings().Get(ctx, tenant, tokenKey(id))
-		if errors.Is(err, store.ErrNotFound) {
-			return &refusal{ErrTokenInvalid}
-		} else if err != nil {
-			return err
-		}
-		var tok EnrolToken
-		if err := json.Unmarshal(b, &tok); err != nil {
-			return fmt.Errorf("stored token: %w", err)
-		}
-		switch {
-		case tok.Tenant != tenant || subtle.ConstantTimeCompare(tok.Hash, h[:]) != 1:
-			return &refusal{ErrTokenInvalid}
-		case !now.Before(tok.ExpiresAt):
-			return &refusal{ErrTokenExpired}
-		case tok.Remaining < 1:
-			return &refusal{ErrTokenUsed}
-		case tok.Device != "" && tok.Device != device:
-			return &refusal{fmt.Errorf("%w: token is for device %s", ErrTokenScope, tok.Device)}
-		}
-		d, err := tx.Devices().Get(ctx, tenant, device)
-		if errors.Is(err, store.ErrNotFound) {
-			return &refusal{ErrUnknownDevice}
-		} else if err != nil {
-			return err
-		}
-		if len(tok.Models) > 0 && !slices.Contains(tok.Models, d.Model) {
-			return &refusal{fmt.Errorf("%w: model %q", ErrTokenScope, d.Model)}
-		}
-		tok.Remaining--
-		if b, err = json.Marshal(tok); err != nil {
-			return err
-		}
-		if err := tx.Settings().Put(ctx, tenant, tokenKey(id), b); err != nil {
-			return err
-		}
-		if err := s.audit(ctx, tx, tenant, opt.Actor, "enrol.token_use", "enrol_token/"+id,
-			map[string]any{"device": device, "remaining": tok.Remaining}); err != nil {
-			return err
-		}
-		activated, err = s.activateTx(ctx, tx, tenant, device, opt.Actor)
-		return err
-	}
-	err = s.commitWith(ctx, iss, opt, pre)
+	activated, err := s.commitEntry(ctx, &pendingIssue{iss: iss, opt: opt, activate: true,
+		token: &tokenUse{id: id, hash: sha256.Sum256([]byte(token))}})
 	if err != nil {
 		return Issued{}, fmt.Errorf("identity: enrol %s/%s: %w", tenant, device, err)
 	}
@@ -202,28 +153,6 @@ func (s *Service) Enrol(ctx context.Context, tenant event.TenantID, device event
 		s.publishActivated(ctx, tenant, device)
 	}
 	return iss, nil
-}
-
-// activateTx moves a registered device to active in tx when it receives
-// its first identity by enrolment with a one-time token or its own factory
-// certificate: until then the broker refuses it. (A claim exchange leaves
-// it registered: the claim certificate is the whole model's.) It reports whether
-// the state changed, so the caller publishes the change after commit. A
-// device the registry does not know is left alone.
-func (s *Service) activateTx(ctx context.Context, tx store.Tx, tenant event.TenantID, device event.DeviceID, actor string) (bool, error) {
-	d, err := tx.Devices().Get(ctx, tenant, device)
-	if errors.Is(err, store.ErrNotFound) {
-		return false, nil
-	} else if err != nil {
-		return false, err
-	}
-	if d.State != store.StateRegistered {
-		return false, nil
-	}
-	if _, _, err := registry.SetStateTx(ctx, tx, tenant, device, store.StateActive, actor, "enrolled", s.clk.Now()); err != nil {
-		return false, err
-	}
-	return true, nil
 }
 
 // publishActivated announces a committed activation (brokers and

@@ -2,11 +2,13 @@ package identity
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 	"testing"
 
+	"github.com/garrisonhq/garrison/internal/audit"
 	"github.com/garrisonhq/garrison/internal/store"
 	"github.com/garrisonhq/garrison/internal/store/postgres/pgtest"
 )
@@ -92,6 +94,89 @@ func TestEnrolConcurrentSharedToken(t *testing.T) {
 			// (registered -> active).
 			if got := auditCount(t, st, "acme") - auditBefore; got != 3*uses {
 				t.Fatalf("%d audit records, want %d", got, 3*uses)
+			}
+			if rep, err := audit.Verify(ctx, st, "acme"); err != nil || !rep.OK {
+				t.Fatalf("audit verify after the burst: %v %v", rep, err)
+			}
+		})
+	}
+}
+
+// TestEnrolTokenTwoServices: two Services on one database (two Garrison
+// processes) enrol 24 devices at once with a token good for 7. Each has
+// its own group commit, so their transactions race; exactly 7 enrol, and
+// the token ends with no use left (its uses are never lost or double
+// spent).
+func TestEnrolTokenTwoServices(t *testing.T) {
+	for name, open := range map[string]func(testing.TB) store.Store{
+		"sqlite":   func(t testing.TB) store.Store { return openSQLite(t) },
+		"postgres": func(t testing.TB) store.Store { return pgtest.Open(t) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			st := open(t)
+			f1 := newFixture(t, st)
+			if _, err := f1.svc.EnsureCA(ctx, "acme"); err != nil {
+				t.Fatal(err)
+			}
+			f2 := newFixture(t, st)
+			const n, uses = 24, 7
+			for i := range n {
+				register(t, st, "acme", deviceID(fmt.Sprintf("d-%d", i)), "m100")
+			}
+			secret, tok, err := f1.svc.CreateToken(ctx, "acme", TokenSpec{Count: uses}, "op-1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			csrs := make([][]byte, n)
+			for i := range csrs {
+				csrs[i] = makeCSR(t, newKey(t), nil)
+			}
+			var wg sync.WaitGroup
+			errs := make([]error, n)
+			for i := range n {
+				svc := f1.svc
+				if i%2 == 1 {
+					svc = f2.svc
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, errs[i] = svc.Enrol(ctx, "acme", deviceID(fmt.Sprintf("d-%d", i)), secret, csrs[i])
+				}()
+			}
+			wg.Wait()
+			ok := 0
+			for i, err := range errs {
+				switch {
+				case err == nil:
+					ok++
+				case !errors.Is(err, ErrTokenUsed):
+					t.Fatalf("device %d: %v", i, err)
+				}
+			}
+			if ok != uses {
+				t.Fatalf("%d enrolled, want exactly %d", ok, uses)
+			}
+			err = st.View(ctx, func(tx store.Tx) error {
+				b, err := tx.Settings().Get(ctx, "acme", tokenKey(tok.ID))
+				if err != nil {
+					return err
+				}
+				var got EnrolToken
+				if err := json.Unmarshal(b, &got); err != nil {
+					return err
+				}
+				if got.Remaining != 0 {
+					return fmt.Errorf("token has %d uses left, want 0", got.Remaining)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep, err := audit.Verify(ctx, st, "acme"); err != nil || !rep.OK {
+				t.Fatalf("audit verify: %v %v", rep, err)
 			}
 		})
 	}

@@ -155,8 +155,11 @@ func (o *Options) defaults() error {
 // Construct it with [New]; it touches the store only when first used.
 type Service struct {
 	opt Options
-	log *slog.Logger
-	clk clock.Clock
+	// customAudit: Options.Audit was given, so every record goes through
+	// it (else the group commit writes records in bulk, see batchLog).
+	customAudit bool
+	log         *slog.Logger
+	clk         clock.Clock
 
 	createMu sync.Mutex // serializes creation of root and issuing CAs
 
@@ -178,17 +181,19 @@ type caKey struct {
 
 // New returns a Service. It has no side effects.
 func New(opt Options) (*Service, error) {
+	custom := opt.Audit != nil
 	if err := opt.defaults(); err != nil {
 		return nil, err
 	}
 	return &Service{
-		opt:    opt,
-		log:    opt.Logger,
-		clk:    opt.Clock,
-		active: map[event.TenantID]*caEntry{},
-		byID:   map[caKey]*caEntry{},
-		pools:  map[event.TenantID]*poolEntry{},
-		crls:   map[caKey]*crlEntry{},
+		opt:         opt,
+		customAudit: custom,
+		log:         opt.Logger,
+		clk:         opt.Clock,
+		active:      map[event.TenantID]*caEntry{},
+		byID:        map[caKey]*caEntry{},
+		pools:       map[event.TenantID]*poolEntry{},
+		crls:        map[caKey]*crlEntry{},
 	}, nil
 }
 

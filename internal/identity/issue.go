@@ -127,15 +127,8 @@ func (s *Service) Issue(ctx context.Context, tenant event.TenantID, device event
 	}
 	// An enrolment with a factory certificate (EST simpleenroll presenting
 	// it) activates a registered device, as a token or a claim does.
-	var activated bool
-	var pre func(context.Context, store.Tx) error
-	if opt.Reason == "enrol" {
-		pre = func(ctx context.Context, tx store.Tx) (err error) {
-			activated, err = s.activateTx(ctx, tx, tenant, device, opt.Actor)
-			return err
-		}
-	}
-	if err := s.commitWith(ctx, iss, opt, pre); err != nil {
+	activated, err := s.commitEntry(ctx, &pendingIssue{iss: iss, opt: opt, activate: opt.Reason == "enrol"})
+	if err != nil {
 		return Issued{}, fmt.Errorf("identity: issue %s/%s: %w", tenant, device, err)
 	}
 	s.published(ctx, iss, opt)

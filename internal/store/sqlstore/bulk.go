@@ -1,0 +1,206 @@
+package sqlstore
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/store"
+)
+
+// Bulk forms of a few single-row operations, for callers that commit many
+// changes in one transaction (identity's group commit of enrolments). They
+// are not part of the store interfaces: a caller finds them with a type
+// assertion and falls back to the single-row methods. Each statement
+// carries up to 64 rows; a count is split into chunks of 64, 16, 4 and 1
+// rows, so that a few statement texts (4 per operation) are prepared and
+// cached whatever the count. On PostgreSQL one statement is one round trip.
+
+// chunks calls fn with consecutive [lo, hi) ranges covering n rows.
+func chunks(n int, fn func(lo, hi int) error) error {
+	lo := 0
+	for _, size := range [...]int{64, 16, 4, 1} {
+		for n-lo >= size {
+			if err := fn(lo, lo+size); err != nil {
+				return err
+			}
+			lo += size
+		}
+	}
+	return nil
+}
+
+// marks returns n groups of the placeholder group g joined by commas:
+// marks(2, "(?, ?)") is "(?, ?), (?, ?)".
+func marks(n int, g string) string {
+	var b strings.Builder
+	b.Grow(n * (len(g) + 2))
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(g)
+	}
+	return b.String()
+}
+
+// GetMany returns the values of the keys present among keys.
+func (s settings) GetMany(ctx context.Context, tenant event.TenantID, keys []string) (map[string][]byte, error) {
+	out := make(map[string][]byte, len(keys))
+	err := chunks(len(keys), func(lo, hi int) error {
+		args := make([]any, 0, 1+hi-lo)
+		args = append(args, string(tenant))
+		for _, k := range keys[lo:hi] {
+			args = append(args, k)
+		}
+		rows, err := s.c.Query(ctx, `SELECT name, value FROM settings WHERE tenant = ? AND name IN (`+marks(hi-lo, "?")+`)`, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var k string
+			var v []byte
+			if err := rows.Scan(&k, &v); err != nil {
+				return err
+			}
+			if v == nil {
+				v = []byte{}
+			}
+			out[k] = v
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("settings get many %q: %w", tenant, err)
+	}
+	return out, nil
+}
+
+// PutMany creates or replaces keys[i] with values[i]; the keys must be
+// distinct.
+func (s settings) PutMany(ctx context.Context, tenant event.TenantID, keys []string, values [][]byte) error {
+	if len(keys) != len(values) {
+		return fmt.Errorf("settings put many: %w: %d keys, %d values", store.ErrInvalid, len(keys), len(values))
+	}
+	err := chunks(len(keys), func(lo, hi int) error {
+		args := make([]any, 0, 3*(hi-lo))
+		for i := lo; i < hi; i++ {
+			if keys[i] == "" {
+				return fmt.Errorf("%w: empty key", store.ErrInvalid)
+			}
+			v := values[i]
+			if v == nil {
+				v = []byte{}
+			}
+			args = append(args, string(tenant), keys[i], v)
+		}
+		_, err := s.c.Exec(ctx, `INSERT INTO settings (tenant, name, value) VALUES `+marks(hi-lo, "(?, ?, ?)")+`
+			ON CONFLICT (tenant, name) DO UPDATE SET value = excluded.value`, args...)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("settings put many %q: %w", tenant, err)
+	}
+	return nil
+}
+
+// GetMany returns the devices of the tenant among ids; absent ones are
+// not in the map.
+func (s devices) GetMany(ctx context.Context, tenant event.TenantID, ids []event.DeviceID) (map[event.DeviceID]store.Device, error) {
+	out := make(map[event.DeviceID]store.Device, len(ids))
+	err := chunks(len(ids), func(lo, hi int) error {
+		args := make([]any, 0, 1+hi-lo)
+		args = append(args, string(tenant))
+		for _, id := range ids[lo:hi] {
+			args = append(args, string(id))
+		}
+		rows, err := s.c.Query(ctx, `SELECT `+deviceCols+` FROM devices WHERE tenant = ? AND id IN (`+marks(hi-lo, "?")+`)`, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			d, err := scanDevice(rows)
+			if err != nil {
+				return err
+			}
+			out[d.ID] = d
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("devices get many %s: %w", tenant, err)
+	}
+	return out, nil
+}
+
+// SetStateMany moves the devices among ids that are in state from to state
+// to, stamping updated_at, and returns how many it changed. It checks no
+// transition rule: the caller does (see registry.CanTransition).
+func (s devices) SetStateMany(ctx context.Context, tenant event.TenantID, ids []event.DeviceID, from, to store.DeviceState, at time.Time) (int64, error) {
+	var total int64
+	err := chunks(len(ids), func(lo, hi int) error {
+		args := make([]any, 0, 4+hi-lo)
+		args = append(args, string(to), Micros(at), string(tenant), string(from))
+		for _, id := range ids[lo:hi] {
+			args = append(args, string(id))
+		}
+		n, err := s.c.Exec(ctx, `UPDATE devices SET state = ?, updated_at = ? WHERE tenant = ? AND state = ? AND id IN (`+marks(hi-lo, "?")+`)`, args...)
+		total += n
+		return err
+	})
+	if err != nil {
+		return total, fmt.Errorf("devices set state many %s: %w", tenant, err)
+	}
+	return total, nil
+}
+
+// CreateMany stores new certificates; ErrConflict (and nothing counted as
+// stored by the caller: its transaction must fail) if any serial is taken.
+func (s certificates) CreateMany(ctx context.Context, cs []store.Certificate) error {
+	err := chunks(len(cs), func(lo, hi int) error {
+		args := make([]any, 0, 9*(hi-lo))
+		for _, c := range cs[lo:hi] {
+			if c.Tenant == "" || c.Serial == "" {
+				return fmt.Errorf("%w: tenant and serial are required", store.ErrInvalid)
+			}
+			args = append(args, string(c.Tenant), c.Serial, string(c.Device), c.Issuer, nilIfEmpty(c.DER), Micros(c.NotBefore), Micros(c.NotAfter),
+				nullMicros(c.RevokedAt), c.RevocationReason)
+		}
+		n, err := s.c.Exec(ctx, `INSERT INTO certificates (`+certCols+`) VALUES `+marks(hi-lo, "(?, ?, ?, ?, ?, ?, ?, ?, ?)")+` ON CONFLICT DO NOTHING`, args...)
+		if err == nil && n != int64(hi-lo) {
+			err = store.ErrConflict
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("certificates create many: %w", err)
+	}
+	return nil
+}
+
+// AppendMany writes records whose Seq, PrevHash and Hash the caller
+// computed; ErrConflict if any Seq is taken.
+func (s auditLog) AppendMany(ctx context.Context, rs []store.AuditRecord) error {
+	err := chunks(len(rs), func(lo, hi int) error {
+		args := make([]any, 0, 9*(hi-lo))
+		for _, a := range rs[lo:hi] {
+			if a.Tenant == "" || a.Seq < 1 {
+				return fmt.Errorf("%w: tenant and seq >= 1 are required", store.ErrInvalid)
+			}
+			args = append(args, string(a.Tenant), a.Seq, Micros(a.Time), a.Actor, a.Action, a.Target, nilIfEmpty(a.Details), a.PrevHash, a.Hash)
+		}
+		n, err := s.c.Exec(ctx, `INSERT INTO audit (`+auditCols+`) VALUES `+marks(hi-lo, "(?, ?, ?, ?, ?, ?, ?, ?, ?)")+` ON CONFLICT DO NOTHING`, args...)
+		if err == nil && n != int64(hi-lo) {
+			err = store.ErrConflict
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("audit append many: %w", err)
+	}
+	return nil
+}
