@@ -51,7 +51,8 @@ func newEnv(t testing.TB) *env {
 		Response:     newResponse(t, st, clk, reg),
 		Connectivity: newIngester(st, clk, &published{}),
 		Commands:     newCommands(t, st, clk),
-		Rules:        newRules(t, st, clk)})
+		Rules:        newRules(t, st, clk),
+		Groups:       reg})
 	require.NoError(t, err)
 	return &env{st: st, clk: clk, srv: srv, cat: cat, eng: eng, id: id}
 }
@@ -136,6 +137,7 @@ func (e *env) world(t testing.TB) world {
 		w.resp = seedResponse(t, ctx, tx, w.tenant, e.n, e.clk.Now(), w.alertID, w.deviceID)
 		w.commandID = seedCommand(t, ctx, tx, w.tenant, w.deviceID, e.n, e.clk.Now())
 		seedRule(t, ctx, tx, w.tenant, e.clk.Now())
+		seedGroup(t, ctx, tx, w.tenant, e.clk.Now())
 		var id string
 		id, w.revokedTok = e.token(ctx, tx, w.tenant, v, store.RoleViewer, exp)
 		return tx.Tokens().Revoke(ctx, w.tenant, id, e.clk.Now())
@@ -239,6 +241,8 @@ func request(rt api.Route, w world, tenant event.TenantID) (string, string) {
 		path = strings.ReplaceAll(path, "{id}", string(w.deviceID))
 	case strings.Contains(path, "/detectors/{name}"):
 		path = strings.ReplaceAll(path, "{name}", "auth.bruteforce")
+	case strings.Contains(path, "/groups/{name}"):
+		path = strings.ReplaceAll(path, "{name}", seededGroup)
 	case strings.Contains(path, "/rules/{id}"):
 		path = strings.ReplaceAll(path, "{id}", seededRule)
 	case strings.Contains(path, "/ca/{id}"):
@@ -291,6 +295,9 @@ func request(rt api.Route, w world, tenant event.TenantID) (string, string) {
 		return path, body
 	}
 	if body, ok := ruleBody(rt.Pattern, w.deviceID); ok {
+		return path, body
+	}
+	if body, ok := groupBody(rt.Pattern, w.deviceID); ok {
 		return path, body
 	}
 	panic("no request body for " + rt.Pattern)

@@ -143,6 +143,7 @@ func (s *Server) table() []Route {
 	rs = append(rs, s.commandRoutes(t)...)
 	rs = append(rs, s.detectorRoutes(t, p)...)
 	rs = append(rs, s.ruleRoutes(t)...)
+	rs = append(rs, s.groupRoutes(t)...)
 	for i := range rs {
 		switch rs[i].Pattern {
 		case t + "/audit", p + "/audit":
@@ -159,6 +160,8 @@ func (s *Server) table() []Route {
 			rs[i].Query = []string{"device", "state", "after", "limit"}
 		case t + "/devices":
 			rs[i].Query = []string{"model", "state", "after", "limit"}
+		case t + "/groups/{name}/members":
+			rs[i].Query = []string{"after", "limit"}
 		case t + "/incidents":
 			if rs[i].Method == get {
 				rs[i].Query = []string{"state", "device", "open", "limit"}

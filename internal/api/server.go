@@ -89,6 +89,8 @@ type Options struct {
 	Detectors DetectorEngine
 	// Rules serves the detection-rule routes (503 when nil).
 	Rules RuleService
+	// Groups serves the device-group routes (503 when nil).
+	Groups GroupService
 	// Feeds lists the threat-intelligence feeds (none when nil).
 	Feeds FeedLister
 }

@@ -337,6 +337,7 @@ func (a *App) startAPI(ctx context.Context) error {
 	srv, err := api.New(api.Options{
 		Identity:     a.identity,
 		Devices:      reg,
+		Groups:       reg,
 		Incidents:    a.incidents.svc,
 		Store:        a.store,
 		Clock:        a.clk,
