@@ -19,13 +19,23 @@ import (
 // startBroker runs the MQTT broker over mutual TLS with the API's server
 // certificate; client chains are checked by identity, device states read
 // from the store, events go to the bus.
+//
+// The broker's events are published batched (bus.PublishBatched): every
+// accepted PUBLISH yields an mqtt.publish event and usually a decoded one,
+// on the device's read loop, which would otherwise wait for a JetStream
+// acknowledgement each. All of the broker's events take that one path, so
+// a device's connect, publishes and disconnect keep their order (batching
+// keeps order per tenant and partition across kinds, and a device always
+// maps to one partition), which clone and usage detection rely on. None
+// of them is a SECURITY kind. A failure after acceptance is counted by the
+// bus and reported by its Flush, as for flows.
 func (a *App) startBroker(ctx context.Context) error {
 	b, err := broker.New(broker.Options{
 		Addr:        a.cfg.Broker.Addr,
 		Certificate: a.tls.Cert,
 		Verifier:    brokerVerifier{a.identity},
 		States:      storeStates{a.store},
-		Publisher:   a.bus,
+		Publisher:   asyncPublisher{a.bus},
 		Clock:       a.clk,
 		Logger:      a.log.With("component", "broker"),
 	})

@@ -98,3 +98,117 @@ func FuzzDecodeObjectMatchesDecoder(f *testing.F) {
 		}
 	})
 }
+
+// TestPlainFieldsCoverPayloads: every json field of a payload struct is in
+// its table, so the direct path never ignores a field encoding/json would
+// set, and each entry sets the field it names.
+func TestPlainFieldsCoverPayloads(t *testing.T) {
+	check := func(typ reflect.Type, names []string) {
+		t.Helper()
+		var tags []string
+		for i := range typ.NumField() {
+			tags = append(tags, strings.Split(typ.Field(i).Tag.Get("json"), ",")[0])
+		}
+		if !reflect.DeepEqual(tags, names) {
+			t.Fatalf("%v: table %v, json fields %v", typ, names, tags)
+		}
+	}
+	names := func(n int, name func(int) string) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = name(i)
+		}
+		return out
+	}
+	check(reflect.TypeFor[telemetryPayload](), names(len(telemetryFields), func(i int) string { return telemetryFields[i].name }))
+	check(reflect.TypeFor[metricsPayload](), names(len(metricsFields), func(i int) string { return metricsFields[i].name }))
+	check(reflect.TypeFor[deviceEventPayload](), names(len(deviceEventFields), func(i int) string { return deviceEventFields[i].name }))
+
+	// Each setter writes the field of its own name: a payload naming one
+	// field decodes as encoding/json decodes it.
+	for _, c := range []struct {
+		v      func() any
+		dec    func(any, []byte) error
+		fields []string
+		value  func(string) string
+	}{
+		{func() any { return new(telemetryPayload) }, func(v any, b []byte) error { return decodeFields("x", b, v.(*telemetryPayload), telemetryFields) },
+			[]string{"ts", "lat", "lon", "accuracy_m"}, func(f string) string {
+				if f == "ts" {
+					return `"t"`
+				}
+				return "1.5"
+			}},
+		{func() any { return new(metricsPayload) }, func(v any, b []byte) error { return decodeFields("x", b, v.(*metricsPayload), metricsFields) },
+			[]string{"ts", "fw_version", "fw_digest", "slot", "listening_ports", "connections", "processes", "uptime_s"}, func(f string) string {
+				if f == "listening_ports" {
+					return "[22, 443]"
+				}
+				if f == "connections" || f == "processes" || f == "uptime_s" {
+					return "7"
+				}
+				return `"` + f + `"`
+			}},
+		{func() any { return new(deviceEventPayload) }, func(v any, b []byte) error { return decodeFields("x", b, v.(*deviceEventPayload), deviceEventFields) },
+			[]string{"type", "ts", "fw_version", "fw_digest", "slot", "id", "ok", "output", "error"}, func(f string) string {
+				if f == "ok" {
+					return "true"
+				}
+				return `"` + f + `"`
+			}},
+	} {
+		for _, f := range c.fields {
+			payload := []byte(`{"` + f + `":` + c.value(f) + `}`)
+			got, want := c.v(), c.v()
+			if err := c.dec(got, payload); err != nil {
+				t.Fatalf("%s: %v", payload, err)
+			}
+			if err := decodeObjectDecoder("x", payload, want); err != nil {
+				t.Fatalf("%s: reference: %v", payload, err)
+			}
+			if !reflect.DeepEqual(got, want) || reflect.DeepEqual(want, c.v()) {
+				t.Fatalf("%s: %+v, reference %+v", payload, got, want)
+			}
+		}
+	}
+}
+
+// FuzzDecodeFieldsMatchesDecoder: decodeFields accepts exactly what the
+// original Decoder-based decoding accepted, into the same values, and
+// fails with decodeObject's error.
+func FuzzDecodeFieldsMatchesDecoder(f *testing.F) {
+	for _, s := range []string{
+		`{"ts":"2026-01-01T00:00:00Z","lat":10.5,"lon":-3,"accuracy_m":5,"temp":1}`,
+		`{"temp":21.5,"hum":40,"seq":1,"pad":"xx"}`,
+		`{"fw_version":"1.0","listening_ports":[22,443],"connections":1,"uptime_s":5}`,
+		`{"type":"command.result","id":"c1","ok":true,"output":"pong"}`,
+		`{"LAT":1,"Lon":2}`, `{"lat":null}`, `{"lat":"1"}`, `{"lat":1e999}`, `{} {}`, `{}x`, `{"a":}`, `{}`, ` { } `,
+		`{"a":[1,2,{"b":null,"c":"}"}]}` + "\n", `{"ok":"yes"}`, `{"ok":1}`, `{"ts":5}`, `{"ts":"a\"b"}`, `{"t\u0073":"x"}`,
+		`{"listening_ports":[]}`, `{"listening_ports":[ 1 , 2.5,-3 ]}`, `{"listening_ports":[1,null]}`, `{"listening_ports":[1,[2]]}`,
+		`{"\u017f":1,"tſ":"x"}`, `{"ts":"a","TS":"b"}`, `{"lat":-0,"lon":1E2}`, `{"a":1}}`, `{"listening_ports":null}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		for _, c := range []struct {
+			v    func() any
+			fast func(any) error
+		}{
+			{func() any { return new(telemetryPayload) }, func(v any) error { return decodeFields("x", payload, v.(*telemetryPayload), telemetryFields) }},
+			{func() any { return new(metricsPayload) }, func(v any) error { return decodeFields("x", payload, v.(*metricsPayload), metricsFields) }},
+			{func() any { return new(deviceEventPayload) }, func(v any) error { return decodeFields("x", payload, v.(*deviceEventPayload), deviceEventFields) }},
+		} {
+			got, want, slow := c.v(), c.v(), c.v()
+			gerr, werr, serr := c.fast(got), decodeObjectDecoder("x", payload, want), decodeObject("x", payload, slow)
+			if (gerr == nil) != (werr == nil) {
+				t.Fatalf("%T of %q: error %v, reference %v", got, payload, gerr, werr)
+			}
+			if gerr == nil && !reflect.DeepEqual(got, want) {
+				t.Fatalf("%T of %q: %+v, reference %+v", got, payload, got, want)
+			}
+			if gerr != nil && gerr.Error() != serr.Error() {
+				t.Fatalf("%T of %q: error %v, decodeObject %v", got, payload, gerr, serr)
+			}
+		}
+	})
+}

@@ -188,13 +188,20 @@ type telemetryPayload struct {
 	AccuracyM *number `json:"accuracy_m"`
 }
 
+var telemetryFields = []plainField[telemetryPayload]{
+	{name: "ts", str: func(p *telemetryPayload) **string { return &p.TS }},
+	{name: "lat", num: func(p *telemetryPayload) **number { return &p.Lat }},
+	{name: "lon", num: func(p *telemetryPayload) **number { return &p.Lon }},
+	{name: "accuracy_m", num: func(p *telemetryPayload) **number { return &p.AccuracyM }},
+}
+
 func decodeTelemetry(dst []*event.Event, payload []byte, mk mkFunc) ([]*event.Event, error) {
 	const what = "telemetry"
 	if len(payload) > MaxTelemetryForward {
 		return nil, fmt.Errorf("%w: %s: %d bytes > %d forwarded", ErrPayload, what, len(payload), MaxTelemetryForward)
 	}
 	var p telemetryPayload
-	if err := decodeObject(what, payload, &p); err != nil {
+	if err := decodeFields(what, payload, &p, telemetryFields); err != nil {
 		return nil, err
 	}
 	ts, err := str(what, "ts", p.TS)
@@ -245,10 +252,21 @@ type metricsPayload struct {
 	UptimeS        *number   `json:"uptime_s"`
 }
 
+var metricsFields = []plainField[metricsPayload]{
+	{name: "ts", str: func(p *metricsPayload) **string { return &p.TS }},
+	{name: "fw_version", str: func(p *metricsPayload) **string { return &p.FWVersion }},
+	{name: "fw_digest", str: func(p *metricsPayload) **string { return &p.FWDigest }},
+	{name: "slot", str: func(p *metricsPayload) **string { return &p.Slot }},
+	{name: "listening_ports", nums: func(p *metricsPayload) **[]number { return &p.ListeningPorts }},
+	{name: "connections", num: func(p *metricsPayload) **number { return &p.Connections }},
+	{name: "processes", num: func(p *metricsPayload) **number { return &p.Processes }},
+	{name: "uptime_s", num: func(p *metricsPayload) **number { return &p.UptimeS }},
+}
+
 func decodeMetrics(dst []*event.Event, payload []byte, mk mkFunc) ([]*event.Event, error) {
 	const what = "metrics"
 	var p metricsPayload
-	if err := decodeObject(what, payload, &p); err != nil {
+	if err := decodeFields(what, payload, &p, metricsFields); err != nil {
 		return nil, err
 	}
 	attrs := map[string]any{}
@@ -311,9 +329,21 @@ type deviceEventPayload struct {
 	Error     *string `json:"error"`
 }
 
+var deviceEventFields = []plainField[deviceEventPayload]{
+	{name: "type", str: func(p *deviceEventPayload) **string { return &p.Type }},
+	{name: "ts", str: func(p *deviceEventPayload) **string { return &p.TS }},
+	{name: "fw_version", str: func(p *deviceEventPayload) **string { return &p.FWVersion }},
+	{name: "fw_digest", str: func(p *deviceEventPayload) **string { return &p.FWDigest }},
+	{name: "slot", str: func(p *deviceEventPayload) **string { return &p.Slot }},
+	{name: "id", str: func(p *deviceEventPayload) **string { return &p.ID }},
+	{name: "ok", flag: func(p *deviceEventPayload) **bool { return &p.OK }},
+	{name: "output", str: func(p *deviceEventPayload) **string { return &p.Output }},
+	{name: "error", str: func(p *deviceEventPayload) **string { return &p.Error }},
+}
+
 func decodeDeviceEvent(dst []*event.Event, payload []byte, mk mkFunc) ([]*event.Event, error) {
 	var p deviceEventPayload
-	if err := decodeObject("events", payload, &p); err != nil {
+	if err := decodeFields("events", payload, &p, deviceEventFields); err != nil {
 		return nil, err
 	}
 	typ, err := str("events", "type", p.Type)
