@@ -153,7 +153,7 @@ type (
 		GetMany(ctx context.Context, tenant event.TenantID, ids []event.DeviceID) (map[event.DeviceID]store.Device, error)
 	}
 	devicesSetStateMany interface {
-		SetStateMany(ctx context.Context, tenant event.TenantID, ids []event.DeviceID, from, to store.DeviceState, at time.Time) (int64, error)
+		SetStateMany(ctx context.Context, tenant event.TenantID, ids []event.DeviceID, from, to store.DeviceState, at time.Time) error
 	}
 	certsCreateMany interface {
 		CreateMany(ctx context.Context, cs []store.Certificate) error
@@ -422,14 +422,7 @@ func activateDevices(ctx context.Context, tx store.Tx, tenant event.TenantID, id
 		return nil
 	}
 	if m, ok := tx.Devices().(devicesSetStateMany); ok {
-		n, err := m.SetStateMany(ctx, tenant, ids, store.StateRegistered, store.StateActive, now)
-		if err != nil {
-			return err
-		}
-		if n != int64(len(ids)) {
-			return fmt.Errorf("activate: %d of %d devices changed state meanwhile: %w", int64(len(ids))-n, len(ids), store.ErrConflict)
-		}
-		return nil
+		return m.SetStateMany(ctx, tenant, ids, store.StateRegistered, store.StateActive, now)
 	}
 	for _, id := range ids {
 		if err := tx.Devices().Update(ctx, devs[id]); err != nil {

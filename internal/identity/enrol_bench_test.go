@@ -68,7 +68,20 @@ func BenchmarkEnrolment(b *testing.B) {
 	}
 }
 
-func benchEnrol(b *testing.B, st store.Store, bound float64) {
+// countingStore counts Updates, to report how many enrolments a commit
+// carries.
+type countingStore struct {
+	store.Store
+	updates atomic.Int64
+}
+
+func (s *countingStore) Update(ctx context.Context, fn func(store.Tx) error) error {
+	s.updates.Add(1)
+	return s.Store.Update(ctx, fn)
+}
+
+func benchEnrol(b *testing.B, real store.Store, bound float64) {
+	st := &countingStore{Store: real}
 	f := newFixture(b, st)
 	ctx := context.Background()
 	if _, err := f.svc.EnsureCA(ctx, "acme"); err != nil {
@@ -99,6 +112,7 @@ func benchEnrol(b *testing.B, st store.Store, bound float64) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	c0 := cpuTime()
+	u0 := st.updates.Load()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			i := n.Add(1) - 1
@@ -109,6 +123,7 @@ func benchEnrol(b *testing.B, st store.Store, bound float64) {
 		}
 	})
 	reportCPU(b, c0, b.N)
+	b.ReportMetric(float64(b.N)/float64(max(1, st.updates.Load()-u0)), "enrolments/commit")
 	rate := float64(b.N) / b.Elapsed().Seconds()
 	b.ReportMetric(rate, "enrolments/s")
 	if bound > 0 {

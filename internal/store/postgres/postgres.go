@@ -45,9 +45,11 @@ var dialect = &sqlstore.Dialect{
 	TagKey:   `(d.tags_json ->> (?::text)) IS NOT NULL`,
 	TagValue: `d.tags_json @> jsonb_build_object(?::text, ?::text)`,
 	Group:    `d.groups_json @> jsonb_build_array(?::text)`,
+	// The lock is deferred: it travels with the head query that follows it
+	// (one round trip for both).
 	LockAuditHead: func(ctx context.Context, c sqlstore.Conn, tenant event.TenantID) error {
-		_, err := c.Exec(ctx, `SELECT pg_advisory_xact_lock(?, hashtext(?))`, auditLockClass, string(tenant))
-		return err
+		c.(*conn).ExecDeferred(ctx, `SELECT pg_advisory_xact_lock(?, hashtext(?))`, func(int64) error { return nil }, auditLockClass, string(tenant))
+		return nil
 	},
 }
 
@@ -155,7 +157,11 @@ func (db *DB) run(ctx context.Context, opts pgx.TxOptions, writable bool, fn fun
 		return fmt.Errorf("postgres begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if err := fn(sqlstore.NewTx(conn{tx}, dialect, writable)); err != nil {
+	c := &conn{tx: tx}
+	if err := fn(sqlstore.NewTx(c, dialect, writable)); err != nil {
+		return err
+	}
+	if err := c.flush(ctx); err != nil {
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -187,12 +193,85 @@ func retryable(err error) bool {
 	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
 }
 
-// conn adapts a pgx.Tx to sqlstore.Conn.
-type conn struct{ tx pgx.Tx }
+// conn adapts a pgx.Tx to sqlstore.Conn. It implements sqlstore.Deferrer:
+// deferred statements are sent in one pipeline (pgx.Batch) with the next
+// statement, or by flush before the commit.
+type conn struct {
+	tx      pgx.Tx
+	pending []deferred
+}
 
-var _ sqlstore.Conn = conn{}
+type deferred struct {
+	query string
+	args  []any
+	check func(int64) error
+}
 
-func (c conn) Exec(ctx context.Context, q string, args ...any) (int64, error) {
+var (
+	_ sqlstore.Conn     = (*conn)(nil)
+	_ sqlstore.Deferrer = (*conn)(nil)
+)
+
+// ExecDeferred implements sqlstore.Deferrer.
+func (c *conn) ExecDeferred(ctx context.Context, q string, check func(int64) error, args ...any) {
+	c.pending = append(c.pending, deferred{sqlstore.Rebind(q), args, check})
+}
+
+// send starts a pipeline of the pending statements and then q (if not
+// empty), reads and checks the pending ones' results, and returns the
+// batch positioned at q's result; the caller closes it. On error the batch
+// is closed.
+func (c *conn) send(ctx context.Context, q string, args []any) (pgx.BatchResults, error) {
+	b := &pgx.Batch{}
+	for _, d := range c.pending {
+		b.Queue(d.query, d.args...)
+	}
+	if q != "" {
+		b.Queue(q, args...)
+	}
+	pending := c.pending
+	c.pending = nil
+	br := c.tx.SendBatch(ctx, b)
+	for _, d := range pending {
+		tag, err := br.Exec()
+		if err == nil {
+			err = d.check(tag.RowsAffected())
+		}
+		if err != nil {
+			_ = br.Close()
+			return nil, mapErr(err)
+		}
+	}
+	return br, nil
+}
+
+// flush sends the pending statements.
+func (c *conn) flush(ctx context.Context) error {
+	if len(c.pending) == 0 {
+		return nil
+	}
+	br, err := c.send(ctx, "", nil)
+	if err != nil {
+		return err
+	}
+	return mapErr(br.Close())
+}
+
+func (c *conn) Exec(ctx context.Context, q string, args ...any) (int64, error) {
+	if len(c.pending) > 0 {
+		br, err := c.send(ctx, sqlstore.Rebind(q), args)
+		if err != nil {
+			return 0, err
+		}
+		tag, err := br.Exec()
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return 0, mapErr(err)
+		}
+		return tag.RowsAffected(), nil
+	}
 	tag, err := c.tx.Exec(ctx, sqlstore.Rebind(q), args...)
 	if err != nil {
 		return 0, mapErr(err)
@@ -200,7 +279,19 @@ func (c conn) Exec(ctx context.Context, q string, args ...any) (int64, error) {
 	return tag.RowsAffected(), nil
 }
 
-func (c conn) Query(ctx context.Context, q string, args ...any) (sqlstore.Rows, error) {
+func (c *conn) Query(ctx context.Context, q string, args ...any) (sqlstore.Rows, error) {
+	if len(c.pending) > 0 {
+		br, err := c.send(ctx, sqlstore.Rebind(q), args)
+		if err != nil {
+			return nil, err
+		}
+		rows, err := br.Query()
+		if err != nil {
+			_ = br.Close()
+			return nil, mapErr(err)
+		}
+		return &batchRows{Rows: rows, br: br}, nil
+	}
 	rows, err := c.tx.Query(ctx, sqlstore.Rebind(q), args...)
 	if err != nil {
 		return nil, mapErr(err)
@@ -208,13 +299,64 @@ func (c conn) Query(ctx context.Context, q string, args ...any) (sqlstore.Rows, 
 	return rows, nil
 }
 
-func (c conn) QueryRow(ctx context.Context, q string, args ...any) sqlstore.Row {
+func (c *conn) QueryRow(ctx context.Context, q string, args ...any) sqlstore.Row {
+	if len(c.pending) > 0 {
+		br, err := c.send(ctx, sqlstore.Rebind(q), args)
+		if err != nil {
+			return errRow{err}
+		}
+		return batchRow{br.QueryRow(), br}
+	}
 	return row{c.tx.QueryRow(ctx, sqlstore.Rebind(q), args...)}
 }
 
 type row struct{ r pgx.Row }
 
 func (r row) Scan(dest ...any) error { return mapErr(r.r.Scan(dest...)) }
+
+type errRow struct{ err error }
+
+func (r errRow) Scan(dest ...any) error { return r.err }
+
+// batchRow is the last result of a pipeline: scanning it closes the batch.
+type batchRow struct {
+	r  pgx.Row
+	br pgx.BatchResults
+}
+
+func (r batchRow) Scan(dest ...any) error {
+	err := r.r.Scan(dest...)
+	if cerr := r.br.Close(); err == nil {
+		err = cerr
+	}
+	return mapErr(err)
+}
+
+// batchRows are the last result of a pipeline: closing them closes the
+// batch.
+type batchRows struct {
+	pgx.Rows
+	br  pgx.BatchResults
+	err error
+}
+
+func (r *batchRows) Close() {
+	r.Rows.Close()
+	if r.br != nil {
+		r.err = r.br.Close()
+		r.br = nil
+	}
+}
+
+// Err is called after the rows were read: it closes the batch too, to
+// report its error.
+func (r *batchRows) Err() error {
+	if err := r.Rows.Err(); err != nil {
+		return mapErr(err)
+	}
+	r.Close()
+	return mapErr(r.err)
+}
 
 // mapErr turns "no rows" into store.ErrNotFound and unique violations into
 // store.ErrConflict, keeping the driver's error in the chain.

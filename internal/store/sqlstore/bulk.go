@@ -32,6 +32,50 @@ func chunks(n int, fn func(lo, hi int) error) error {
 	return nil
 }
 
+// padded calls fn with consecutive [lo, hi) ranges covering n keys of an
+// IN list and the list's length, size (64, 16, 4 or 1, at least hi-lo):
+// the caller repeats the last key to fill it, which changes nothing in a
+// SELECT or UPDATE and needs one statement per 64 keys.
+func padded(n int, fn func(lo, hi, size int) error) error {
+	for lo := 0; lo < n; {
+		size := 64
+		for _, s := range [...]int{1, 4, 16} {
+			if n-lo <= s {
+				size = s
+				break
+			}
+		}
+		hi := min(lo+size, n)
+		if err := fn(lo, hi, size); err != nil {
+			return err
+		}
+		lo = hi
+	}
+	return nil
+}
+
+// appendPadded appends keys as arguments, then the last one again up to
+// size.
+func appendPadded[T ~string](args []any, keys []T, size int) []any {
+	for _, k := range keys {
+		args = append(args, string(k))
+	}
+	for range size - len(keys) {
+		args = append(args, string(keys[len(keys)-1]))
+	}
+	return args
+}
+
+// rowsWant returns a check that n rows changed, else err.
+func rowsWant(n int, err error) func(int64) error {
+	return func(got int64) error {
+		if got != int64(n) {
+			return fmt.Errorf("%w: %d of %d rows", err, got, n)
+		}
+		return nil
+	}
+}
+
 // marks returns n groups of the placeholder group g joined by commas:
 // marks(2, "(?, ?)") is "(?, ?), (?, ?)".
 func marks(n int, g string) string {
@@ -49,13 +93,9 @@ func marks(n int, g string) string {
 // GetMany returns the values of the keys present among keys.
 func (s settings) GetMany(ctx context.Context, tenant event.TenantID, keys []string) (map[string][]byte, error) {
 	out := make(map[string][]byte, len(keys))
-	err := chunks(len(keys), func(lo, hi int) error {
-		args := make([]any, 0, 1+hi-lo)
-		args = append(args, string(tenant))
-		for _, k := range keys[lo:hi] {
-			args = append(args, k)
-		}
-		rows, err := s.c.Query(ctx, `SELECT name, value FROM settings WHERE tenant = ? AND name IN (`+marks(hi-lo, "?")+`)`, args...)
+	err := padded(len(keys), func(lo, hi, size int) error {
+		args := appendPadded(append(make([]any, 0, 1+size), string(tenant)), keys[lo:hi], size)
+		rows, err := s.c.Query(ctx, `SELECT name, value FROM settings WHERE tenant = ? AND name IN (`+marks(size, "?")+`)`, args...)
 		if err != nil {
 			return err
 		}
@@ -97,9 +137,8 @@ func (s settings) PutMany(ctx context.Context, tenant event.TenantID, keys []str
 			}
 			args = append(args, string(tenant), keys[i], v)
 		}
-		_, err := s.c.Exec(ctx, `INSERT INTO settings (tenant, name, value) VALUES `+marks(hi-lo, "(?, ?, ?)")+`
-			ON CONFLICT (tenant, name) DO UPDATE SET value = excluded.value`, args...)
-		return err
+		return execChecked(ctx, s.c, `INSERT INTO settings (tenant, name, value) VALUES `+marks(hi-lo, "(?, ?, ?)")+`
+			ON CONFLICT (tenant, name) DO UPDATE SET value = excluded.value`, func(int64) error { return nil }, args...)
 	})
 	if err != nil {
 		return fmt.Errorf("settings put many %q: %w", tenant, err)
@@ -111,13 +150,9 @@ func (s settings) PutMany(ctx context.Context, tenant event.TenantID, keys []str
 // not in the map.
 func (s devices) GetMany(ctx context.Context, tenant event.TenantID, ids []event.DeviceID) (map[event.DeviceID]store.Device, error) {
 	out := make(map[event.DeviceID]store.Device, len(ids))
-	err := chunks(len(ids), func(lo, hi int) error {
-		args := make([]any, 0, 1+hi-lo)
-		args = append(args, string(tenant))
-		for _, id := range ids[lo:hi] {
-			args = append(args, string(id))
-		}
-		rows, err := s.c.Query(ctx, `SELECT `+deviceCols+` FROM devices WHERE tenant = ? AND id IN (`+marks(hi-lo, "?")+`)`, args...)
+	err := padded(len(ids), func(lo, hi, size int) error {
+		args := appendPadded(append(make([]any, 0, 1+size), string(tenant)), ids[lo:hi], size)
+		rows, err := s.c.Query(ctx, `SELECT `+deviceCols+` FROM devices WHERE tenant = ? AND id IN (`+marks(size, "?")+`)`, args...)
 		if err != nil {
 			return err
 		}
@@ -137,25 +172,20 @@ func (s devices) GetMany(ctx context.Context, tenant event.TenantID, ids []event
 	return out, nil
 }
 
-// SetStateMany moves the devices among ids that are in state from to state
-// to, stamping updated_at, and returns how many it changed. It checks no
-// transition rule: the caller does (see registry.CanTransition).
-func (s devices) SetStateMany(ctx context.Context, tenant event.TenantID, ids []event.DeviceID, from, to store.DeviceState, at time.Time) (int64, error) {
-	var total int64
-	err := chunks(len(ids), func(lo, hi int) error {
-		args := make([]any, 0, 4+hi-lo)
-		args = append(args, string(to), Micros(at), string(tenant), string(from))
-		for _, id := range ids[lo:hi] {
-			args = append(args, string(id))
-		}
-		n, err := s.c.Exec(ctx, `UPDATE devices SET state = ?, updated_at = ? WHERE tenant = ? AND state = ? AND id IN (`+marks(hi-lo, "?")+`)`, args...)
-		total += n
-		return err
+// SetStateMany moves the devices ids, all distinct and in state from, to
+// state to, stamping updated_at; ErrConflict if any is absent or in
+// another state. It checks no transition rule: the caller does (see
+// registry.CanTransition).
+func (s devices) SetStateMany(ctx context.Context, tenant event.TenantID, ids []event.DeviceID, from, to store.DeviceState, at time.Time) error {
+	err := padded(len(ids), func(lo, hi, size int) error {
+		args := appendPadded(append(make([]any, 0, 4+size), string(to), Micros(at), string(tenant), string(from)), ids[lo:hi], size)
+		return execChecked(ctx, s.c, `UPDATE devices SET state = ?, updated_at = ? WHERE tenant = ? AND state = ? AND id IN (`+marks(size, "?")+`)`,
+			rowsWant(hi-lo, store.ErrConflict), args...)
 	})
 	if err != nil {
-		return total, fmt.Errorf("devices set state many %s: %w", tenant, err)
+		return fmt.Errorf("devices set state many %s: %w", tenant, err)
 	}
-	return total, nil
+	return nil
 }
 
 // CreateMany stores new certificates; ErrConflict (and nothing counted as
@@ -170,11 +200,8 @@ func (s certificates) CreateMany(ctx context.Context, cs []store.Certificate) er
 			args = append(args, string(c.Tenant), c.Serial, string(c.Device), c.Issuer, nilIfEmpty(c.DER), Micros(c.NotBefore), Micros(c.NotAfter),
 				nullMicros(c.RevokedAt), c.RevocationReason)
 		}
-		n, err := s.c.Exec(ctx, `INSERT INTO certificates (`+certCols+`) VALUES `+marks(hi-lo, "(?, ?, ?, ?, ?, ?, ?, ?, ?)")+` ON CONFLICT DO NOTHING`, args...)
-		if err == nil && n != int64(hi-lo) {
-			err = store.ErrConflict
-		}
-		return err
+		return execChecked(ctx, s.c, `INSERT INTO certificates (`+certCols+`) VALUES `+marks(hi-lo, "(?, ?, ?, ?, ?, ?, ?, ?, ?)")+` ON CONFLICT DO NOTHING`,
+			rowsWant(hi-lo, store.ErrConflict), args...)
 	})
 	if err != nil {
 		return fmt.Errorf("certificates create many: %w", err)
@@ -193,11 +220,8 @@ func (s auditLog) AppendMany(ctx context.Context, rs []store.AuditRecord) error 
 			}
 			args = append(args, string(a.Tenant), a.Seq, Micros(a.Time), a.Actor, a.Action, a.Target, nilIfEmpty(a.Details), a.PrevHash, a.Hash)
 		}
-		n, err := s.c.Exec(ctx, `INSERT INTO audit (`+auditCols+`) VALUES `+marks(hi-lo, "(?, ?, ?, ?, ?, ?, ?, ?, ?)")+` ON CONFLICT DO NOTHING`, args...)
-		if err == nil && n != int64(hi-lo) {
-			err = store.ErrConflict
-		}
-		return err
+		return execChecked(ctx, s.c, `INSERT INTO audit (`+auditCols+`) VALUES `+marks(hi-lo, "(?, ?, ?, ?, ?, ?, ?, ?, ?)")+` ON CONFLICT DO NOTHING`,
+			rowsWant(hi-lo, store.ErrConflict), args...)
 	})
 	if err != nil {
 		return fmt.Errorf("audit append many: %w", err)

@@ -40,6 +40,31 @@ type Conn interface {
 	QueryRow(ctx context.Context, query string, args ...any) Row
 }
 
+// Deferrer is implemented by a Conn that can hold a statement back and
+// send it with the next statement or before the commit, in one round trip
+// (PostgreSQL pipelines them). check gets the statement's row count. An
+// error of a deferred statement, or of its check, is returned by the call
+// that sends it: a later Exec, Query or QueryRow (whose own statement then
+// does not count), or the commit. Only bulk writes whose caller fails the
+// whole transaction on any error use it (see bulk.go), and the audit lock.
+type Deferrer interface {
+	ExecDeferred(ctx context.Context, query string, check func(n int64) error, args ...any)
+}
+
+// execChecked runs a statement, deferred if c can, and checks its row
+// count.
+func execChecked(ctx context.Context, c Conn, q string, check func(n int64) error, args ...any) error {
+	if d, ok := c.(Deferrer); ok {
+		d.ExecDeferred(ctx, q, check, args...)
+		return nil
+	}
+	n, err := c.Exec(ctx, q, args...)
+	if err != nil {
+		return err
+	}
+	return check(n)
+}
+
 // Rows iterates over a result.
 type Rows interface {
 	Next() bool
