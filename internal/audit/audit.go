@@ -77,8 +77,10 @@ func checkEntry(e Entry) error {
 		return fmt.Errorf("%w: tenant, time and action are required", ErrInvalid)
 	}
 	if len(e.Details) > 0 {
-		// Valid JSON whose first token is '{' is an object.
-		if b := bytes.TrimLeft(e.Details, " \t\r\n"); !json.Valid(e.Details) || len(b) == 0 || b[0] != '{' {
+		// Valid JSON whose first token is '{' is an object; null (what
+		// json.Marshal makes of a nil map) is accepted as no details, as
+		// json.Unmarshal into a map accepts it.
+		if b := bytes.TrimSpace(e.Details); !json.Valid(b) || b[0] != '{' && string(b) != "null" {
 			return fmt.Errorf("%w: details must be a JSON object", ErrInvalid)
 		}
 	}

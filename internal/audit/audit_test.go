@@ -137,11 +137,14 @@ func TestAppendRejectsBadEntries(t *testing.T) {
 	s, _ := backends[0].open(t)
 	ctx := context.Background()
 	for name, e := range map[string]Entry{
-		"no tenant":     {Time: t0, Action: "a"},
-		"no time":       {Tenant: "acme", Action: "a"},
-		"no action":     {Tenant: "acme", Time: t0},
-		"details array": {Tenant: "acme", Time: t0, Action: "a", Details: json.RawMessage(`[1]`)},
-		"details junk":  {Tenant: "acme", Time: t0, Action: "a", Details: json.RawMessage(`{"a":`)},
+		"no tenant":      {Time: t0, Action: "a"},
+		"no time":        {Tenant: "acme", Action: "a"},
+		"no action":      {Tenant: "acme", Time: t0},
+		"details array":  {Tenant: "acme", Time: t0, Action: "a", Details: json.RawMessage(`[1]`)},
+		"details junk":   {Tenant: "acme", Time: t0, Action: "a", Details: json.RawMessage(`{"a":`)},
+		"details string": {Tenant: "acme", Time: t0, Action: "a", Details: json.RawMessage(`"{}"`)},
+		"details blank":  {Tenant: "acme", Time: t0, Action: "a", Details: json.RawMessage(` `)},
+		"details two":    {Tenant: "acme", Time: t0, Action: "a", Details: json.RawMessage(`{} {}`)},
 	} {
 		err := s.Update(ctx, func(tx store.Tx) error { _, err := Append(ctx, tx, e); return err })
 		require.ErrorIs(t, err, store.ErrInvalid, name)
@@ -150,6 +153,15 @@ func TestAppendRejectsBadEntries(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, rep.OK)
 	require.Zero(t, rep.Checked, "nothing was written")
+	// An object with spaces around it, and null (json.Marshal of a nil
+	// map), are accepted.
+	for _, d := range []string{` {"a": 1} `, `null`} {
+		err := s.Update(ctx, func(tx store.Tx) error {
+			_, err := Append(ctx, tx, Entry{Tenant: "acme", Time: t0, Action: "a", Details: json.RawMessage(d)})
+			return err
+		})
+		require.NoError(t, err, d)
+	}
 }
 
 func TestVerifyEmptyAndPaged(t *testing.T) {
