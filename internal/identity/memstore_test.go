@@ -72,6 +72,7 @@ func (t memTx) Cells() store.Cells               { panic("not in memStore") }
 func (t memTx) Commands() store.Commands         { panic("not in memStore") }
 func (t memTx) Rules() store.Rules               { panic("not in memStore") }
 func (t memTx) Groups() store.Groups             { panic("not in memStore") }
+func (t memTx) Passwords() store.DevicePasswords { panic("not in memStore") }
 
 type memCAs memTx
 

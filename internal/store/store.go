@@ -67,9 +67,10 @@ type Tx interface {
 	Mass() Mass           // response.go
 	Campaigns() Campaigns
 	Cells() Cells
-	Rules() Rules       // rule.go
-	Commands() Commands // command.go
-	Groups() Groups     // group.go
+	Rules() Rules               // rule.go
+	Commands() Commands         // command.go
+	Groups() Groups             // group.go
+	Passwords() DevicePasswords // password.go
 }
 
 // Tenant is an isolated customer of the platform.

@@ -48,6 +48,7 @@ func Run(t *testing.T, open Opener) {
 		{"Commands", testCommands},               // command.go
 		{"Groups", testGroups},                   // group.go
 		{"GroupMembership", testGroupMembership}, // group.go
+		{"Passwords", testPasswords},             // password.go
 		{"TenantIsolation", testIsolation},
 		{"Incidents", testIncidents},
 		{"IncidentCompareAndSet", testIncidentCAS},
