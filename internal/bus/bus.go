@@ -82,9 +82,10 @@ func DefaultDataKinds() []event.Kind {
 
 // DefaultSecurityKinds returns the kinds routed to the SECURITY stream when
 // Options.SecurityKinds is nil: certificates issued and revoked, registry
-// state changes (quarantine, disable) and response actions.
+// state changes (quarantine, disable), device password changes and response
+// actions.
 func DefaultSecurityKinds() []event.Kind {
-	return []event.Kind{event.CertIssued, event.CertRevoked, event.DeviceState, event.ActionTaken}
+	return []event.Kind{event.CertIssued, event.CertRevoked, event.DeviceState, event.DevicePassword, event.ActionTaken}
 }
 
 // Options configure [Open]. The zero value plus a DataDir is a working

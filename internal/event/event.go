@@ -90,6 +90,10 @@ const (
 	CertRevoked Kind = "identity.cert_revoked"
 	// Registry state change: from, to, reason.
 	DeviceState Kind = "device.state"
+	// A device's broker password (legacy password listener) set, rotated
+	// or cleared: action (set|cleared). Never carries the password. The
+	// broker closes the device's password sessions on it.
+	DevicePassword Kind = "device.password"
 
 	// An alert raised or updated by detection: alert_id, alert_kind,
 	// severity, count. Consumed by the response engine.
