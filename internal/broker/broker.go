@@ -10,7 +10,11 @@
 //   - The device identity comes from the certificate; the MQTT client id
 //     must equal the device id. Password login is refused; a CONNECT
 //     carrying a well-known factory credential is refused and reported as
-//     default_credentials.
+//     default_credentials, on every listener.
+//   - The one exception, off by default: the legacy password listener
+//     ([Broker.EnablePasswords], password.go), server-only TLS, where a
+//     per-device password verified against its stored hash stands in for
+//     the certificate. Everything after authentication is the same.
 //   - A device is admitted only in state active or quarantined (asked of
 //     [States] at connect). [Broker.SetState] re-authorises live sessions at
 //     once: revoked, suspended and every other state closes the session;
@@ -179,6 +183,7 @@ type Broker struct {
 	log     *slog.Logger
 	srv     *mqtt.Server
 	ln      *mtlsListener
+	pw      *pwListener // nil unless EnablePasswords
 	metrics counters
 
 	mu       sync.Mutex
@@ -233,16 +238,22 @@ func (b *Broker) tlsConfig() *tls.Config {
 	}
 	if b.opts.AllowTLS12 {
 		c.MinVersion = tls.VersionTLS12
-		c.CipherSuites = []uint16{
-			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-			tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-			tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-		}
+		c.CipherSuites = tls12Suites()
 	}
 	return c
+}
+
+// tls12Suites are the only TLS 1.2 suites allowed when 1.2 is: ECDHE with
+// AEAD.
+func tls12Suites() []uint16 {
+	return []uint16{
+		tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+		tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+		tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+		tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+		tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+		tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+	}
 }
 
 // Start opens the listener and serves in the background.
@@ -267,6 +278,9 @@ func (b *Broker) Addr() net.Addr {
 func (b *Broker) Close() error {
 	err := b.srv.Close()
 	b.ln.wg.Wait()
+	if b.pw != nil {
+		b.pw.wg.Wait()
+	}
 	return err
 }
 

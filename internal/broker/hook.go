@@ -36,13 +36,13 @@ func (h *hook) Provides(b byte) bool {
 // sessionOf returns the broker session of a client, or nil for clients the
 // broker did not authenticate (the inline client).
 func (h *hook) sessionOf(cl *mqtt.Client) *session {
-	c, ok := cl.Net.Conn.(*conn)
+	id, ok := connIdentity(cl)
 	if !ok {
 		return nil
 	}
 	h.b.mu.Lock()
 	defer h.b.mu.Unlock()
-	s := h.b.sessions[key(c.id.Tenant, c.id.Device)]
+	s := h.b.sessions[key(id.Tenant, id.Device)]
 	if s == nil || s.cl != cl {
 		return nil
 	}
@@ -55,6 +55,9 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	}
 	c, ok := cl.Net.Conn.(*conn)
 	if !ok {
+		if pc, ok := cl.Net.Conn.(*pwConn); ok {
+			return h.passwordConnect(cl, pk, pc)
+		}
 		return false // default deny: only verified mTLS connections get here
 	}
 	id, remote := c.id, cl.Net.Remote
@@ -76,6 +79,14 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 			return refuse("bad_password", map[string]any{"username": user})
 		}
 	}
+	return h.admit(cl, pk, id, remote, refuse)
+}
+
+// admit is the end of every connect, whichever listener authenticated id:
+// the client id must be the device id, the device must be active or
+// quarantined, and the session is registered (quarantine narrowing its
+// ACL from the start).
+func (h *hook) admit(cl *mqtt.Client, pk packets.Packet, id Identity, remote string, refuse func(reason string, attrs map[string]any) bool) bool {
 	if pk.Connect.ClientIdentifier != string(id.Device) {
 		return refuse("client_id_mismatch", nil)
 	}
@@ -120,17 +131,17 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 }
 
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
-	c, ok := cl.Net.Conn.(*conn)
+	id, ok := connIdentity(cl)
 	if !ok {
 		return
 	}
 	h.b.mu.Lock()
-	s := h.b.sessions[key(c.id.Tenant, c.id.Device)]
+	s := h.b.sessions[key(id.Tenant, id.Device)]
 	if s == nil || s.cl != cl {
 		h.b.mu.Unlock()
 		return
 	}
-	delete(h.b.sessions, key(c.id.Tenant, c.id.Device))
+	delete(h.b.sessions, key(id.Tenant, id.Device))
 	h.b.mu.Unlock()
 	// The first cause wins: a kick or takeover stops the client before its
 	// read loop fails with a closed connection.
