@@ -23,6 +23,7 @@ import (
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/identity"
 	"github.com/garrisonhq/garrison/internal/ota"
+	"github.com/garrisonhq/garrison/internal/seal"
 	"github.com/garrisonhq/garrison/internal/store"
 	"github.com/garrisonhq/garrison/internal/store/sqlite"
 )
@@ -48,13 +49,22 @@ func newEnv(t testing.TB) *env {
 	id, reg := newIdentity(t, st, clk)
 	cat, eng := newOTA(t, st, clk)
 	srv, err := api.New(api.Options{Store: st, Clock: clk, MaxBodyBytes: 4096, Identity: id, Devices: reg, Incidents: newIncidents(t, st, clk), Firmware: cat, Campaigns: eng,
-		Response:     newResponse(t, st, clk, reg),
-		Connectivity: newIngester(st, clk, &published{}),
-		Commands:     newCommands(t, st, clk),
-		Rules:        newRules(t, st, clk),
-		Groups:       reg})
+		Response:       newResponse(t, st, clk, reg),
+		Connectivity:   newIngester(st, clk, &published{}),
+		Commands:       newCommands(t, st, clk),
+		Rules:          newRules(t, st, clk),
+		Groups:         reg,
+		WebhookSecrets: newSealer(t)})
 	require.NoError(t, err)
 	return &env{st: st, clk: clk, srv: srv, cat: cat, eng: eng, id: id}
+}
+
+// newSealer seals webhook secrets as serve does, at a test's scrypt cost.
+func newSealer(t testing.TB) *seal.Sealer {
+	t.Helper()
+	sl, err := seal.New([]byte("api-test-passphrase"), seal.WithScryptCost(10, 8, 1))
+	require.NoError(t, err)
+	return sl
 }
 
 // world is one fresh tenant with an operator and token of every role, a

@@ -76,6 +76,9 @@ func (s *Server) createWebhook(ctx context.Context, c *call, req CreateWebhookRe
 	if !ident.MatchString(req.Channel) {
 		return WebhookCreated{}, errorf(http.StatusBadRequest, CodeInvalid, "channel must be 1-128 letters, digits or ._:-")
 	}
+	if s.opt.WebhookSecrets == nil {
+		return WebhookCreated{}, errorf(http.StatusServiceUnavailable, CodeUnavailable, "webhook secrets cannot be sealed on this server (no key passphrase)")
+	}
 	var shown string
 	secret := []byte(req.Secret)
 	switch {
@@ -93,7 +96,14 @@ func (s *Server) createWebhook(ctx context.Context, c *call, req CreateWebhookRe
 	if err != nil {
 		return WebhookCreated{}, err
 	}
-	w := store.Webhook{Tenant: c.tenant, ID: id, Name: req.Name, URL: req.URL, Secret: secret, Events: req.Events,
+	// Sealed under the key passphrase before it reaches the store; the
+	// worker opens it only to sign a delivery.
+	sealed, err := export.SealSecret(s.opt.WebhookSecrets, c.tenant, id, secret)
+	clear(secret)
+	if err != nil {
+		return WebhookCreated{}, err
+	}
+	w := store.Webhook{Tenant: c.tenant, ID: id, Name: req.Name, URL: req.URL, Secret: sealed, Events: req.Events,
 		Channel: req.Channel, CreatedAt: s.opt.Clock.Now().UTC()}
 	if w.Events == nil {
 		w.Events = []string{}

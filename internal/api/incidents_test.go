@@ -17,6 +17,7 @@ import (
 	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/incident"
+	"github.com/garrisonhq/garrison/internal/seal"
 	"github.com/garrisonhq/garrison/internal/store"
 )
 
@@ -209,6 +210,20 @@ func TestWebhooksOverAPI(t *testing.T) {
 	created := decode[api.WebhookCreated](t, rec)
 	require.True(t, strings.HasPrefix(created.Secret, "whsec_"), "a generated secret is shown once")
 	require.Equal(t, "default", created.Webhook.Channel)
+	// Stored sealed: the row holds neither the shown secret nor one given.
+	rec = e.do("POST", base+"/webhooks", admin, `{"name":"pager","url":"https://pager.example/in","secret":"given-secret-0123456789"}`)
+	require.Equal(t, http.StatusCreated, rec.Code, rec.Body.String())
+	require.NotContains(t, rec.Body.String(), "given-secret-0123456789", "a given secret is not echoed")
+	require.NoError(t, e.st.View(context.Background(), func(tx store.Tx) error {
+		for _, id := range []string{created.Webhook.ID, decode[api.WebhookCreated](t, rec).Webhook.ID} {
+			h, err := tx.Webhooks().Get(context.Background(), w.tenant, id)
+			require.NoError(t, err)
+			require.True(t, seal.IsSealed(h.Secret), "sealed at rest")
+			require.NotContains(t, string(h.Secret), created.Secret)
+			require.NotContains(t, string(h.Secret), "given-secret-0123456789")
+		}
+		return nil
+	}))
 	rec = e.do("GET", base+"/webhooks", w.tokens[store.RoleAuditor], "")
 	require.Equal(t, http.StatusOK, rec.Code)
 	require.NotContains(t, rec.Body.String(), created.Secret)

@@ -37,6 +37,7 @@ import (
 	"github.com/garrisonhq/garrison/internal/auth"
 	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/export"
 	"github.com/garrisonhq/garrison/internal/store"
 )
 
@@ -67,6 +68,10 @@ type Options struct {
 	Devices  DeviceRegistry
 	// Incidents serves the incident and runbook routes (503 when nil).
 	Incidents IncidentService
+	// WebhookSecrets seals webhook secrets before they are stored (serve
+	// passes the key passphrase's sealer); without it webhooks cannot be
+	// created (503).
+	WebhookSecrets export.SecretSealer
 	// Firmware serves the catalog routes and Campaigns the campaign
 	// writes; those routes answer 503 when nil.
 	Firmware  FirmwareCatalog

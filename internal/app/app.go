@@ -91,6 +91,7 @@ type App struct {
 	bus       *bus.Bus
 	httpLn    net.Listener
 	identity  *identity.Service
+	sealer    *identity.Sealer // the key passphrase's: CA keys and webhook secrets
 	httpSrv   *http.Server
 	tls       tlsutil.Result
 	api       *api.Server
@@ -354,6 +355,8 @@ func (a *App) startAPI(ctx context.Context) error {
 		Detectors: &a.detectors, Feeds: a.feeds,
 		Rules:    a.rules,
 		Response: &a.response,
+		// Webhook secrets are sealed under the key passphrase (incident.go).
+		WebhookSecrets: a.sealer,
 	})
 	if err != nil {
 		return err

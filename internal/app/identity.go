@@ -51,6 +51,7 @@ func (a *App) startIdentity(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.sealer = sealer
 	svc, err := identity.New(identity.Options{
 		Store:        a.store,
 		Sealer:       sealer,

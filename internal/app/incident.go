@@ -44,9 +44,19 @@ func (a *App) startIncidents(ctx context.Context) error {
 	log := a.log.With("component", "export")
 	wh, err := export.NewWebhooks(export.WebhookOptions{Store: a.store, Clock: a.clk, Logger: log,
 		Client:      export.NewClient(e.WebhookTimeout, e.WebhookAllowPrivate),
-		MaxAttempts: e.WebhookAttempts, Backoff: e.WebhookBackoff, MaxBackoff: e.WebhookMaxBackoff, Timeout: e.WebhookTimeout})
+		MaxAttempts: e.WebhookAttempts, Backoff: e.WebhookBackoff, MaxBackoff: e.WebhookMaxBackoff, Timeout: e.WebhookTimeout,
+		Sealer: a.sealer})
 	if err != nil {
 		return err
+	}
+	// Webhook secrets stored in clear by an earlier version are sealed
+	// under the key passphrase before the worker starts (audited).
+	n, err := export.SealClearSecrets(ctx, a.store, a.sealer, a.clk.Now().UTC())
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		log.Info("sealed webhook secrets stored in clear", "count", n)
 	}
 	svc, err := incident.New(incident.Options{Store: a.store, Clock: a.clk, Logger: a.log.With("component", "incident"), Outbox: wh})
 	if err != nil {

@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +25,7 @@ import (
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/export"
 	"github.com/garrisonhq/garrison/internal/incident"
+	"github.com/garrisonhq/garrison/internal/seal"
 	"github.com/garrisonhq/garrison/internal/store"
 )
 
@@ -158,7 +162,9 @@ func TestServeExportsAndIncidents(t *testing.T) {
 	cfg.Exports.WebhookBackoff = 50 * time.Millisecond
 	cfg.Exports.SyslogAddr = collector.ln.Addr().String()
 	var out bytes.Buffer
-	a, err := app.New(cfg, nil, app.Options{Out: &out, KeyPassphrase: testPass, Clock: clock.Real{}})
+	logs := &lockedBuffer{}
+	a, err := app.New(cfg, nil, app.Options{Out: &out, KeyPassphrase: testPass, Clock: clock.Real{},
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	require.NoError(t, err)
 	require.NoError(t, a.Start(ctx))
 	defer a.Stop(context.Background())
@@ -229,4 +235,76 @@ func TestServeExportsAndIncidents(t *testing.T) {
 	hooks.mu.Lock()
 	require.Zero(t, hooks.bad, "every delivery was signed")
 	hooks.mu.Unlock()
+
+	// The secret is sealed at rest: the raw row does not hold it, and no
+	// log line does either.
+	raw, err := sql.Open("sqlite", "file:"+filepath.Join(cfg.DataDir, "garrison.db")+"?mode=ro")
+	require.NoError(t, err)
+	defer raw.Close()
+	var row []byte
+	require.NoError(t, raw.QueryRowContext(ctx, `SELECT secret FROM webhooks WHERE tenant = 'acme' AND id = ?`, created.Webhook.ID).Scan(&row))
+	require.True(t, seal.IsSealed(row))
+	require.NotContains(t, string(row), "0123456789abcdef-secret")
+	require.NotContains(t, logs.String(), "0123456789abcdef-secret")
+}
+
+// lockedBuffer is a bytes.Buffer safe for the logger's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestServeSealsClearWebhookSecrets: a webhook secret stored in clear (by
+// an earlier version) is sealed in place when serve starts, with an audit
+// record; the raw row no longer holds it.
+func TestServeSealsClearWebhookSecrets(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cfg := testConfig(t)
+	a, err := app.New(cfg, nil, app.Options{KeyPassphrase: testPass, Clock: clock.Real{}, NoDetection: true})
+	require.NoError(t, err)
+	require.NoError(t, a.Start(ctx))
+	const clearSecret = "left-in-clear-by-v1-0123"
+	now := time.Now().UTC()
+	require.NoError(t, a.Store().Update(ctx, func(tx store.Tx) error {
+		if err := tx.Tenants().Create(ctx, store.Tenant{ID: "acme", Name: "Acme", CreatedAt: now}); err != nil {
+			return err
+		}
+		return tx.Webhooks().Create(ctx, store.Webhook{Tenant: "acme", ID: "wh-old", Name: "old", URL: "https://soc.example/hook",
+			Secret: []byte(clearSecret), Events: []string{}, Channel: "default", CreatedAt: now})
+	}))
+	require.NoError(t, a.Stop(ctx))
+
+	b, err := app.New(cfg, nil, app.Options{KeyPassphrase: testPass, Clock: clock.Real{}, NoDetection: true})
+	require.NoError(t, err)
+	require.NoError(t, b.Start(ctx))
+	defer b.Stop(context.Background())
+	raw, err := sql.Open("sqlite", "file:"+filepath.Join(cfg.DataDir, "garrison.db")+"?mode=ro")
+	require.NoError(t, err)
+	defer raw.Close()
+	var row []byte
+	require.NoError(t, raw.QueryRowContext(ctx, `SELECT secret FROM webhooks WHERE tenant = 'acme' AND id = 'wh-old'`).Scan(&row))
+	require.True(t, seal.IsSealed(row), "sealed at start")
+	require.NotContains(t, string(row), clearSecret)
+	var audited bool
+	require.NoError(t, b.Store().View(ctx, func(tx store.Tx) error {
+		recs, err := tx.Audit().Range(ctx, "acme", 0, 100)
+		for _, r := range recs {
+			audited = audited || (r.Action == "webhook.secret_sealed" && r.Target == "webhook:wh-old")
+		}
+		return err
+	}))
+	require.True(t, audited)
 }

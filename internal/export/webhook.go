@@ -47,6 +47,10 @@ type WebhookOptions struct {
 	Poll time.Duration
 	// Source is the CloudEvents source attribute (default "garrison").
 	Source string
+	// Sealer opens the sealed webhook secrets to sign deliveries (see
+	// SealSecret). Without it only secrets stored in clear (by an earlier
+	// version) can sign; a sealed one fails its delivery.
+	Sealer SecretSealer
 }
 
 // Webhooks is the webhook exporter: it enqueues deliveries (as the
@@ -386,7 +390,13 @@ func (w *Webhooks) send(ctx context.Context, hook store.Webhook, body []byte) er
 	}
 	req.Header.Set("Content-Type", ContentType)
 	req.Header.Set("User-Agent", "garrison-webhook/1")
-	req.Header.Set(SignatureHeader, Sign(hook.Secret, body, w.o.Clock.Now()))
+	secret, err := w.openSecret(hook)
+	if err != nil {
+		return err
+	}
+	sig := Sign(secret, body, w.o.Clock.Now())
+	clear(secret)
+	req.Header.Set(SignatureHeader, sig)
 	resp, err := w.o.Client.Do(req)
 	if err != nil {
 		return err

@@ -103,7 +103,9 @@ type Incidents interface {
 }
 
 // Webhook is a tenant's export endpoint. Secret keys the HMAC-SHA256
-// signature of every delivery; it is never returned by the API.
+// signature of every delivery; it is never returned by the API. The store
+// keeps whatever bytes it is given: package export seals the secret under
+// the key passphrase before it is stored.
 type Webhook struct {
 	Tenant    event.TenantID `json:"tenant"`
 	ID        string         `json:"id"`
@@ -125,6 +127,9 @@ type Webhooks interface {
 	List(ctx context.Context, tenant event.TenantID) ([]Webhook, error)
 	// Delete removes the webhook and its deliveries; ErrNotFound if absent.
 	Delete(ctx context.Context, tenant event.TenantID, id string) error
+	// SetSecret replaces the webhook's stored secret (a re-sealed form);
+	// ErrNotFound if absent, ErrInvalid if secret is empty.
+	SetSecret(ctx context.Context, tenant event.TenantID, id string, secret []byte) error
 }
 
 // DeliveryState is where a webhook delivery is in its life.

@@ -209,6 +209,16 @@ func (s webhooks) Delete(ctx context.Context, tenant event.TenantID, id string) 
 	return nil
 }
 
+func (s webhooks) SetSecret(ctx context.Context, tenant event.TenantID, id string, secret []byte) error {
+	if len(secret) == 0 {
+		return fmt.Errorf("webhooks set secret %s/%s: %w: empty secret", tenant, id, store.ErrInvalid)
+	}
+	if err := notFound(s.c.Exec(ctx, `UPDATE webhooks SET secret = ? WHERE tenant = ? AND id = ?`, secret, string(tenant), id)); err != nil {
+		return fmt.Errorf("webhooks set secret %s/%s: %w", tenant, id, err)
+	}
+	return nil
+}
+
 type deliveries struct{ *tx }
 
 const deliveryCols = `tenant, id, webhook, type, body, state, attempts, next_at, last_error, created_at, updated_at`

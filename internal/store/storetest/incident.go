@@ -194,6 +194,17 @@ func testWebhooks(t *testing.T, s store.Store) {
 		return nil
 	})
 	update(t, s, func(tx store.Tx) error {
+		w := tx.Webhooks()
+		require.NoError(t, w.SetSecret(ctx, "acme", "wh-1", []byte("sealed\x00bytes")))
+		require.ErrorIs(t, w.SetSecret(ctx, "acme", "wh-9", []byte("x")), store.ErrNotFound)
+		require.ErrorIs(t, w.SetSecret(ctx, "other", "wh-1", []byte("x")), store.ErrNotFound, "another tenant's id")
+		require.ErrorIs(t, w.SetSecret(ctx, "acme", "wh-1", nil), store.ErrInvalid)
+		got, err := w.Get(ctx, "acme", "wh-1")
+		require.NoError(t, err)
+		require.Equal(t, []byte("sealed\x00bytes"), got.Secret)
+		return nil
+	})
+	update(t, s, func(tx store.Tx) error {
 		require.NoError(t, tx.Deliveries().Create(ctx, delivery("acme", "d-1", "wh-2", t0)))
 		require.NoError(t, tx.Webhooks().Delete(ctx, "acme", "wh-2"))
 		require.ErrorIs(t, tx.Webhooks().Delete(ctx, "acme", "wh-2"), store.ErrNotFound)
