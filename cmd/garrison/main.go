@@ -76,6 +76,7 @@ func newRootCmd(e *cliEnv) *cobra.Command {
 		newWebhookCmd(e),
 		newCACmd(e),
 		newDeviceCmd(e),
+		newGroupCmd(e),
 		newFirmwareCmd(e),
 		newCampaignCmd(e),
 		newCellsCmd(e),
