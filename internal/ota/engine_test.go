@@ -447,3 +447,17 @@ func TestResendOnSubscription(t *testing.T) {
 	_, none := f.step(t)
 	require.Empty(t, none, "a resend is one publish per subscription")
 }
+
+// TestCampaignTargetsDynamicGroup: a campaign's group names a dynamic
+// group; its targets are the devices the group's selector matches now.
+func TestCampaignTargetsDynamicGroup(t *testing.T) {
+	f := newCampFixture(t, 20, map[int]store.DeviceState{1: store.StateQuarantined, 2: store.StateQuarantined})
+	require.NoError(t, f.st.Update(f.ctx, func(tx store.Tx) error {
+		return tx.Groups().Create(f.ctx, store.Group{Tenant: tenant, Name: "in-service", Kind: store.GroupDynamic,
+			Selector: store.DeviceFilter{State: store.StateActive}, CreatedAt: t0, UpdatedAt: t0})
+	}))
+	c, err := f.eng.Create(f.ctx, tenant, "op1", Spec{Release: f.entry.Digest, Selector: Selector{Model: "meter-x1", Group: "in-service"}})
+	require.NoError(t, err)
+	_, counts := f.campaign(t, c.ID)
+	require.Equal(t, map[string]int{TargetPending: 18}, counts, "the active devices, not the quarantined ones")
+}
