@@ -156,6 +156,7 @@ func runDemo(ctx context.Context, e *cliEnv, o demoOptions) (err error) {
 	var (
 		mu       sync.Mutex
 		alerts   = map[string]alert.Alert{}
+		actions  = map[string]struct{}{}
 		nAlerts  atomic.Int64
 		bar      *progressbar.ProgressBar
 		enrolled int
@@ -223,6 +224,14 @@ func runDemo(ctx context.Context, e *cliEnv, o demoOptions) (err error) {
 		OnAction: func(ev *event.Event) {
 			if ev.Str("outcome") == "skipped" {
 				return // a step with no back-end configured here (webhooks)
+			}
+			mu.Lock()
+			key := string(ev.Device) + "/" + ev.Str("action") + "/" + ev.Str("outcome")
+			_, seen := actions[key]
+			actions[key] = struct{}{}
+			mu.Unlock()
+			if seen {
+				return // a second alert of the same device ran the same step again (idempotent)
 			}
 			fmt.Fprintf(out, "  [%s] RESPONSE %-11s %s: %s (playbook %s)\n", ev.Time.UTC().Format("Mon 15:04"), ev.Device, ev.Str("action"), ev.Str("outcome"), ev.Str("playbook"))
 		},

@@ -96,6 +96,9 @@ func attacks() []attack {
 		{name: "message flood x4 meters", fleet: meters, device: 9, kind: alert.MessageRateSpike, within: 2 * time.Hour, inject: scalePublishes(4, 3*time.Hour, true)},
 		{name: "bruteforce 200/15m", fleet: gws, device: 20, kind: alert.Bruteforce, within: 10 * time.Minute, inject: authFails(200, 15*time.Minute, "bad_password", "203.0.113.9")},
 		{name: "bruteforce 25/10m", fleet: meters, device: 20, kind: alert.Bruteforce, within: 10 * time.Minute, inject: authFails(25, 10*time.Minute, "bad_password", "203.0.113.9")},
+		// a slow guesser (about one try a minute) stays under 20 per
+		// window but is caught well within 10 minutes
+		{name: "bruteforce slow 12/15m", fleet: meters, device: 21, kind: alert.Bruteforce, within: 10 * time.Minute, inject: authFails(12, 15*time.Minute, "bad_password", "203.0.113.10")},
 		{name: "default credentials", fleet: gws, device: 5, kind: alert.DefaultCredentials, within: 10 * time.Minute, inject: authFails(12, 10*time.Minute, "default_credentials", "203.0.113.50")},
 		{name: "revoked cert", fleet: gws, device: 6, kind: alert.RevokedCertUse, within: 2 * time.Minute,
 			inject: func(w *world, f fleet, id event.DeviceID, at time.Time) {
@@ -110,6 +113,18 @@ func attacks() []attack {
 			inject: func(w *world, f fleet, id event.DeviceID, at time.Time) {
 				for k := range 50 {
 					w.add(flow(id, f, 3, at.Add(time.Duration(k)*30*time.Second), fmt.Sprintf("192.0.2.%d", k+1), []float64{23, 2323}[k%2], 120))
+				}
+			}},
+		{name: "mirai slow 1 host a minute", fleet: sensors, device: 5, kind: alert.TelnetScan, within: 7 * time.Minute,
+			inject: func(w *world, f fleet, id event.DeviceID, at time.Time) {
+				for k := range 30 {
+					w.add(flow(id, f, 5, at.Add(time.Duration(k)*time.Minute), fmt.Sprintf("198.51.100.%d", k+1), 23, 120))
+				}
+			}},
+		{name: "port scan slow 60 targets in 20m", fleet: sensors, device: 6, kind: alert.PortScan, within: 6 * time.Minute,
+			inject: func(w *world, f fleet, id event.DeviceID, at time.Time) {
+				for k := range 60 {
+					w.add(flow(id, f, 6, at.Add(time.Duration(k)*20*time.Second), fmt.Sprintf("10.201.0.%d", 1+k%5), float64(2000+k*11), 60))
 				}
 			}},
 		{name: "port scan 50 targets", fleet: sensors, device: 4, kind: alert.PortScan, within: 10 * time.Minute,
@@ -333,7 +348,7 @@ func TestMergeAndRisk(t *testing.T) {
 
 func TestSettingsOverride(t *testing.T) {
 	s := Settings{Overrides: map[string]map[string]json.RawMessage{
-		"t1":       {"auth.bruteforce": json.RawMessage(`{"threshold": 5, "window": "1m"}`)},
+		"t1":       {"auth.bruteforce": json.RawMessage(`{"threshold": 3, "window": "1m"}`)},
 		"t1/meter": {"auth.bruteforce": json.RawMessage(`{"disabled": true}`)},
 	}}
 	if err := ValidateSettings(s); err != nil {
@@ -341,10 +356,10 @@ func TestSettingsOverride(t *testing.T) {
 	}
 	e := New(Options{Sink: &recSink{}, Settings: s})
 	got := e.SettingsFor("t1", "gw", "auth.bruteforce").(*BruteforceSettings)
-	if got.Threshold != 5 || got.Window.D() != time.Minute || got.SourceThreshold != 20 {
+	if got.Threshold != 3 || got.Window.D() != time.Minute || got.SourceThreshold != 20 {
 		t.Fatalf("override: %+v", got)
 	}
-	if def := e.SettingsFor("t2", "", "auth.bruteforce").(*BruteforceSettings); def.Threshold != 20 {
+	if def := e.SettingsFor("t2", "", "auth.bruteforce").(*BruteforceSettings); def.Threshold != 8 {
 		t.Fatalf("default: %+v", def)
 	}
 	if !e.bundleFor("t1", "meter").off[indexOf(bruteforceDetector)] {

@@ -257,7 +257,7 @@ var bruteforceDetector = &Detector{
 	Description: "Many failed authentications against one identity, or from one source, within a window.",
 	Events:      []event.Kind{event.MQTTAuthFailed},
 	defaults: func() any {
-		return &BruteforceSettings{Window: Duration(10 * time.Minute), Threshold: 20, SourceThreshold: 20,
+		return &BruteforceSettings{Window: Duration(10 * time.Minute), Threshold: 8, SourceThreshold: 20,
 			Ignore: []string{"default_credentials", "revoked_cert", "expired_cert", "unknown_cert", "state"}}
 	},
 	run: func(c *call, d *Detector, cfg any) {

@@ -114,7 +114,7 @@ var telnetScanDetector = &Detector{
 	Name: "net.telnet_scan", Kind: alert.TelnetScan, Severity: alert.Critical,
 	Description: "Flows from the device to many distinct hosts on telnet ports 23/2323 within a window (Mirai-style propagation).",
 	Events:      []event.Kind{event.NetFlow},
-	defaults:    func() any { return &ScanSettings{Window: Duration(20 * time.Minute), MinTargets: 10} },
+	defaults:    func() any { return &ScanSettings{Window: Duration(20 * time.Minute), MinTargets: 6} },
 	run: func(c *call, d *Detector, cfg any) {
 		s := cfg.(*ScanSettings)
 		port := c.ev.Int("dst_port")
@@ -139,7 +139,7 @@ var portScanDetector = &Detector{
 	Description: "Flows from the device to many distinct (host, port) targets within a window, beyond its learned fan-out (telnet ports are left to net.telnet_scan).",
 	Events:      []event.Kind{event.NetFlow},
 	defaults: func() any {
-		return &ScanSettings{Window: Duration(20 * time.Minute), MinTargets: 25, FanoutFactor: 3, Warmup: Duration(24 * time.Hour)}
+		return &ScanSettings{Window: Duration(20 * time.Minute), MinTargets: 15, FanoutFactor: 3, Warmup: Duration(24 * time.Hour)}
 	},
 	run: func(c *call, d *Detector, cfg any) {
 		s := cfg.(*ScanSettings)
