@@ -211,9 +211,9 @@ func New(opts Options) (*Broker, error) {
 	caps.SharedSubAvailable = 0
 	caps.MaximumQos = 1
 	b.srv = mqtt.New(&mqtt.Options{
-		Capabilities:             caps,
-		Logger:                   opts.Logger.With("component", "mqtt"),
-		InlineClient:             true,
+		Capabilities: caps,
+		Logger:       opts.Logger.With("component", "mqtt"),
+		InlineClient: true,
 		// Per session, held while idle. Device packets are small, tls.Conn
 		// buffers a whole record below it, and larger payloads are read
 		// past the buffer: 1 KiB cost no CPU per message against 2 KiB
