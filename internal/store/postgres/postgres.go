@@ -45,6 +45,7 @@ var dialect = &sqlstore.Dialect{
 	TagKey:   `(d.tags_json ->> (?::text)) IS NOT NULL`,
 	TagValue: `d.tags_json @> jsonb_build_object(?::text, ?::text)`,
 	Group:    `d.groups_json @> jsonb_build_array(?::text)`,
+	Arrays:   true,
 	// The lock is deferred: it travels with the head query that follows it
 	// (one round trip for both).
 	LockAuditHead: func(ctx context.Context, c sqlstore.Conn, tenant event.TenantID) error {

@@ -91,6 +91,11 @@ type Dialect struct {
 	// LockAuditHead, if set, is called by AuditLog.Head in a read-write
 	// transaction before reading the head, to serialize appends per tenant.
 	LockAuditHead func(ctx context.Context, c Conn, tenant event.TenantID) error
+	// Arrays: the engine takes Go slices as array parameters, so bulk
+	// statements (bulk.go) bind one array per column with unnest and
+	// = ANY, one statement whatever the count, instead of multi-row
+	// VALUES and IN lists.
+	Arrays bool
 }
 
 // NewTx returns the concerns of one transaction. writable is false inside

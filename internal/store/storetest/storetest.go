@@ -40,6 +40,7 @@ func Run(t *testing.T, open Opener) {
 		{"Actions", testActions},
 		{"CAs", testCAs},
 		{"Certificates", testCertificates},
+		{"Bulk", testBulk},           // bulk.go
 		{"Playbooks", testPlaybooks}, // response.go
 		{"Mass", testMass},           // response.go
 		{"Campaigns", testCampaigns},
