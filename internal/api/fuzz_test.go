@@ -18,10 +18,13 @@ func FuzzCreateBodies(f *testing.F) {
 	f.Add(uint8(2), []byte(`{"name":"ci","role":"admin","ttl":"1h"}`))
 	f.Add(uint8(2), []byte(`{"name":"ci","operator":"op-x","ttl":"-1h"}`))
 	f.Add(uint8(0), []byte(`{"id":"a"} {}`))
+	f.Add(uint8(3), []byte(`{"name":"north","kind":"dynamic","selector":"model=m1,tag=site:north"}`))
+	f.Add(uint8(3), []byte(`{"name":"loop","kind":"dynamic","selector":"group=loop"}`))
 	e := newEnv(f)
 	w := e.world(f)
-	paths := []string{"/api/v1/tenants", "/api/v1/tenants/" + string(w.tenant) + "/operators", "/api/v1/tenants/" + string(w.tenant) + "/tokens"}
-	chains := []string{string(api.PlatformChain), string(w.tenant), string(w.tenant)}
+	paths := []string{"/api/v1/tenants", "/api/v1/tenants/" + string(w.tenant) + "/operators", "/api/v1/tenants/" + string(w.tenant) + "/tokens",
+		"/api/v1/tenants/" + string(w.tenant) + "/groups"}
+	chains := []string{string(api.PlatformChain), string(w.tenant), string(w.tenant), string(w.tenant)}
 	f.Fuzz(func(t *testing.T, which uint8, body []byte) {
 		i := int(which) % len(paths)
 		before := e.head(t, eventTenant(chains[i]))

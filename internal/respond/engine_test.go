@@ -651,3 +651,27 @@ func TestRejectNeedsAReason(t *testing.T) {
 	}
 	require.True(t, kept)
 }
+
+// TestTriggerSelectorResolvesDynamicGroup: a playbook whose device
+// selector is group=<dynamic> acts on the devices the group's selector
+// matches when the alert arrives, and on its static members.
+func TestTriggerSelectorResolvesDynamicGroup(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, nil)
+	f.fleet(t, "acme", 4)
+	_, err := f.reg.CreateGroup(ctx, "acme", registry.GroupSpec{Name: "sim-21401", Kind: store.GroupDynamic, Selector: "imsi^=214010000000001"}, "op")
+	require.NoError(t, err)
+	doc := "playbooks:\n  - name: grp\n    trigger: {kinds: [a.b], selector: \"group=sim-21401\"}\n    steps: [notify]\n"
+	_, err = f.eng.SetPlaybooks(ctx, "acme", []byte(doc), "op")
+	require.NoError(t, err)
+	require.NoError(t, f.eng.Handle(ctx, mkAlert("acme", "al-1", "dev-00001", "a.b", t0)))
+	require.Len(t, f.actions(t, "acme", store.ActionFilter{Device: "dev-00001"}), 1, "the selector of the group picks dev-00001")
+	require.NoError(t, f.eng.Handle(ctx, mkAlert("acme", "al-2", "dev-00002", "a.b", t0)))
+	require.Empty(t, f.actions(t, "acme", store.ActionFilter{Device: "dev-00002"}), "dev-00002 is not in the group")
+	// The selector moves: the next alert follows it.
+	sel := "imsi^=214010000000002"
+	_, err = f.reg.UpdateGroup(ctx, "acme", "sim-21401", registry.GroupUpdate{Selector: &sel}, "op")
+	require.NoError(t, err)
+	require.NoError(t, f.eng.Handle(ctx, mkAlert("acme", "al-3", "dev-00002", "a.b", t0)))
+	require.Len(t, f.actions(t, "acme", store.ActionFilter{Device: "dev-00002"}), 1)
+}

@@ -216,5 +216,7 @@ func (t *tx) groupCond(ctx context.Context, tenant event.TenantID, name string, 
 	if len(w.conds) == 0 {
 		return "1 = 1", nil, nil
 	}
-	return "(" + static + " OR (" + w.String() + "))", append(args, w.args...), nil
+	// The selector's terms first: a row they match skips the JSON scan of
+	// its groups.
+	return "((" + w.String() + ") OR " + static + ")", append(w.args, args...), nil
 }
