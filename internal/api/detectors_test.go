@@ -46,7 +46,7 @@ func TestDetectorSettings(t *testing.T) {
 	var def map[string]any
 	require.NoError(t, json.Unmarshal(bf.Defaults, &def))
 	require.Equal(t, "10m0s", def["window"])
-	require.EqualValues(t, 20, def["threshold"])
+	require.EqualValues(t, 8, def["threshold"])
 
 	head := e.head(t, w.tenant)
 	// A misspelt field: 400 naming it, nothing stored, nothing audited.
@@ -57,7 +57,7 @@ func TestDetectorSettings(t *testing.T) {
 	requireCode(t, rec, 400, api.CodeInvalid)
 	require.Contains(t, rec.Body.String(), `threshold`)
 	require.Equal(t, head, e.head(t, w.tenant))
-	require.Equal(t, 20, eng.SettingsFor(w.tenant, "", "auth.bruteforce").(*detect.BruteforceSettings).Threshold)
+	require.Equal(t, 8, eng.SettingsFor(w.tenant, "", "auth.bruteforce").(*detect.BruteforceSettings).Threshold)
 	// Unknown detector: 404. Operators and viewers may not write.
 	requireCode(t, e.do("PUT", base+"/no.such/settings", admin, `{}`), 404, api.CodeNotFound)
 	requireCode(t, e.do("PUT", base+"/auth.bruteforce/settings", operator, `{"threshold":5}`), 403, api.CodeForbidden)
@@ -125,7 +125,7 @@ func TestDetectorSettings(t *testing.T) {
 
 	// Another tenant's admin sees nothing of it.
 	requireCode(t, e.do("GET", base+"/auth.bruteforce/settings", w.foreign, ""), 404, api.CodeNotFound)
-	require.Equal(t, 20, eng.SettingsFor(event.TenantID("other"), "", "auth.bruteforce").(*detect.BruteforceSettings).Threshold)
+	require.Equal(t, 8, eng.SettingsFor(event.TenantID("other"), "", "auth.bruteforce").(*detect.BruteforceSettings).Threshold)
 }
 
 func jsonField(t *testing.T, raw []byte, name string) any {
