@@ -79,7 +79,10 @@ type States interface {
 	DeviceState(ctx context.Context, t event.TenantID, d event.DeviceID) (store.DeviceState, error)
 }
 
-// Publisher receives the broker's events.
+// Publisher receives the broker's events. Publish must keep nothing of ev
+// (the envelope, its Attrs map) after it returns: the broker reuses the
+// envelopes of its most frequent event, mqtt.publish. Encode it (as the bus
+// does) or copy it.
 type Publisher interface {
 	Publish(ctx context.Context, ev *event.Event) error
 }
@@ -193,6 +196,8 @@ type Broker struct {
 
 	onCommands atomic.Pointer[func(Identity)] // OnCommandsSubscribed
 	onOTA      atomic.Pointer[func(Identity)] // OnJobsSubscribed
+
+	pubEvents sync.Pool // *event.Event: mqtt.publish envelopes, see [Publisher]
 }
 
 // New validates opts and builds a broker; it opens nothing.
@@ -401,12 +406,31 @@ func (b *Broker) emit(id Identity, kind event.Kind, attrs map[string]any) {
 
 // emitAt is emit at a time the caller already read from the clock.
 func (b *Broker) emitAt(id Identity, kind event.Kind, now time.Time, attrs map[string]any) {
-	ev := &event.Event{ID: event.NewID(now), Tenant: id.Tenant, Device: id.Device, Kind: kind, Time: now, Source: "broker", Attrs: attrs}
+	b.publish(&event.Event{ID: event.NewID(now), Tenant: id.Tenant, Device: id.Device, Kind: kind, Time: now, Source: "broker", Attrs: attrs})
+}
+
+// emitPublish publishes the mqtt.publish event of one accepted PUBLISH in
+// a recycled envelope: one per message is the broker's most frequent
+// allocation otherwise.
+func (b *Broker) emitPublish(id Identity, now time.Time, class TopicClass, bytes int, qos byte) {
+	ev, _ := b.pubEvents.Get().(*event.Event)
+	if ev == nil {
+		ev = &event.Event{Attrs: make(map[string]any, 3)}
+	}
+	attrs := ev.Attrs
+	clear(attrs)
+	attrs["topic_class"], attrs["bytes"], attrs["qos"] = class.attr(), float64(bytes), qosAttr(qos)
+	*ev = event.Event{ID: event.NewID(now), Tenant: id.Tenant, Device: id.Device, Kind: event.MQTTPublish, Time: now, Source: "broker", Attrs: attrs}
+	b.publish(ev)
+	b.pubEvents.Put(ev)
+}
+
+func (b *Broker) publish(ev *event.Event) {
 	if ev.Tenant == "" {
 		ev.Tenant = "unknown"
 	}
 	if err := b.opts.Publisher.Publish(context.Background(), ev); err != nil {
-		b.log.Warn("mqtt event publish failed", "kind", kind, "err", err)
+		b.log.Warn("mqtt event publish failed", "kind", ev.Kind, "err", err)
 	}
 }
 

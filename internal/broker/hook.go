@@ -222,9 +222,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, packets.CodeSuccessIgnore
 	}
 	h.b.metrics.published.Add(1)
-	h.b.emitAt(s.id, event.MQTTPublish, now, map[string]any{
-		"topic_class": class.attr(), "bytes": float64(len(pk.Payload)), "qos": qosAttr(pk.FixedHeader.Qos),
-	})
+	h.b.emitPublish(s.id, now, class, len(pk.Payload), pk.FixedHeader.Qos)
 	h.b.decode(s.id, class, pk.TopicName, pk.Payload, now)
 	return pk, nil
 }

@@ -9,7 +9,14 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/store"
 )
 
 // The publish hot path replaced two helpers by cheaper ones; these fuzz
@@ -211,4 +218,40 @@ func FuzzDecodeFieldsMatchesDecoder(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestPublishEventsIndependent: mqtt.publish envelopes are recycled once
+// Publish returns; what a Publisher copied stays as it was published.
+func TestPublishEventsIndependent(t *testing.T) {
+	p := newTestPKI(t, "test-ca")
+	_, _, serverCert, _ := p.issue(t, "", "", time.Now().Add(time.Hour))
+	rec := &recorder{}
+	br, err := New(Options{Addr: "127.0.0.1:0", Certificate: serverCert, Verifier: &poolVerifier{pool: p.pool, revoked: map[string]bool{}},
+		States: &memStates{m: map[event.DeviceID]store.DeviceState{"d1": store.StateActive}}, Publisher: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &hook{b: br}
+	cl := &mqtt.Client{Net: mqtt.ClientConnection{Conn: &conn{id: Identity{Tenant: "acme", Device: "d1"}}, Remote: "127.0.0.1:1"}}
+	if !h.OnConnectAuthenticate(cl, packets.Packet{Connect: packets.ConnectParams{ClientIdentifier: "d1"}}) {
+		t.Fatal("connect refused")
+	}
+	for i, topic := range []string{"devices/d1/ota/status", "devices/d1/metrics", "devices/d1/ota/progress"} {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: byte(i % 2)}, TopicName: topic, Payload: []byte(`{"n":` + strings.Repeat("1", i+1) + `}`)}
+		if _, err := h.OnPublish(cl, pk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs := rec.find(event.MQTTPublish, "d1", "", "")
+	if len(evs) != 3 {
+		t.Fatalf("%d mqtt.publish events, want 3", len(evs))
+	}
+	ids := map[string]bool{}
+	for i, ev := range evs {
+		want := map[string]any{"topic_class": []string{"ota", "metrics", "ota"}[i], "bytes": float64(len(`{"n":}`) + i + 1), "qos": float64(i % 2)}
+		if !reflect.DeepEqual(ev.Attrs, want) || ev.Tenant != "acme" || ev.Source != "broker" || ids[ev.ID] {
+			t.Fatalf("event %d: %+v, want attrs %v", i, ev, want)
+		}
+		ids[ev.ID] = true
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"math/big"
 	"net"
 	"net/url"
@@ -165,8 +166,10 @@ type recorder struct {
 }
 
 func (r *recorder) Publish(_ context.Context, ev *event.Event) error {
+	e := *ev
+	e.Attrs = maps.Clone(ev.Attrs) // the broker reuses envelopes (Publisher)
 	r.mu.Lock()
-	r.evs = append(r.evs, *ev)
+	r.evs = append(r.evs, e)
 	r.mu.Unlock()
 	return nil
 }
