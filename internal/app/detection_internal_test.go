@@ -47,5 +47,5 @@ func TestSettingsReloadFollowsTheStore(t *testing.T) {
 	}))
 	require.NoError(t, ref.reload(ctx, st, log))
 	require.Equal(t, 7, eng.SettingsFor("acme", "meters", "auth.bruteforce").(*detect.BruteforceSettings).Threshold)
-	require.Equal(t, 20, eng.SettingsFor("acme", "", "auth.bruteforce").(*detect.BruteforceSettings).Threshold)
+	require.Equal(t, 8, eng.SettingsFor("acme", "", "auth.bruteforce").(*detect.BruteforceSettings).Threshold) // the default since 2f425ba
 }
