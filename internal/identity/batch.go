@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/garrisonhq/garrison/internal/audit"
-
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/store"
 )
@@ -26,8 +25,8 @@ import (
 // A batch is applied per tenant with a fixed number of statements whatever
 // its size (see applyTenant): the audit head is read (and on PostgreSQL
 // locked) once, the tokens and devices the batch names are read in bulk,
-// every check and token use runs in memory, and the writes go out as
-// multi-row statements where the store has them. A refused entry (bad
+// every check and token use runs in memory, and the writes go out as bulk
+// statements where the store has them (sqlstore/bulk.go). A refused entry (bad
 // token, unknown device) changes nothing and does not affect the others. If
 // a batch fails as a whole, its entries are retried one per transaction, so
 // one bad entry never fails another caller's issuance.
@@ -162,8 +161,7 @@ type (
 
 // spentToken is a token read in a batch, with its uses so far.
 type spentToken struct {
-	tok     *EnrolToken // nil: absent or unreadable
-	err     error       // why it could not be read (a stored record that does not parse)
+	tok     *EnrolToken // nil: absent
 	changed bool
 }
 
