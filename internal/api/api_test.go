@@ -54,7 +54,8 @@ func newEnv(t testing.TB) *env {
 		Commands:       newCommands(t, st, clk),
 		Rules:          newRules(t, st, clk),
 		Groups:         reg,
-		WebhookSecrets: newSealer(t)})
+		WebhookSecrets: newSealer(t),
+		Passwords:      reg})
 	require.NoError(t, err)
 	return &env{st: st, clk: clk, srv: srv, cat: cat, eng: eng, id: id}
 }
@@ -148,6 +149,7 @@ func (e *env) world(t testing.TB) world {
 		w.commandID = seedCommand(t, ctx, tx, w.tenant, w.deviceID, e.n, e.clk.Now())
 		seedRule(t, ctx, tx, w.tenant, e.clk.Now())
 		seedGroup(t, ctx, tx, w.tenant, e.clk.Now())
+		seedPassword(t, ctx, tx, w.tenant, w.deviceID, e.clk.Now())
 		var id string
 		id, w.revokedTok = e.token(ctx, tx, w.tenant, v, store.RoleViewer, exp)
 		return tx.Tokens().Revoke(ctx, w.tenant, id, e.clk.Now())

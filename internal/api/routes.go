@@ -144,6 +144,7 @@ func (s *Server) table() []Route {
 	rs = append(rs, s.detectorRoutes(t, p)...)
 	rs = append(rs, s.ruleRoutes(t)...)
 	rs = append(rs, s.groupRoutes(t)...)
+	rs = append(rs, s.passwordRoutes(t)...)
 	for i := range rs {
 		switch rs[i].Pattern {
 		case t + "/audit", p + "/audit":

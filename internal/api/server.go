@@ -96,6 +96,8 @@ type Options struct {
 	Rules RuleService
 	// Groups serves the device-group routes (503 when nil).
 	Groups GroupService
+	// Passwords serves the device broker-password routes (503 when nil).
+	Passwords PasswordService
 	// Feeds lists the threat-intelligence feeds (none when nil).
 	Feeds FeedLister
 }

@@ -339,6 +339,7 @@ func (a *App) startAPI(ctx context.Context) error {
 		Identity:     a.identity,
 		Devices:      reg,
 		Groups:       reg,
+		Passwords:    reg,
 		Incidents:    a.incidents.svc,
 		Store:        a.store,
 		Clock:        a.clk,

@@ -42,6 +42,9 @@ func (a *App) startBroker(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := a.enablePasswordListener(b); err != nil {
+		return err
+	}
 	if err := a.metrics.Register(b.Collector()); err != nil {
 		return err
 	}
@@ -52,11 +55,17 @@ func (a *App) startBroker(ctx context.Context) error {
 	a.onStop("broker", func(context.Context) error {
 		err := b.Close()
 		os.Remove(filepath.Join(a.data, "run", "mqtt.addr"))
+		os.Remove(filepath.Join(a.data, "run", "mqtt-password.addr"))
 		return err
 	})
 	addr := b.Addr()
 	if addr == nil {
 		return errors.New("broker: no listening address after start")
+	}
+	if pa := b.PasswordAddr(); pa != nil {
+		if err := writeFileAtomic(filepath.Join(a.data, "run", "mqtt-password.addr"), []byte(pa.String()+"\n")); err != nil {
+			return err
+		}
 	}
 	return writeFileAtomic(filepath.Join(a.data, "run", "mqtt.addr"), []byte(addr.String()+"\n"))
 }
@@ -115,15 +124,17 @@ func (s storeStates) DeviceState(ctx context.Context, t event.TenantID, d event.
 type sessionKicker interface {
 	Kick(t event.TenantID, d event.DeviceID, reason string) bool
 	SetState(t event.TenantID, d event.DeviceID, s store.DeviceState) bool
+	KickPasswordSession(t event.TenantID, d event.DeviceID, reason string) bool
 }
 
 // followRevocations closes live MQTT sessions when identity revokes a
 // certificate (the device may reconnect only with a certificate that still
-// verifies) and re-authorises them on registry state changes. Each node has
+// verifies), re-authorises them on registry state changes, and closes
+// password sessions when the device's password is rotated or cleared. Each node has
 // its own durable consumer, so every node closes its own sessions.
 func (a *App) followRevocations(ctx context.Context) error {
 	node := nodeName()
-	for _, k := range []event.Kind{event.CertRevoked, event.DeviceState} {
+	for _, k := range []event.Kind{event.CertRevoked, event.DeviceState, event.DevicePassword} {
 		c, err := a.bus.Consume(ctx, bus.ConsumerOptions{
 			Name:    "broker-" + node + "-" + strings.ReplaceAll(string(k), ".", "_"),
 			Stream:  a.bus.StreamFor(k),
@@ -149,6 +160,10 @@ func applyToSessions(b sessionKicker, e *event.Event) {
 	case event.DeviceState:
 		if to, ok := e.Attrs["to"].(string); ok && e.Device != "" {
 			b.SetState(e.Tenant, e.Device, store.DeviceState(to))
+		}
+	case event.DevicePassword:
+		if e.Device != "" {
+			b.KickPasswordSession(e.Tenant, e.Device, "password_"+e.Str("action"))
 		}
 	}
 }

@@ -57,6 +57,11 @@ func (f *fakeKicker) SetState(t event.TenantID, d event.DeviceID, s store.Device
 	return true
 }
 
+func (f *fakeKicker) KickPasswordSession(t event.TenantID, d event.DeviceID, reason string) bool {
+	f.kicked = append(f.kicked, "password "+string(t)+"/"+string(d)+":"+reason)
+	return true
+}
+
 func TestApplyToSessions(t *testing.T) {
 	for _, tc := range []struct {
 		name           string
@@ -68,6 +73,8 @@ func TestApplyToSessions(t *testing.T) {
 		{"quarantined", event.Event{Kind: event.DeviceState, Tenant: "t", Device: "d", Attrs: map[string]any{"from": "active", "to": "quarantined"}}, nil, []string{"t/d:quarantined"}},
 		{"state without to", event.Event{Kind: event.DeviceState, Tenant: "t", Device: "d", Attrs: map[string]any{"from": "active"}}, nil, nil},
 		{"other kind", event.Event{Kind: event.CertIssued, Tenant: "t", Device: "d"}, nil, nil},
+		{"password rotated", event.Event{Kind: event.DevicePassword, Tenant: "t", Device: "d", Attrs: map[string]any{"action": "set"}}, []string{"password t/d:password_set"}, nil},
+		{"password cleared", event.Event{Kind: event.DevicePassword, Tenant: "t", Device: "d", Attrs: map[string]any{"action": "cleared"}}, []string{"password t/d:password_cleared"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var f fakeKicker

@@ -106,9 +106,19 @@ type Provider struct {
 	File string `yaml:"file" help:"peers file listing each tenant's connectivity platform (HTTP URL templates)"`
 }
 
-// Broker configures the MQTT broker's mutual-TLS listener.
+// Broker configures the MQTT broker's mutual-TLS listener and the legacy
+// password listener (off by default; see docs/BROKER.md).
 type Broker struct {
 	Addr string `yaml:"addr" help:"MQTT over mutual TLS listen address; :0 picks a free port (written to <data_dir>/run/mqtt.addr)"`
+	// PasswordEnabled runs the second listener for legacy devices that
+	// cannot hold a certificate: server-only TLS, per-device passwords.
+	PasswordEnabled bool   `yaml:"password_enabled" help:"run the legacy password listener (MQTT over server-only TLS, username TENANT/DEVICE, per-device generated passwords); off by default"`
+	PasswordAddr    string `yaml:"password_addr" help:"password listener address; :0 picks a free port (written to <data_dir>/run/mqtt-password.addr)"`
+	// PasswordAllowTLS12 lets old TLS stacks in (ECDHE+AEAD suites only).
+	PasswordAllowTLS12 bool `yaml:"password_allow_tls12" help:"accept TLS 1.2 (ECDHE with AEAD suites only) on the password listener; default TLS 1.3 only"`
+	// PasswordInsecurePlaintext serves the password listener without TLS.
+	PasswordInsecurePlaintext bool `yaml:"password_insecure_plaintext" help:"INSECURE: serve the password listener as plain TCP, passwords in clear; for a lab only, logs a warning at every start"`
+	PasswordMaxFailures       int  `yaml:"password_max_failures" help:"failed password logins one source host may make per minute before it is refused unverified"`
 }
 
 // Identity configures the certificate authority. The key passphrase itself
@@ -156,7 +166,7 @@ func Default() Config {
 		Log:             Log{Level: "info", Format: "auto"},
 		API:             API{Addr: ":8443", MaxBodyBytes: 1 << 20, TokenTTL: 90 * 24 * time.Hour},
 		HTTP:            HTTP{Addr: ":8080"},
-		Broker:          Broker{Addr: ":8883"},
+		Broker:          Broker{Addr: ":8883", PasswordAddr: ":8884", PasswordMaxFailures: 10},
 		Identity:        Identity{CertLifetime: 90 * 24 * time.Hour},
 		Radius:          Radius{AcctAddr: ":1813", AuthAddr: ":1812", Mode: "monitor"},
 		Flows:           Flows{IPFIXAddr: ":4739", NetFlowAddr: ":2055"},
@@ -513,6 +523,7 @@ func (c Config) Validate(src Source) error {
 	if err := checkAddr(c.Broker.Addr); err != nil {
 		bad("broker.addr", "%v", err)
 	}
+	c.validatePasswordListener(bad)
 	if c.Identity.PublicURL != "" {
 		if u, err := url.Parse(c.Identity.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
 			bad("identity.public_url", "want an http:// or https:// URL with a host and no user info, got %q", RedactURL(c.Identity.PublicURL))
@@ -650,5 +661,30 @@ func (c Config) validateExports(bad func(key, format string, args ...any)) {
 	}
 	if e.WebhookTimeout < time.Second || e.WebhookTimeout > 5*time.Minute {
 		bad("exports.webhook_timeout", "must be between 1s and 5m, got %s", e.WebhookTimeout)
+	}
+}
+
+// validatePasswordListener checks the legacy password listener's keys:
+// its options need it enabled, and plaintext excludes a TLS setting.
+func (c Config) validatePasswordListener(bad func(key, format string, args ...any)) {
+	b := c.Broker
+	if err := checkAddr(b.PasswordAddr); err != nil {
+		bad("broker.password_addr", "%v", err)
+	} else if b.PasswordEnabled && b.PasswordAddr == b.Addr && !strings.HasSuffix(b.Addr, ":0") {
+		bad("broker.password_addr", "must differ from broker.addr (%s)", b.Addr)
+	}
+	if b.PasswordMaxFailures < 1 || b.PasswordMaxFailures > 10000 {
+		bad("broker.password_max_failures", "must be between 1 and 10000, got %d", b.PasswordMaxFailures)
+	}
+	if !b.PasswordEnabled {
+		if b.PasswordInsecurePlaintext {
+			bad("broker.password_insecure_plaintext", "needs broker.password_enabled: true")
+		}
+		if b.PasswordAllowTLS12 {
+			bad("broker.password_allow_tls12", "needs broker.password_enabled: true")
+		}
+	}
+	if b.PasswordInsecurePlaintext && b.PasswordAllowTLS12 {
+		bad("broker.password_allow_tls12", "contradicts broker.password_insecure_plaintext (no TLS at all)")
 	}
 }

@@ -104,13 +104,20 @@ func TestValidate(t *testing.T) {
 			c.OTA.PublicURL, c.OTA.MaxArtifactBytes, c.OTA.Tick = "http://u:hunter2@x", 1, 0
 			c.Exports = Exports{SyslogAddr: ":514", SyslogCAFile: "ca.pem", WebhookMaxBackoff: 48 * time.Hour}
 			c.Detect = Detect{FeedRefresh: time.Second, FeedTimeout: 0, FeedMaxBytes: 10, SnapshotInterval: time.Second}
-		}, []string{"detect.feed_refresh", "detect.feed_timeout", "detect.feed_max_bytes", "detect.snapshot_interval", "ota.public_url", "ota.max_artifact_bytes", "ota.tick", "data_dir", "shutdown_timeout", "log.level", "log.format", "api.addr", "http.addr",
+			c.Broker.PasswordAddr, c.Broker.PasswordMaxFailures = "8884", 0
+			c.Broker.PasswordInsecurePlaintext, c.Broker.PasswordAllowTLS12 = true, true
+		}, []string{"broker.password_addr", "broker.password_max_failures", "broker.password_insecure_plaintext",
+			"broker.password_allow_tls12", "broker.password_allow_tls12", "detect.feed_refresh", "detect.feed_timeout", "detect.feed_max_bytes", "detect.snapshot_interval", "ota.public_url", "ota.max_artifact_bytes", "ota.tick", "data_dir", "shutdown_timeout", "log.level", "log.format", "api.addr", "http.addr",
 			"api.max_body_bytes", "api.token_ttl", "store.url", "bus.url", "broker.addr", "identity.public_url",
 			"identity.cert_lifetime", "exports.syslog_addr", "exports.syslog_ca_file", "exports.webhook_attempts",
 			"exports.webhook_backoff", "exports.webhook_max_backoff", "exports.webhook_timeout"}},
 		{"detect", func(c *Config) {
 			c.Detect = Detect{FeedsFile: "/etc/garrison/feeds.yaml", FeedRefresh: 6 * time.Hour, FeedTimeout: 30 * time.Second, FeedMaxBytes: 1 << 20}
 		}, nil},
+		{"password listener", func(c *Config) {
+			c.Broker.PasswordEnabled, c.Broker.PasswordAllowTLS12, c.Broker.PasswordAddr = true, true, "127.0.0.1:0"
+		}, nil},
+		{"password listener plaintext", func(c *Config) { c.Broker.PasswordEnabled, c.Broker.PasswordInsecurePlaintext = true, true }, nil},
 		{"syslog over tls", func(c *Config) {
 			c.Exports.SyslogAddr, c.Exports.SyslogTLS, c.Exports.SyslogCAFile = "siem.example.net:6514", true, "/etc/garrison/siem-ca.pem"
 		}, nil},
@@ -176,4 +183,15 @@ func FuzzLoad(f *testing.F) {
 		_ = cfg.Validate(src)
 		_ = cfg.Redacted()
 	})
+}
+
+func TestPasswordListenerNotOnTheMTLSPort(t *testing.T) {
+	c := Default()
+	require.False(t, c.Broker.PasswordEnabled, "the password listener is off by default")
+	c.Broker.PasswordEnabled, c.Broker.PasswordAddr = true, c.Broker.Addr
+	err := c.Validate(nil)
+	require.ErrorContains(t, err, "broker.password_addr (default): must differ from broker.addr (:8883)")
+	var es Errors
+	require.ErrorAs(t, err, &es)
+	require.Len(t, es, 1)
 }

@@ -23,7 +23,8 @@ import (
 // here once and stored nowhere.
 type PasswordGrant struct {
 	Device event.DeviceID `json:"device"`
-	// Username is what the device sends in its MQTT CONNECT: its id.
+	// Username is what the device sends in its MQTT CONNECT:
+	// TENANT/DEVICE.
 	Username  string    `json:"username"`
 	Password  string    `json:"password"`
 	Rotated   bool      `json:"rotated"` // it replaced an earlier password
@@ -53,7 +54,7 @@ func (r *Registry) SetPassword(ctx context.Context, tenant event.TenantID, id ev
 		return PasswordGrant{}, err
 	}
 	now := r.clk.Now().UTC()
-	g := PasswordGrant{Device: id, Username: string(id), Password: pw, CreatedAt: now}
+	g := PasswordGrant{Device: id, Username: string(tenant) + "/" + string(id), Password: pw, CreatedAt: now}
 	err = r.st.Update(ctx, func(tx store.Tx) error {
 		d, err := tx.Devices().Get(ctx, tenant, id)
 		if err != nil {

@@ -37,7 +37,7 @@ func TestPasswordSetRotateClear(t *testing.T) {
 
 	g, err := f.reg.SetPassword(ctx, "acme", "meter-1", "op-1")
 	require.NoError(t, err)
-	require.Equal(t, "meter-1", g.Username)
+	require.Equal(t, "acme/meter-1", g.Username)
 	require.False(t, g.Rotated)
 	require.GreaterOrEqual(t, len(g.Password), 22, "at least 128 bits in base64")
 	h1, err := storedHash(t, f.st, "acme", "meter-1")
