@@ -261,5 +261,6 @@ func newDeviceCmd(e *cliEnv) *cobra.Command {
 
 	cmd.AddCommand(list, show, create, imp, bindSIM, setState, revoke, token)
 	cmd.AddCommand(deviceCommandCmds(e, &f, run)...) // command.go
+	cmd.AddCommand(devicePasswordCmd(e, &f, run))    // password.go
 	return cmd
 }

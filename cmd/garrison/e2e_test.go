@@ -76,12 +76,18 @@ func (s *syncBuf) String() string {
 // the API answers.
 func startServe(t *testing.T, data string) (*server, *syncBuf) {
 	t.Helper()
+	return startServeEnv(t, data)
+}
+
+// startServeEnv is startServe with extra environment (GARRISON_* keys).
+func startServeEnv(t *testing.T, data string, env ...string) (*server, *syncBuf) {
+	t.Helper()
 	addrFile := filepath.Join(data, "run", "api.addr")
 	os.Remove(addrFile) // a kill -9 leaves the old one behind
 	_, statErr := os.Stat(filepath.Join(data, "garrison.db"))
 	first := os.IsNotExist(statErr)
 	out, errb := &syncBuf{}, &syncBuf{}
-	cmd := serveCmd(data, "GARRISON_KEY_PASSPHRASE="+testPassphrase)
+	cmd := serveCmd(data, append([]string{"GARRISON_KEY_PASSPHRASE=" + testPassphrase}, env...)...)
 	cmd.Stdout, cmd.Stderr = out, errb
 	require.NoError(t, cmd.Start())
 	s := &server{cmd: cmd, data: data, done: make(chan struct{})}
