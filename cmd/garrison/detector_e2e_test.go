@@ -39,7 +39,7 @@ func TestDetectorCLI(t *testing.T) {
 	o, e, code = garrison(t, s, viewer, "detector", "show", "auth.bruteforce", "--tenant", "acme", "--group", "meters")
 	require.Equal(t, 0, code, e)
 	require.Contains(t, o, "threshold")
-	require.Regexp(t, `threshold\s+integer\s+20\s+50`, o, "default and effective value")
+	require.Regexp(t, `threshold\s+integer\s+8\s+50`, o, "default and effective value")
 	require.Contains(t, o, "true") // disabled in the group
 	o, e, code = garrison(t, s, viewer, "detector", "list", "--tenant", "acme", "-o", "json")
 	require.Equal(t, 0, code, e)
