@@ -124,10 +124,14 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	if cl.Properties.ProtocolVersion == 5 {
 		proto = "5"
 	}
-	h.b.emit(s.id, event.MQTTConnect, map[string]any{
+	attrs := map[string]any{
 		"remote": s.remote, "client_id": string(s.id.Device), "cert_serial": s.id.Serial,
 		"session_id": s.sessionID, "protocol": proto,
-	})
+	}
+	if _, ok := cl.Net.Conn.(*pwConn); ok {
+		attrs["listener"] = "password" // no certificate: cert_serial is empty
+	}
+	h.b.emit(s.id, event.MQTTConnect, attrs)
 }
 
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {

@@ -153,7 +153,7 @@ func TestMosquittoPasswordListener(t *testing.T) {
 		}
 	}
 	waitFor(t, 30*time.Second, "connect and publish events", func() bool {
-		return len(f.rec.find(event.MQTTConnect, "gw-0001", "client_id", "gw-0001")) == 2 &&
+		return len(f.rec.find(event.MQTTConnect, "gw-0001", "listener", "password")) == 2 &&
 			len(f.rec.find(event.MQTTPublish, "gw-0001", "topic_class", "telemetry")) == 2
 	})
 

@@ -97,3 +97,18 @@ func FuzzParseHash(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkVerifyPassword is the cost of one password login's hash check
+// (the password listener runs at most MaxVerifications of them at once).
+func BenchmarkVerifyPassword(b *testing.B) {
+	h, err := HashPassword("correct horse battery staple")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if ok, _ := VerifyPassword(h, "correct horse battery staple"); !ok {
+			b.Fatal("no match")
+		}
+	}
+}

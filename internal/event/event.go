@@ -50,7 +50,8 @@ const (
 	Location Kind = "location"
 
 	// Broker sessions: remote (ip:port), client_id, cert_serial, session_id,
-	// protocol (3.1.1|5).
+	// protocol (3.1.1|5); listener "password" for a session of the legacy
+	// password listener (cert_serial then empty).
 	MQTTConnect Kind = "mqtt.connect"
 	// reason, remote, session_id.
 	MQTTDisconnect Kind = "mqtt.disconnect"
