@@ -81,8 +81,9 @@ type States interface {
 
 // Publisher receives the broker's events. Publish must keep nothing of ev
 // (the envelope, its Attrs map) after it returns: the broker reuses the
-// envelopes of its most frequent event, mqtt.publish. Encode it (as the bus
-// does) or copy it.
+// envelopes of its most frequent event, mqtt.publish, and the attribute
+// maps of the events it decodes from payloads. Encode it (as the bus does)
+// or copy it.
 type Publisher interface {
 	Publish(ctx context.Context, ev *event.Event) error
 }
@@ -198,6 +199,7 @@ type Broker struct {
 	onOTA      atomic.Pointer[func(Identity)] // OnJobsSubscribed
 
 	pubEvents sync.Pool // *event.Event: mqtt.publish envelopes, see [Publisher]
+	attrMaps  sync.Pool // map[string]any: attributes of decoded device events
 }
 
 // New validates opts and builds a broker; it opens nothing.

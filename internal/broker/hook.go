@@ -251,7 +251,7 @@ func qosAttr(q byte) any {
 func (b *Broker) decode(id Identity, class TopicClass, topic string, payload []byte, now time.Time) {
 	sub := strings.TrimPrefix(topic, "devices/"+string(id.Device)+"/")
 	var buf [2]*event.Event // no publish decodes to more
-	evs, err := appendDevicePayload(buf[:0], id, sub, payload, now)
+	evs, err := appendDevicePayload(buf[:0], &envelopes{id: id, now: now, attrs: &b.attrMaps}, sub, payload)
 	if err != nil {
 		b.metrics.rejected.Add(1)
 		b.log.Debug("mqtt payload rejected", "tenant", id.Tenant, "device", id.Device, "topic_class", class, "err", err)
@@ -264,6 +264,9 @@ func (b *Broker) decode(id Identity, class TopicClass, topic string, payload []b
 		if err := b.opts.Publisher.Publish(context.Background(), ev); err != nil {
 			b.log.Warn("mqtt device event publish failed", "tenant", id.Tenant, "device", id.Device, "kind", ev.Kind, "err", err)
 		}
+		// The Publisher kept nothing of ev (see [Publisher]).
+		clear(ev.Attrs)
+		b.attrMaps.Put(ev.Attrs)
 	}
 }
 

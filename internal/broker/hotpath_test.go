@@ -220,8 +220,9 @@ func FuzzDecodeFieldsMatchesDecoder(f *testing.F) {
 	})
 }
 
-// TestPublishEventsIndependent: mqtt.publish envelopes are recycled once
-// Publish returns; what a Publisher copied stays as it was published.
+// TestPublishEventsIndependent: mqtt.publish envelopes and decoded events'
+// attribute maps are recycled once Publish returns; what a Publisher copied
+// stays as it was published.
 func TestPublishEventsIndependent(t *testing.T) {
 	p := newTestPKI(t, "test-ca")
 	_, _, serverCert, _ := p.issue(t, "", "", time.Now().Add(time.Hour))
@@ -253,5 +254,33 @@ func TestPublishEventsIndependent(t *testing.T) {
 			t.Fatalf("event %d: %+v, want attrs %v", i, ev, want)
 		}
 		ids[ev.ID] = true
+	}
+
+	// Decoded events' attribute maps are recycled too.
+	payloads := []string{`{"a":1,"lat":1,"lon":2,"ts":"t1"}`, `{"b":2}`, `{"c":3,"lat":-1,"lon":-2,"accuracy_m":9}`}
+	for _, p := range payloads {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "devices/d1/telemetry", Payload: []byte(p)}
+		if _, err := h.OnPublish(cl, pk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tel, locs := rec.find(event.DeviceTelemetry, "d1", "", ""), rec.find(event.Location, "d1", "", "")
+	if len(tel) != 3 || len(locs) != 2 {
+		t.Fatalf("%d telemetry and %d location events, want 3 and 2", len(tel), len(locs))
+	}
+	for i, ev := range tel {
+		want := map[string]any{"payload": payloads[i], "bytes": float64(len(payloads[i]))}
+		if i == 0 {
+			want["reported_at"] = "t1"
+		}
+		if !reflect.DeepEqual(ev.Attrs, want) {
+			t.Fatalf("telemetry %d: %v, want %v", i, ev.Attrs, want)
+		}
+	}
+	if want := map[string]any{"lat": 1.0, "lon": 2.0, "source": "device", "reported_at": "t1"}; !reflect.DeepEqual(locs[0].Attrs, want) {
+		t.Fatalf("location 0: %v, want %v", locs[0].Attrs, want)
+	}
+	if want := map[string]any{"lat": -1.0, "lon": -2.0, "source": "device", "accuracy_m": 9.0}; !reflect.DeepEqual(locs[1].Attrs, want) {
+		t.Fatalf("location 1: %v, want %v", locs[1].Attrs, want)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -55,19 +56,38 @@ var ErrPayload = errors.New("device payload")
 // reported_at. On error no event is returned and the error, wrapping
 // [ErrPayload], names the field.
 func DecodeDevicePayload(id Identity, subtopic string, payload []byte, now time.Time) ([]*event.Event, error) {
-	return appendDevicePayload(nil, id, subtopic, payload, now)
+	return appendDevicePayload(nil, &envelopes{id: id, now: now}, subtopic, payload)
+}
+
+// envelopes makes the decoded events of one publish: fresh ones, or with
+// attribute maps from a pool on the broker's hot path (which puts them
+// back once the events are published).
+type envelopes struct {
+	id    Identity
+	now   time.Time
+	attrs *sync.Pool // of map[string]any, cleared; nil: fresh maps
+}
+
+func (e *envelopes) newAttrs() map[string]any {
+	if e.attrs != nil {
+		if m, ok := e.attrs.Get().(map[string]any); ok {
+			return m
+		}
+	}
+	return make(map[string]any, 4)
+}
+
+func (e *envelopes) event(kind event.Kind, attrs map[string]any) *event.Event {
+	return &event.Event{ID: event.NewID(e.now), Tenant: e.id.Tenant, Device: e.id.Device, Kind: kind,
+		Time: e.now.UTC(), Source: "device", Attrs: attrs}
 }
 
 // appendDevicePayload is [DecodeDevicePayload] appending to dst (the
 // broker's hot path passes an array on its stack); on error it returns nil.
-func appendDevicePayload(dst []*event.Event, id Identity, subtopic string, payload []byte, now time.Time) ([]*event.Event, error) {
+func appendDevicePayload(dst []*event.Event, mk *envelopes, subtopic string, payload []byte) ([]*event.Event, error) {
 	head, _, _ := strings.Cut(subtopic, "/")
 	if len(payload) > MaxDevicePayload {
 		return nil, fmt.Errorf("%w: %s: %d bytes > %d", ErrPayload, head, len(payload), MaxDevicePayload)
-	}
-	mk := func(kind event.Kind, attrs map[string]any) *event.Event {
-		return &event.Event{ID: event.NewID(now), Tenant: id.Tenant, Device: id.Device, Kind: kind,
-			Time: now.UTC(), Source: "device", Attrs: attrs}
 	}
 	switch TopicClass(head) {
 	case ClassTelemetry:
@@ -81,8 +101,6 @@ func appendDevicePayload(dst []*event.Event, id Identity, subtopic string, paylo
 	}
 	return nil, fmt.Errorf("%w: unknown subtopic %q", ErrPayload, truncate(subtopic, 64))
 }
-
-type mkFunc func(kind event.Kind, attrs map[string]any) *event.Event
 
 // decodeObject decodes payload, which must be exactly one JSON object,
 // into v; errors name the offending field.
@@ -195,7 +213,7 @@ var telemetryFields = []plainField[telemetryPayload]{
 	{name: "accuracy_m", num: func(p *telemetryPayload) **number { return &p.AccuracyM }},
 }
 
-func decodeTelemetry(dst []*event.Event, payload []byte, mk mkFunc) ([]*event.Event, error) {
+func decodeTelemetry(dst []*event.Event, payload []byte, mk *envelopes) ([]*event.Event, error) {
 	const what = "telemetry"
 	if len(payload) > MaxTelemetryForward {
 		return nil, fmt.Errorf("%w: %s: %d bytes > %d forwarded", ErrPayload, what, len(payload), MaxTelemetryForward)
@@ -223,20 +241,22 @@ func decodeTelemetry(dst []*event.Event, payload []byte, mk mkFunc) ([]*event.Ev
 	if hasLat != hasLon {
 		return nil, fmt.Errorf("%w: %s: lat and lon must come together", ErrPayload, what)
 	}
-	attrs := map[string]any{"payload": string(bytes.TrimSpace(payload)), "bytes": float64(len(payload))}
+	attrs := mk.newAttrs()
+	attrs["payload"], attrs["bytes"] = string(bytes.TrimSpace(payload)), float64(len(payload))
 	if ts != "" {
 		attrs["reported_at"] = ts
 	}
-	dst = append(dst, mk(event.DeviceTelemetry, attrs))
+	dst = append(dst, mk.event(event.DeviceTelemetry, attrs))
 	if hasLat {
-		loc := map[string]any{"lat": lat, "lon": lon, "source": "device"}
+		loc := mk.newAttrs()
+		loc["lat"], loc["lon"], loc["source"] = lat, lon, "device"
 		if hasAcc {
 			loc["accuracy_m"] = acc
 		}
 		if ts != "" {
 			loc["reported_at"] = ts
 		}
-		dst = append(dst, mk(event.Location, loc))
+		dst = append(dst, mk.event(event.Location, loc))
 	}
 	return dst, nil
 }
@@ -263,13 +283,13 @@ var metricsFields = []plainField[metricsPayload]{
 	{name: "uptime_s", num: func(p *metricsPayload) **number { return &p.UptimeS }},
 }
 
-func decodeMetrics(dst []*event.Event, payload []byte, mk mkFunc) ([]*event.Event, error) {
+func decodeMetrics(dst []*event.Event, payload []byte, mk *envelopes) ([]*event.Event, error) {
 	const what = "metrics"
 	var p metricsPayload
 	if err := decodeFields(what, payload, &p, metricsFields); err != nil {
 		return nil, err
 	}
-	attrs := map[string]any{}
+	attrs := mk.newAttrs()
 	for _, f := range []struct {
 		field, attr string
 		v           *string
@@ -314,7 +334,7 @@ func decodeMetrics(dst []*event.Event, payload []byte, mk mkFunc) ([]*event.Even
 			attrs[f.field] = n
 		}
 	}
-	return append(dst, mk(event.DeviceMetrics, attrs)), nil
+	return append(dst, mk.event(event.DeviceMetrics, attrs)), nil
 }
 
 type deviceEventPayload struct {
@@ -341,7 +361,7 @@ var deviceEventFields = []plainField[deviceEventPayload]{
 	{name: "error", str: func(p *deviceEventPayload) **string { return &p.Error }},
 }
 
-func decodeDeviceEvent(dst []*event.Event, payload []byte, mk mkFunc) ([]*event.Event, error) {
+func decodeDeviceEvent(dst []*event.Event, payload []byte, mk *envelopes) ([]*event.Event, error) {
 	var p deviceEventPayload
 	if err := decodeFields("events", payload, &p, deviceEventFields); err != nil {
 		return nil, err
@@ -361,7 +381,7 @@ func decodeDeviceEvent(dst []*event.Event, payload []byte, mk mkFunc) ([]*event.
 	case "":
 		return nil, fmt.Errorf("%w: events: field \"type\" is required", ErrPayload)
 	case "boot":
-		kind, attrs = event.FirmwareReport, map[string]any{}
+		kind, attrs = event.FirmwareReport, mk.newAttrs()
 		for _, f := range []struct {
 			field, attr string
 			v           *string
@@ -385,7 +405,8 @@ func decodeDeviceEvent(dst []*event.Event, payload []byte, mk mkFunc) ([]*event.
 		if p.OK == nil {
 			return nil, fmt.Errorf("%w: %s: field \"ok\" is required", ErrPayload, what)
 		}
-		kind, attrs = event.CommandResult, map[string]any{"command_id": cid, "ok": *p.OK}
+		kind, attrs = event.CommandResult, mk.newAttrs()
+		attrs["command_id"], attrs["ok"] = cid, *p.OK
 		for _, f := range []struct {
 			field string
 			v     *string
@@ -404,5 +425,5 @@ func decodeDeviceEvent(dst []*event.Event, payload []byte, mk mkFunc) ([]*event.
 	if ts != "" {
 		attrs["reported_at"] = ts
 	}
-	return append(dst, mk(kind, attrs)), nil
+	return append(dst, mk.event(kind, attrs)), nil
 }
