@@ -74,6 +74,15 @@ type Options struct {
 	// NoDetection leaves the detection and response plane out (the demo
 	// runs its own, on simulated time).
 	NoDetection bool
+	// Node names this process among the nodes of one deployment: its
+	// per-node bus consumers (session kicks, command relays) and its
+	// leases. Default: the host name. Two processes of one deployment
+	// must not share it.
+	Node string
+	// BusNamespace, when set, prefixes the bus's stream names and subjects
+	// so that several deployments (test runs) can share one external NATS
+	// server. One token of letters, digits, '-' or '_'.
+	BusNamespace string
 }
 
 // App is one Garrison process. Fields are set by Start, in order.
@@ -105,6 +114,8 @@ type App struct {
 	incidents *incidents
 	noDetect  bool
 	conn      connectivityPlane
+	node      string // Options.Node
+	busNS     string // Options.BusNamespace
 
 	// threatIntel is detection's intel table, kept filled by feeds.
 	threatIntel *detect.ThreatIntel
@@ -152,7 +163,12 @@ func New(cfg config.Config, src config.Source, opt Options) (*App, error) {
 	if err != nil {
 		return nil, fmt.Errorf("app: data dir: %w", err)
 	}
+	if opt.Node == "" {
+		opt.Node = nodeName()
+	}
+	opt.Node = consumerToken(opt.Node)
 	return &App{cfg: cfg, log: opt.Logger, clk: opt.Clock, out: opt.Out, data: data, noDetect: opt.NoDetection,
+		node: opt.Node, busNS: opt.BusNamespace,
 		passphrase: append([]byte(nil), opt.KeyPassphrase...), fail: make(chan error, 1)}, nil
 }
 

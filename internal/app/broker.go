@@ -133,7 +133,7 @@ type sessionKicker interface {
 // password sessions when the device's password is rotated or cleared. Each node has
 // its own durable consumer, so every node closes its own sessions.
 func (a *App) followRevocations(ctx context.Context) error {
-	node := nodeName()
+	node := a.node
 	for _, k := range []event.Kind{event.CertRevoked, event.DeviceState, event.DevicePassword} {
 		c, err := a.bus.Consume(ctx, bus.ConsumerOptions{
 			Name:    "broker-" + node + "-" + strings.ReplaceAll(string(k), ".", "_"),
@@ -175,10 +175,15 @@ func nodeName() string {
 	if err != nil || h == "" {
 		h = "node"
 	}
+	return consumerToken(h)
+}
+
+// consumerToken maps s to the characters a consumer name may hold.
+func consumerToken(s string) string {
 	return strings.Map(func(r rune) rune {
 		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
 			return r
 		}
 		return '_'
-	}, h)
+	}, s)
 }

@@ -10,13 +10,17 @@ import (
 // startBus opens NATS JetStream embedded in DataDir (no TCP listener) or on
 // the external server of bus.url.
 func (a *App) startBus(ctx context.Context) error {
-	b, err := bus.Open(ctx, bus.Options{
+	o := bus.Options{
 		URL:        a.cfg.Bus.URL,
 		DataDir:    a.data,
 		Logger:     a.log.With("component", "bus"),
 		Clock:      a.clk,
 		Registerer: a.metrics,
-	})
+	}
+	if a.busNS != "" {
+		o.StreamPrefix, o.SubjectPrefix = a.busNS+"_", a.busNS
+	}
+	b, err := bus.Open(ctx, o)
 	if err != nil {
 		return err
 	}

@@ -8,12 +8,13 @@ import (
 	"github.com/garrisonhq/garrison/internal/bus"
 	"github.com/garrisonhq/garrison/internal/command"
 	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/store"
 )
 
 // startCommands builds the command service before the API that serves it;
 // commands go out through the broker once it runs.
 func (a *App) startCommands(context.Context) error {
-	svc, err := command.New(command.Options{Store: a.store, Sender: brokerCommands{a}, Clock: a.clk,
+	svc, err := command.New(command.Options{Store: a.store, Sender: brokerCommands{a}, Relay: busRelay{a}, Clock: a.clk,
 		Logger: a.log.With("component", "commands")})
 	if err != nil {
 		return err
@@ -37,7 +38,67 @@ func (a *App) followCommandResults(ctx context.Context) error {
 		return err
 	}
 	a.onStop("command results", func(context.Context) error { c.Stop(); return nil })
+	if err := a.followCommandRelays(ctx); err != nil {
+		return err
+	}
 	return a.redeliverCommands(ctx)
+}
+
+// followCommandRelays delivers the commands other nodes stored for a
+// device whose session this node holds. Each node has its own durable
+// consumer of new relays (named after the node), as for session kicks; a
+// node ignores its own relays (its broker had no session when it stored
+// the command) and relays for devices it holds no session of, so a
+// command goes out through one node: the one holding the session.
+func (a *App) followCommandRelays(ctx context.Context) error {
+	log := a.log.With("component", "commands")
+	c, err := a.bus.Consume(ctx, bus.ConsumerOptions{
+		Name:    "commands-" + a.node + "-relay",
+		Stream:  a.bus.StreamFor(event.CommandRelay),
+		Filters: []string{bus.KindFilter(event.CommandRelay)},
+		Deliver: bus.DeliverNew,
+		Handler: func(ctx context.Context, e *event.Event) error {
+			if e.Str("origin") == a.node || !a.broker.Live(e.Tenant, e.Device) {
+				return nil
+			}
+			ok, err := a.commands.Deliver(ctx, e.Tenant, e.Device, e.Str("command_id"), liveCommands{a})
+			if err != nil {
+				log.Warn("relayed command", "tenant", e.Tenant, "device", e.Device, "command", e.Str("command_id"), "err", err)
+				return err
+			}
+			log.Debug("relayed command", "tenant", e.Tenant, "device", e.Device, "command", e.Str("command_id"), "delivered", ok)
+			return nil
+		},
+	})
+	if err != nil {
+		return err
+	}
+	a.onStop("command relays", func(context.Context) error { c.Stop(); return nil })
+	return nil
+}
+
+// busRelay passes a command with no live session on this node to the
+// other nodes, as a device.command_relay event (partitioned by tenant and
+// device like the device's own events).
+type busRelay struct{ a *App }
+
+var _ command.Relay = busRelay{}
+
+func (r busRelay) Relay(ctx context.Context, c store.Command) error {
+	if r.a.bus == nil {
+		return errors.New("commands: bus not running")
+	}
+	return r.a.bus.Publish(ctx, &event.Event{Tenant: c.Tenant, Device: c.Device, Kind: event.CommandRelay,
+		Time: r.a.clk.Now().UTC(), Source: "commands",
+		Attrs: map[string]any{"command_id": c.ID, "origin": r.a.node}})
+}
+
+// liveCommands publishes a relayed command only to a live session of
+// this node (never queued for a persisted offline session).
+type liveCommands struct{ a *App }
+
+func (l liveCommands) Command(t event.TenantID, d event.DeviceID, payload []byte) (bool, error) {
+	return l.a.broker.CommandIfLive(t, d, payload)
 }
 
 // redeliverCommands sends a device its commands that went out while it

@@ -53,10 +53,20 @@ type Sender interface {
 	Command(t event.TenantID, d event.DeviceID, payload []byte) (bool, error)
 }
 
+// Relay hands a command that found no live session on this node to the
+// other nodes of the deployment (the bus); the node holding the device's
+// session delivers it with [Service.Deliver].
+type Relay interface {
+	Relay(ctx context.Context, c store.Command) error
+}
+
 // Options configure a [Service].
 type Options struct {
 	Store  store.Store // required
 	Sender Sender      // required
+	// Relay, when set, passes a command the local broker could not deliver
+	// to the other nodes. Nil on a single node.
+	Relay  Relay
 	Clock  clock.Clock
 	Logger *slog.Logger
 	Rand   io.Reader // command ids; crypto/rand when nil
@@ -190,6 +200,14 @@ func (s *Service) Send(ctx context.Context, tenant event.TenantID, device event.
 	}
 	s.log.Info("command sent", "tenant", tenant, "device", device, "command", cmd.ID, "name", cmd.Name, "live", live)
 	if !live {
+		if s.o.Relay != nil {
+			// Another node may hold the session; it marks the command sent
+			// when it delivers. Failing to relay leaves the command offline,
+			// sent again on the device's next subscription.
+			if err := s.o.Relay.Relay(ctx, cmd); err != nil {
+				s.log.Warn("command relay to other nodes", "tenant", tenant, "device", device, "command", cmd.ID, "err", err)
+			}
+		}
 		return cmd, nil
 	}
 	err = s.o.Store.Update(ctx, func(tx store.Tx) error {
@@ -256,6 +274,43 @@ func (s *Service) List(ctx context.Context, tenant event.TenantID, device event.
 		return err
 	})
 	return out, err
+}
+
+// Deliver sends the device its command id through via, when via reports a
+// live session; a node calls it for a command another node relayed to it.
+// Only a command still offline and not expired goes out (a command the
+// device already got, or answered, is left alone), and it is marked sent.
+// It reports whether the command was delivered. An unknown id, or another
+// device's, is not an error: there is nothing to deliver.
+func (s *Service) Deliver(ctx context.Context, tenant event.TenantID, device event.DeviceID, id string, via Sender) (bool, error) {
+	c, err := s.Get(ctx, tenant, device, id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("command deliver %s/%s: %w", tenant, id, err)
+	}
+	if c.Status != store.CommandOffline || !s.o.Clock.Now().Before(c.Expires) {
+		return false, nil
+	}
+	p, err := json.Marshal(payload{ID: c.ID, Name: c.Name, Args: c.Args, Expires: c.Expires})
+	if err != nil {
+		return false, fmt.Errorf("command deliver %s/%s: %w", tenant, id, err)
+	}
+	live, err := via.Command(tenant, device, p)
+	if err != nil {
+		return false, fmt.Errorf("command deliver %s/%s: publish: %w", tenant, id, err)
+	}
+	if !live {
+		return false, nil
+	}
+	if err := s.o.Store.Update(ctx, func(tx store.Tx) error {
+		return tx.Commands().SetStatus(ctx, tenant, id, store.CommandSent)
+	}); err != nil {
+		return true, fmt.Errorf("command deliver %s/%s: %w", tenant, id, err)
+	}
+	s.log.Info("command delivered for another node", "tenant", tenant, "device", device, "command", id, "name", c.Name)
+	return true, nil
 }
 
 // redeliverScan bounds how many of a device's newest commands Redeliver

@@ -197,3 +197,88 @@ func TestRedeliver(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 0, n)
 }
+
+// relay records the commands handed to the other nodes.
+type relay struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func (r *relay) Relay(_ context.Context, c store.Command) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ids = append(r.ids, c.ID)
+	return nil
+}
+
+// TestRelayAndDeliver: a command with no live session on this node is
+// relayed (one with a live session is not); the node holding the session
+// delivers it once and marks it sent; a command already sent, expired,
+// unknown or another device's is not delivered.
+func TestRelayAndDeliver(t *testing.T) {
+	ctx := context.Background()
+	_, st, snd := setup(t)
+	var rl relay
+	svc, err := command.New(command.Options{Store: st, Sender: snd, Relay: &rl})
+	require.NoError(t, err)
+
+	live, err := svc.Send(ctx, "acme", "gw-1", command.Request{Name: "ping"}, "op:alice")
+	require.NoError(t, err)
+	require.Equal(t, store.CommandSent, live.Status)
+	require.Empty(t, rl.ids, "a live session here: nothing relayed")
+
+	snd.live = false
+	off, err := svc.Send(ctx, "acme", "gw-1", command.Request{Name: "reboot"}, "op:alice")
+	require.NoError(t, err)
+	require.Equal(t, store.CommandOffline, off.Status)
+	require.Equal(t, []string{off.ID}, rl.ids, "no live session here: relayed")
+
+	// The other node: no session there either, nothing happens.
+	other := &sender{}
+	ok, err := svc.Deliver(ctx, "acme", "gw-1", off.ID, other)
+	require.NoError(t, err)
+	require.False(t, ok)
+	got, err := svc.Get(ctx, "acme", "gw-1", off.ID)
+	require.NoError(t, err)
+	require.Equal(t, store.CommandOffline, got.Status)
+
+	// The node holding the session delivers it and marks it sent.
+	holder := &sender{live: true}
+	ok, err = svc.Deliver(ctx, "acme", "gw-1", off.ID, holder)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Len(t, holder.sent, 1)
+	var p struct{ ID, Name string }
+	require.NoError(t, json.Unmarshal(holder.sent[0], &p))
+	require.Equal(t, off.ID, p.ID)
+	require.Equal(t, "reboot", p.Name)
+	got, err = svc.Get(ctx, "acme", "gw-1", off.ID)
+	require.NoError(t, err)
+	require.Equal(t, store.CommandSent, got.Status)
+
+	// Not again, nor a command already sent, another device's or an
+	// unknown id.
+	for _, tc := range []struct {
+		dev event.DeviceID
+		id  string
+	}{{"gw-1", off.ID}, {"gw-1", live.ID}, {"gw-2", off.ID}, {"gw-1", "cmd-nope"}} {
+		ok, err = svc.Deliver(ctx, "acme", tc.dev, tc.id, holder)
+		require.NoError(t, err)
+		require.False(t, ok, "%s/%s", tc.dev, tc.id)
+	}
+	require.Len(t, holder.sent, 1)
+
+	// An expired command is not delivered.
+	exp, err := svc.Send(ctx, "acme", "gw-1", command.Request{Name: "ping", TTLSeconds: 1}, "op:alice")
+	require.NoError(t, err)
+	late, err := command.New(command.Options{Store: st, Sender: snd, Clock: fixedClock{time.Now().Add(time.Hour)}})
+	require.NoError(t, err)
+	ok, err = late.Deliver(ctx, "acme", "gw-1", exp.ID, holder)
+	require.NoError(t, err)
+	require.False(t, ok)
+	require.Len(t, holder.sent, 1)
+}
+
+type fixedClock struct{ t time.Time }
+
+func (c fixedClock) Now() time.Time { return c.t }

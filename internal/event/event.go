@@ -82,6 +82,11 @@ const (
 	// The outcome of a platform command, reported by the device:
 	// command_id, ok, output, error.
 	CommandResult Kind = "device.command_result"
+	// A command stored by one node for a device with no live session on
+	// that node: command_id, origin (the node that stored it). Every node
+	// holding a live session of the device delivers it (see
+	// internal/command).
+	CommandRelay Kind = "device.command_relay"
 	// A device publish the platform could not decode: topic_class,
 	// subtopic, reason, bytes. The payload itself is not carried.
 	PayloadRejected Kind = "device.payload_rejected"

@@ -1,0 +1,183 @@
+package app_test
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/stretchr/testify/require"
+
+	"github.com/garrisonhq/garrison/internal/app"
+	"github.com/garrisonhq/garrison/internal/bus"
+	"github.com/garrisonhq/garrison/internal/config"
+	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/mqttconn"
+	"github.com/garrisonhq/garrison/internal/store"
+	"github.com/garrisonhq/garrison/internal/tlsutil"
+)
+
+// twoNodes starts two apps of one deployment: one PostgreSQL schema, one
+// namespace of the external NATS server (its streams deleted afterwards),
+// each with its own data directory and listeners. It skips when the
+// services are not configured.
+func twoNodes(t *testing.T, ctx context.Context, mod func(*config.Config)) (a, b *app.App) {
+	t.Helper()
+	cfgA := pgNATSConfig(t)
+	var tok [6]byte
+	_, err := rand.Read(tok[:])
+	require.NoError(t, err)
+	ns := "so" + hex.EncodeToString(tok[:])
+	t.Cleanup(func() {
+		bb, err := bus.Open(context.Background(), bus.Options{URL: cfgA.Bus.URL, StreamPrefix: ns + "_", SubjectPrefix: ns})
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		if err := bb.DeleteStreams(context.Background()); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+		_ = bb.Close()
+	})
+	cfgB := cfgA
+	cfgB.DataDir = filepath.Join(t.TempDir(), "data-b")
+	if mod != nil {
+		mod(&cfgA)
+		mod(&cfgB)
+	}
+	start := func(cfg config.Config, node string) *app.App {
+		n, err := app.New(cfg, nil, app.Options{KeyPassphrase: testPass, NoDetection: true, Node: node, BusNamespace: ns})
+		require.NoError(t, err)
+		require.NoError(t, n.Start(ctx), "start %s", node)
+		t.Cleanup(func() { _ = n.Stop(context.Background()) })
+		return n
+	}
+	// One after the other: the first migrates and bootstraps the store.
+	return start(cfgA, "node-a"), start(cfgB, "node-b")
+}
+
+// cmdDevice is a device answering platform commands over its own MQTT v5
+// session (paho): it records every command id it receives and reports
+// pong for each.
+type cmdDevice struct {
+	mu   sync.Mutex
+	got  map[string]int
+	todo chan string
+}
+
+func (d *cmdDevice) count(id string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.got[id]
+}
+
+// TestCommandsAcrossNodes: a device holds its session on node B; a
+// command POSTed to node A reaches it through B, its answer (arriving on
+// B) completes the command in the shared store and node A's API shows the
+// outcome. A command POSTed to B, where the session is, goes out at once
+// and only once.
+func TestCommandsAcrossNodes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	nodeA, nodeB := twoNodes(t, ctx, nil)
+
+	const tenant, dev = event.TenantID("acme"), event.DeviceID("trk-0007")
+	now := time.Now().UTC()
+	require.NoError(t, nodeA.Store().Update(ctx, func(tx store.Tx) error {
+		if err := tx.Tenants().Create(ctx, store.Tenant{ID: tenant, Name: "Acme", CreatedAt: now}); err != nil {
+			return err
+		}
+		return tx.Devices().Create(ctx, store.Device{Tenant: tenant, ID: dev, Model: "m1", State: store.StateActive, CreatedAt: now, UpdatedAt: now})
+	}))
+	token := operatorToken(t, ctx, nodeA, tenant)
+	cert, _ := issueDevice(t, ctx, nodeA, tenant, dev)
+
+	// The device connects to node B.
+	pool, err := tlsutil.Pool(filepath.Join(nodeB.DataDir(), "tls", tlsutil.CertFile))
+	require.NoError(t, err)
+	nc, err := tls.Dial("tcp", nodeB.MQTTAddr().String(), &tls.Config{RootCAs: pool, ServerName: "localhost", Certificates: []tls.Certificate{cert}})
+	require.NoError(t, err)
+	d := &cmdDevice{got: map[string]int{}, todo: make(chan string, 16)}
+	cl := paho.NewClient(paho.ClientConfig{Conn: mqttconn.Locked(nc), PacketTimeout: 30 * time.Second, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+		func(pr paho.PublishReceived) (bool, error) {
+			var p struct{ ID string }
+			if json.Unmarshal(pr.Packet.Payload, &p) == nil && p.ID != "" {
+				d.mu.Lock()
+				d.got[p.ID]++
+				d.mu.Unlock()
+				d.todo <- p.ID
+			}
+			return true, nil
+		},
+	}})
+	ca, err := cl.Connect(ctx, &paho.Connect{ClientID: string(dev), KeepAlive: 30, CleanStart: true})
+	require.NoError(t, err)
+	require.EqualValues(t, 0, ca.ReasonCode)
+	defer cl.Disconnect(&paho.Disconnect{})
+	sa, err := cl.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/" + string(dev) + "/commands", QoS: 1}}})
+	require.NoError(t, err)
+	require.Less(t, int(sa.Reasons[0]), 3)
+	// The device answers from its own goroutine, not paho's callback.
+	answered := make(chan struct{})
+	go func() {
+		defer close(answered)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case id := <-d.todo:
+				b, _ := json.Marshal(map[string]any{"type": "command.result", "id": id, "ok": true, "output": "pong from b"})
+				if _, err := cl.Publish(ctx, &paho.Publish{Topic: "devices/" + string(dev) + "/events", QoS: 1, Payload: b}); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	defer func() { cancel(); <-answered }()
+	require.True(t, nodeB.Broker().Live(tenant, dev), "the session is on node B")
+	require.False(t, nodeA.Broker().Live(tenant, dev), "and not on node A")
+
+	base := "/api/v1/tenants/" + string(tenant) + "/devices/" + string(dev) + "/commands"
+	post := func(n *app.App) store.Command {
+		t.Helper()
+		var cmd store.Command
+		require.Equal(t, 202, doJSON(t, client(t, n), n, "POST", base, token, `{"name":"ping"}`, &cmd))
+		return cmd
+	}
+	outcome := func(n *app.App, id string) store.Command {
+		t.Helper()
+		var cmd store.Command
+		c := client(t, n)
+		require.Eventually(t, func() bool {
+			require.Equal(t, 200, doJSON(t, c, n, "GET", base+"/"+id, token, "", &cmd))
+			return cmd.Status == store.CommandSucceeded || cmd.Status == store.CommandFailed
+		}, 30*time.Second, 20*time.Millisecond, "command %s completed", id)
+		return cmd
+	}
+
+	// POSTed to A: A holds no session, so the command is stored offline
+	// and relayed; B delivers it.
+	viaA := post(nodeA)
+	require.Equal(t, store.CommandOffline, viaA.Status, "node A has no session of the device")
+	got := outcome(nodeA, viaA.ID)
+	require.Equal(t, store.CommandSucceeded, got.Status)
+	require.Equal(t, "pong from b", got.Output)
+
+	// POSTed to B: delivered locally at once, not relayed.
+	viaB := post(nodeB)
+	require.NotEqual(t, store.CommandOffline, viaB.Status, "node B holds the session")
+	require.Equal(t, store.CommandSucceeded, outcome(nodeA, viaB.ID).Status)
+
+	// Once more through A, then every command arrived exactly once.
+	again := post(nodeA)
+	require.Equal(t, store.CommandSucceeded, outcome(nodeB, again.ID).Status)
+	for _, id := range []string{viaA.ID, viaB.ID, again.ID} {
+		require.Equal(t, 1, d.count(id), "command %s delivered once", id)
+	}
+}

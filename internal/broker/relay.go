@@ -1,0 +1,32 @@
+package broker
+
+import (
+	"fmt"
+
+	"github.com/garrisonhq/garrison/internal/event"
+)
+
+// Live reports whether this broker holds a live session of the device. In
+// a deployment of several nodes behind a TCP load balancer, exactly the
+// node holding the session answers true.
+func (b *Broker) Live(t event.TenantID, d event.DeviceID) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.sessions[key(t, d)] != nil
+}
+
+// CommandIfLive publishes a command payload to the device's command topic
+// only when this broker holds a live session of the device, and reports
+// whether it did. Unlike [Broker.Command] it never queues the payload for
+// a persisted offline session: a node relaying a command another node
+// received uses it, so that a command reaches the device once, through
+// the node it is connected to.
+func (b *Broker) CommandIfLive(t event.TenantID, d event.DeviceID, payload []byte) (bool, error) {
+	if !b.Live(t, d) {
+		return false, nil
+	}
+	if err := b.srv.Publish("devices/"+string(d)+"/commands", payload, false, 1); err != nil {
+		return true, fmt.Errorf("broker: command: %w", err)
+	}
+	return true, nil
+}
