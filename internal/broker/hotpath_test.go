@@ -284,3 +284,20 @@ func TestPublishEventsIndependent(t *testing.T) {
 		t.Fatalf("location 1: %v, want %v", locs[1].Attrs, want)
 	}
 }
+
+// FuzzValidJSON: validJSON says what json.Valid says, for any bytes.
+func FuzzValidJSON(f *testing.F) {
+	for _, s := range []string{
+		`{}`, ` { } `, `[]`, `[1,2,[3,{}]]`, `{"a":1,"b":[true,false,null],"c":{"d":"e"}}`, `"x"`, `1`, `-0.5e+10`,
+		`01`, `-`, `1.`, `1e`, `.5`, `{"a":1,}`, `[1,]`, `{"a" 1}`, `{1:2}`, `"\u00e9\n\/"`, `"\x"`, `"\u12g4"`,
+		"\"\x01\"", "\"\xff\"", `{"a":1}}`, `{} {}`, `truex`, `nul`, strings.Repeat("[", 70) + strings.Repeat("]", 70),
+		strings.Repeat("[", 70) + strings.Repeat("]", 69), "", " ", `{"a":"b"`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if got, want := validJSON(b), json.Valid(b); got != want {
+			t.Fatalf("validJSON(%q) = %v, json.Valid %v", b, got, want)
+		}
+	})
+}
