@@ -71,6 +71,7 @@ type Tx interface {
 	Commands() Commands         // command.go
 	Groups() Groups             // group.go
 	Passwords() DevicePasswords // password.go
+	Leases() Leases             // lease.go
 }
 
 // Tenant is an isolated customer of the platform.

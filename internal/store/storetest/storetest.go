@@ -50,6 +50,8 @@ func Run(t *testing.T, open Opener) {
 		{"Groups", testGroups},                   // group.go
 		{"GroupMembership", testGroupMembership}, // group.go
 		{"Passwords", testPasswords},             // password.go
+		{"Leases", testLeases},                   // lease.go
+		{"LeaseContention", testLeaseContention}, // lease.go
 		{"TenantIsolation", testIsolation},
 		{"Incidents", testIncidents},
 		{"IncidentCompareAndSet", testIncidentCAS},

@@ -1,0 +1,13 @@
+-- Leases: the one node of a deployment that runs a singleton (the OTA
+-- campaign engine, the mass-action runner) holds its lease until expires
+-- and renews it; another node takes it over once it has expired.
+-- +goose Up
+CREATE TABLE leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    acquired_at INTEGER NOT NULL,
+    expires     INTEGER NOT NULL
+);
+
+-- +goose Down
+DROP TABLE leases;
