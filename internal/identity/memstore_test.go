@@ -73,6 +73,7 @@ func (t memTx) Commands() store.Commands         { panic("not in memStore") }
 func (t memTx) Rules() store.Rules               { panic("not in memStore") }
 func (t memTx) Groups() store.Groups             { panic("not in memStore") }
 func (t memTx) Passwords() store.DevicePasswords { panic("not in memStore") }
+func (t memTx) Leases() store.Leases             { panic("not in memStore") }
 
 type memCAs memTx
 
