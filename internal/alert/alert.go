@@ -102,3 +102,14 @@ type Alert struct {
 	State     State          `json:"state"`
 	Evidence  Evidence       `json:"evidence"`
 }
+
+// StateChanged is the alert.state_changed event of a's move from from to
+// a.State by actor at now (note: the operator's, may be empty).
+func StateChanged(a Alert, from State, actor, note string, now time.Time) *event.Event {
+	attrs := map[string]any{"alert_id": a.ID, "alert_kind": string(a.Kind), "from": string(from), "to": string(a.State), "actor": actor}
+	if note != "" {
+		attrs["note"] = note
+	}
+	return &event.Event{ID: event.NewID(now), Tenant: a.Tenant, Device: a.Device, Kind: event.AlertStateChanged, Time: now.UTC(),
+		Source: "alert", Attrs: attrs}
+}

@@ -139,11 +139,19 @@ type alertCAS interface {
 	CompareAndSetState(ctx context.Context, tenant event.TenantID, id string, from []alert.State, to alert.State) (bool, error)
 }
 
+// EventPublisher publishes events on the bus (*bus.Bus).
+type EventPublisher interface {
+	Publish(ctx context.Context, e *event.Event) error
+}
+
 // transition moves alert id to state to if its current state is one of
-// from, with the audit record in the same transaction; 409 otherwise.
+// from, with the audit record in the same transaction; 409 otherwise. After
+// the commit it publishes alert.state_changed (a failure to publish is
+// logged; the move stands).
 func (s *Server) transition(ctx context.Context, c *call, to alert.State, action string, details map[string]string, from ...alert.State) (alert.Alert, error) {
 	id := c.r.PathValue("id")
 	var a alert.Alert
+	var prev alert.State
 	err := s.opt.Store.Update(ctx, func(tx store.Tx) error {
 		var err error
 		if a, err = tx.Alerts().Get(ctx, c.tenant, id); err != nil {
@@ -168,6 +176,7 @@ func (s *Server) transition(ctx context.Context, c *call, to alert.State, action
 			details = map[string]string{}
 		}
 		details["from"], details["to"] = string(a.State), string(to)
+		prev = a.State
 		a.State = to
 		return s.audit(ctx, tx, c, c.tenant, action, "alert:"+id, details)
 	})
@@ -175,6 +184,12 @@ func (s *Server) transition(ctx context.Context, c *call, to alert.State, action
 		return alert.Alert{}, err
 	}
 	s.opt.Logger.InfoContext(ctx, "alert state changed", "tenant", c.tenant, "alert", id, "device", a.Device, "state", to, "actor", c.p.Actor())
+	if s.opt.Events != nil {
+		ev := alert.StateChanged(a, prev, c.p.Actor(), details["note"], s.opt.Clock.Now())
+		if err := s.opt.Events.Publish(ctx, ev); err != nil {
+			s.opt.Logger.ErrorContext(ctx, "alert.state_changed not published", "tenant", c.tenant, "alert", id, "err", err)
+		}
+	}
 	return a, nil
 }
 
@@ -194,16 +209,10 @@ func (s *Server) resolveAlert(ctx context.Context, c *call, req ResolveAlertRequ
 	if req.Note != "" {
 		details = map[string]string{"note": req.Note}
 	}
-	a, err := s.transition(ctx, c, to, action, details, alert.Open, alert.Acknowledged)
-	if err == nil && to == alert.FalsePositive && s.opt.Response != nil {
-		// Playbooks with restore_on_false_positive undo what they did
-		// (each undo audited with this operator); a failed undo is
-		// recorded on its action and logged, the resolution stands.
-		if rerr := s.opt.Response.RestoreFalsePositive(ctx, c.tenant, a.ID, c.p.Actor()); rerr != nil {
-			s.opt.Logger.ErrorContext(ctx, "restore after false positive failed", "tenant", c.tenant, "alert", a.ID, "err", rerr)
-		}
-	}
-	return a, err
+	// A false positive's alert.state_changed makes the response engine
+	// undo what playbooks with restore_on_false_positive did (each undo
+	// audited with this operator), on whichever node consumes it.
+	return s.transition(ctx, c, to, action, details, alert.Open, alert.Acknowledged)
 }
 
 // --- actions

@@ -30,7 +30,6 @@ type ResponseService interface {
 
 	Approve(ctx context.Context, tenant event.TenantID, actionID, operator, reason string) error
 	Reject(ctx context.Context, tenant event.TenantID, actionID, operator, reason string) error
-	RestoreFalsePositive(ctx context.Context, tenant event.TenantID, alertID, actor string) error
 
 	Preview(ctx context.Context, tenant event.TenantID, sel string, sample int) (respond.MassPreview, error)
 	Submit(ctx context.Context, tenant event.TenantID, r respond.MassRequest, actor string) (store.MassJob, error)

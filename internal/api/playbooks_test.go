@@ -77,16 +77,35 @@ type respEnv struct {
 	*https
 	svc respond.Service
 	w   world
+	bus *stateBus
+}
+
+// stateBus records what the API publishes and hands alert.state_changed to
+// the response engine at once, as serve's consumer does on the bus.
+type stateBus struct {
+	published
+	eng *respond.Engine
+}
+
+func (b *stateBus) Publish(ctx context.Context, e *event.Event) error {
+	if err := b.published.Publish(ctx, e); err != nil {
+		return err
+	}
+	if e.Kind != event.AlertStateChanged {
+		return nil
+	}
+	return b.eng.AlertStateChanged(ctx, e.Tenant, e.Str("alert_id"), alert.State(e.Str("to")), e.Str("actor"))
 }
 
 func newRespEnv(t *testing.T) *respEnv {
 	t.Helper()
 	h := newHTTPS(t)
 	svc := newResponse(t, h.st, h.clk, h.reg)
-	srv, err := api.New(api.Options{Store: h.st, Clock: h.clk, MaxBodyBytes: 64 << 10, Identity: h.id, Devices: h.reg, Response: svc})
+	b := &stateBus{eng: svc.Engine}
+	srv, err := api.New(api.Options{Store: h.st, Clock: h.clk, MaxBodyBytes: 64 << 10, Identity: h.id, Devices: h.reg, Response: svc, Events: b})
 	require.NoError(t, err)
 	h.srv.Config.Handler = srv
-	return &respEnv{https: h, svc: svc, w: h.world(t)}
+	return &respEnv{https: h, svc: svc, w: h.world(t), bus: b}
 }
 
 func (r *respEnv) fleet(t *testing.T, tenant event.TenantID, n int, model string) {
@@ -325,12 +344,44 @@ func TestFalsePositiveResolutionRestores(t *testing.T) {
 	}))
 	require.Equal(t, store.ActionUndone, act.State)
 
-	// Resolved (not a false positive): the device stays quarantined.
+	var undoBy string
+	require.NoError(t, r.st.View(ctx, func(tx store.Tx) error {
+		recs, err := tx.Audit().Range(ctx, w.tenant, 0, 10000)
+		for _, rec := range recs {
+			if rec.Action == "action.undone" && rec.Target == "action:"+act.ID {
+				undoBy = rec.Actor
+			}
+		}
+		return err
+	}))
+	require.Contains(t, undoBy, "operator:", "the undo is audited as the operator who resolved")
+
+	// Acknowledged, then resolved (not a false positive): the device stays
+	// quarantined.
 	require.NoError(t, r.svc.Handle(ctx, alert.Alert{ID: "tel-2", Tenant: w.tenant, Device: "m-0000", Kind: alert.TelnetScan,
 		Severity: alert.High, FirstSeen: t0, LastSeen: t0, Count: 1, State: alert.Open}))
+	code, body = r.json(t, "POST", base+"/alerts/tel-2/ack", w.tokens[store.RoleOperator], "", nil)
+	require.Equal(t, http.StatusOK, code, body)
 	code, body = r.json(t, "POST", base+"/alerts/tel-2/resolve", w.tokens[store.RoleOperator], `{}`, nil)
 	require.Equal(t, http.StatusOK, code, body)
 	require.Equal(t, store.StateQuarantined, r.deviceState(t, w.tenant, "m-0000"))
+	code, _ = r.json(t, "POST", base+"/alerts/tel-2/ack", w.tokens[store.RoleOperator], "", nil)
+	require.Equal(t, http.StatusConflict, code, "a refused move publishes nothing")
+
+	// Every move was published as alert.state_changed, with who and why.
+	type move struct{ alert, device, kind, from, to, note string }
+	var moves []move
+	for _, ev := range r.bus.all() {
+		require.Equal(t, event.AlertStateChanged, ev.Kind)
+		require.Equal(t, w.tenant, ev.Tenant)
+		require.Contains(t, ev.Str("actor"), "operator:")
+		moves = append(moves, move{ev.Str("alert_id"), string(ev.Device), ev.Str("alert_kind"), ev.Str("from"), ev.Str("to"), ev.Str("note")})
+	}
+	require.Equal(t, []move{
+		{"tel-1", "m-0001", "net.telnet_scan", "open", "false_positive", "lab test"},
+		{"tel-2", "m-0000", "net.telnet_scan", "open", "acknowledged", ""},
+		{"tel-2", "m-0000", "net.telnet_scan", "acknowledged", "resolved", ""},
+	}, moves)
 }
 
 func TestMassRoutes(t *testing.T) {

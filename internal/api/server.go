@@ -76,10 +76,13 @@ type Options struct {
 	// writes; those routes answer 503 when nil.
 	Firmware  FirmwareCatalog
 	Campaigns CampaignEngine
-	// Response serves the playbook, approval and mass-action routes and
-	// restores devices when an alert is resolved as a false positive (503
-	// on its routes when nil).
+	// Response serves the playbook, approval and mass-action routes (503
+	// when nil).
 	Response ResponseService
+	// Events receives alert.state_changed when an operator moves an alert
+	// (the response engine restores devices after a false positive, exports
+	// forward it); nil: nobody is told.
+	Events EventPublisher
 	// Connectivity ingests providers' webhook records (the route answers
 	// 503 when nil); CellCache, optional, is told when a cell import
 	// changed the table; CellImportMaxBytes bounds one import (1 GiB when 0).

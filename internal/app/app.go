@@ -374,6 +374,7 @@ func (a *App) startAPI(ctx context.Context) error {
 		Response: &a.response,
 		// Webhook secrets are sealed under the key passphrase (incident.go).
 		WebhookSecrets: a.sealer,
+		Events:         a.bus, // alert.state_changed
 	})
 	if err != nil {
 		return err

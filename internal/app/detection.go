@@ -90,7 +90,7 @@ func (a *App) startDetection(ctx context.Context) error {
 		Intel:     a.threatIntel,
 		Rules:     a.rules.Set(),
 		Catalog:   a.fwView,
-		Responder: handlerFunc(func(ctx context.Context, al alert.Alert) error { return resp.Handle(ctx, al) }),
+		Responder: lateResponder{&resp},
 	})
 	if err != nil {
 		return err
@@ -382,6 +382,16 @@ func (r *engineRef) SetTenantSettings(t event.TenantID, ts detect.TenantSettings
 	return r.eng.SetTenantSettings(t, ts)
 }
 
-type handlerFunc func(ctx context.Context, a alert.Alert) error
+// lateResponder is detection's Responder: the response engine, built after
+// detection (which is the engine's alert sink). Besides alerts it takes the
+// operators' alert state changes (platform.StateResponder), so a false
+// positive resolved through the API restores devices.
+type lateResponder struct{ e **respond.Engine }
 
-func (f handlerFunc) Handle(ctx context.Context, a alert.Alert) error { return f(ctx, a) }
+var _ platform.StateResponder = lateResponder{}
+
+func (r lateResponder) Handle(ctx context.Context, a alert.Alert) error { return (*r.e).Handle(ctx, a) }
+
+func (r lateResponder) AlertStateChanged(ctx context.Context, t event.TenantID, alertID string, to alert.State, actor string) error {
+	return (*r.e).AlertStateChanged(ctx, t, alertID, to, actor)
+}

@@ -34,7 +34,8 @@ type incidents struct {
 //   - export-syslog: alert.raised → one RFC 5424 frame (retried while the
 //     collector is down, within the consumer's attempts);
 //   - export-actions: action.taken → webhook deliveries, and the action on
-//     the timeline of every incident holding its alert.
+//     the timeline of every incident holding its alert;
+//   - export-alert-states: alert.state_changed → webhook deliveries.
 //
 // The consumers are durable and shared by every node, so each event is
 // handled once in a cluster; they start with events published after their
@@ -92,6 +93,7 @@ func (a *App) startIncidents(ctx context.Context) error {
 	consumers := []bus.ConsumerOptions{
 		{Name: "garrison-export-alerts", Filters: []string{bus.KindFilter(event.AlertRaised)}, Stream: a.bus.StreamFor(event.AlertRaised), Handler: p.alertToWebhooks(a)},
 		{Name: "garrison-export-actions", Filters: []string{bus.KindFilter(event.ActionTaken)}, Stream: a.bus.StreamFor(event.ActionTaken), Handler: p.actionTaken(a)},
+		{Name: "garrison-export-alert-states", Filters: []string{bus.KindFilter(event.AlertStateChanged)}, Stream: a.bus.StreamFor(event.AlertStateChanged), Handler: p.alertState(a)},
 	}
 	if p.syslog != nil {
 		consumers = append(consumers, bus.ConsumerOptions{Name: "garrison-export-syslog", Filters: []string{bus.KindFilter(event.AlertRaised)},
@@ -132,6 +134,18 @@ func (p *incidents) alertToWebhooks(a *App) bus.Handler {
 			return err
 		}
 		return p.webhooks.OnAlert(ctx, al, ev.ID)
+	}
+}
+
+// alertState forwards an operator's move of an alert to the webhooks.
+func (p *incidents) alertState(a *App) bus.Handler {
+	return func(ctx context.Context, ev *event.Event) error {
+		al, ok, err := a.loadAlert(ctx, ev)
+		if !ok {
+			return err
+		}
+		return p.webhooks.OnAlertState(ctx, export.AlertStateData{Alert: al, From: alert.State(ev.Str("from")), To: alert.State(ev.Str("to")),
+			Actor: ev.Str("actor"), Note: ev.Str("note")}, ev.Time, ev.ID)
 	}
 }
 

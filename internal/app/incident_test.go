@@ -20,6 +20,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/garrisonhq/garrison/internal/alert"
 	"github.com/garrisonhq/garrison/internal/app"
 	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/event"
@@ -232,6 +233,30 @@ func TestServeExportsAndIncidents(t *testing.T) {
 	require.NotNil(t, d.Metrics.TimeToContain)
 	require.Eventually(t, func() bool { return hooks.has("io.garrison.incident.opened", "io.garrison.incident.state") },
 		30*time.Second, 50*time.Millisecond)
+	// Resolved as a false positive through the API: alert.state_changed
+	// goes over the bus to the response engine, which releases the device
+	// (the default playbook restores), audited as the operator; the
+	// webhook gets the move.
+	require.Equal(t, store.StateQuarantined, deviceState(t, a, tenant, device))
+	var resolved alert.Alert
+	require.Equal(t, http.StatusOK, doJSON(t, c, a, "POST", "/api/v1/tenants/acme/alerts/"+alerts[0].ID+"/resolve", token,
+		`{"false_positive":true,"note":"the SIM was moved by the field team"}`, &resolved))
+	require.Equal(t, alert.FalsePositive, resolved.State)
+	require.Eventually(t, func() bool { return deviceState(t, a, tenant, device) == store.StateActive }, 30*time.Second, 50*time.Millisecond,
+		"the quarantined device is restored")
+	var undoBy string
+	require.NoError(t, a.Store().View(ctx, func(tx store.Tx) error {
+		recs, err := tx.Audit().Range(ctx, tenant, 0, 10000)
+		for _, r := range recs {
+			if r.Action == "action.undone" && strings.Contains(r.Target, alerts[0].ID+"/quarantine-compromised/") {
+				undoBy = r.Actor
+			}
+		}
+		return err
+	}))
+	require.True(t, strings.HasPrefix(undoBy, "operator:"), "undone as the operator, audited: %q", undoBy)
+	require.Eventually(t, func() bool { return hooks.has("io.garrison.alert.state_changed") }, 30*time.Second, 50*time.Millisecond)
+
 	hooks.mu.Lock()
 	require.Zero(t, hooks.bad, "every delivery was signed")
 	hooks.mu.Unlock()
@@ -307,4 +332,15 @@ func TestServeSealsClearWebhookSecrets(t *testing.T) {
 		return err
 	}))
 	require.True(t, audited)
+}
+
+// deviceState reads a device's registry state from the served store.
+func deviceState(t *testing.T, a *app.App, tenant event.TenantID, id event.DeviceID) store.DeviceState {
+	t.Helper()
+	var d store.Device
+	require.NoError(t, a.Store().View(context.Background(), func(tx store.Tx) (err error) {
+		d, err = tx.Devices().Get(context.Background(), tenant, id)
+		return err
+	}))
+	return d.State
 }

@@ -143,14 +143,6 @@ func (r *responseRef) Reject(ctx context.Context, t event.TenantID, actionID, op
 	return s.Reject(ctx, t, actionID, operator, reason)
 }
 
-func (r *responseRef) RestoreFalsePositive(ctx context.Context, t event.TenantID, alertID, actor string) error {
-	s, err := r.get()
-	if err != nil {
-		return err
-	}
-	return s.RestoreFalsePositive(ctx, t, alertID, actor)
-}
-
 func (r *responseRef) Preview(ctx context.Context, t event.TenantID, sel string, sample int) (respond.MassPreview, error) {
 	s, err := r.get()
 	if err != nil {

@@ -105,8 +105,13 @@ const (
 	// severity, count. Consumed by the response engine.
 	AlertRaised Kind = "alert.raised"
 	// An action taken by the response engine: action, alert_id, playbook,
-	// outcome.
+	// outcome, and incident_id when an open_incident step opened or joined
+	// one.
 	ActionTaken Kind = "action.taken"
+	// An alert moved by an operator (acknowledged, resolved, false
+	// positive): alert_id, alert_kind, from, to, actor, note. The response
+	// engine restores devices on false_positive; exports forward it.
+	AlertStateChanged Kind = "alert.state_changed"
 )
 
 // Event is the envelope.

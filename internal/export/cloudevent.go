@@ -7,7 +7,7 @@
 //   - A delivery is written to the store's outbox ([store.Deliveries]) in
 //     the transaction of the change it reports where there is one
 //     (incidents), or when its bus event is handled (alert.raised,
-//     action.taken); the bus event is acknowledged only after, so a restart
+//     action.taken, alert.state_changed); the bus event is acknowledged only after, so a restart
 //     loses nothing. Delivery ids derive from the event id and the webhook,
 //     so a redelivered event is not sent twice.
 //   - [Webhooks.Run] sends due deliveries: a 2xx answer marks it delivered;
@@ -65,11 +65,12 @@ const (
 	TypeIncidentUpd  = "incident.updated"
 	TypeIncidentStat = "incident.state"
 	TypeNotification = "notification" // the notify step of a playbook
+	TypeAlertState   = "alert.state_changed"
 )
 
 // Types lists every event type a webhook may filter on.
 func Types() []string {
-	return []string{TypeAlertRaised, TypeActionTaken, TypeIncident, TypeIncidentUpd, TypeIncidentStat, TypeNotification}
+	return []string{TypeAlertRaised, TypeActionTaken, TypeIncident, TypeIncidentUpd, TypeIncidentStat, TypeNotification, TypeAlertState}
 }
 
 // SignatureHeader carries the delivery's signature.

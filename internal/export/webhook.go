@@ -462,3 +462,20 @@ func (w *Webhooks) OnAction(ctx context.Context, act store.Action, evID string) 
 	_, err := w.Enqueue(ctx, act.Tenant, TypeActionTaken, evID, "device/"+string(act.Device), act.UpdatedAt, ActionData{Action: act})
 	return err
 }
+
+// AlertStateData is the data of an alert.state_changed CloudEvent: the
+// alert as it is after the move, who moved it from which state, and the
+// operator's note.
+type AlertStateData struct {
+	Alert alert.Alert `json:"alert"`
+	From  alert.State `json:"from"`
+	To    alert.State `json:"to"`
+	Actor string      `json:"actor"`
+	Note  string      `json:"note,omitempty"`
+}
+
+// OnAlertState enqueues alert.state_changed; evID is the bus event's id.
+func (w *Webhooks) OnAlertState(ctx context.Context, d AlertStateData, at time.Time, evID string) error {
+	_, err := w.Enqueue(ctx, d.Alert.Tenant, TypeAlertState, evID, "device/"+string(d.Alert.Device), at, d)
+	return err
+}

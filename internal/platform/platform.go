@@ -42,6 +42,14 @@ type Responder interface {
 	Handle(ctx context.Context, a alert.Alert) error
 }
 
+// StateResponder is the optional ability of a Responder to act on an
+// operator's move of an alert (alert.state_changed): the response engine
+// restores devices after a false positive. It must tolerate the same
+// change twice (a redelivery).
+type StateResponder interface {
+	AlertStateChanged(ctx context.Context, tenant event.TenantID, alertID string, to alert.State, actor string) error
+}
+
 // AlertObserver is told of every alert raised or updated, after it is stored
 // (the demo prints them; exports will hang here).
 type AlertObserver func(a alert.Alert)
@@ -250,7 +258,29 @@ func (d *Detection) Start(ctx context.Context) error {
 		return fmt.Errorf("platform: respond consumer: %w", err)
 	}
 	d.add(c)
+	if _, ok := d.o.Responder.(StateResponder); ok {
+		c, err := d.o.Bus.Consume(ctx, bus.ConsumerOptions{
+			Name:    d.o.Name + "-respond-state",
+			Stream:  d.o.Bus.StreamFor(event.AlertStateChanged),
+			Filters: []string{bus.KindFilter(event.AlertStateChanged)},
+			Handler: d.respondState,
+		})
+		if err != nil {
+			d.Stop()
+			return fmt.Errorf("platform: respond-state consumer: %w", err)
+		}
+		d.add(c)
+	}
 	return nil
+}
+
+// respondState hands an operator's move of an alert to the response engine.
+func (d *Detection) respondState(ctx context.Context, ev *event.Event) error {
+	sr, ok := d.o.Responder.(StateResponder)
+	if !ok {
+		return nil
+	}
+	return sr.AlertStateChanged(ctx, ev.Tenant, ev.Str("alert_id"), alert.State(ev.Str("to")), ev.Str("actor"))
 }
 
 func (d *Detection) add(c *bus.Consumer) {
@@ -305,7 +335,7 @@ func (d *Detection) Drain(ctx context.Context) error {
 
 func (d *Detection) handle(ctx context.Context, ev *event.Event) error {
 	switch ev.Kind {
-	case event.AlertRaised, event.ActionTaken:
+	case event.AlertRaised, event.ActionTaken, event.AlertStateChanged:
 		return nil
 	case event.DeviceState:
 		d.applyState(ev)

@@ -740,8 +740,31 @@ func (e *Engine) decide(ctx context.Context, tenant event.TenantID, actionID, op
 	return nil
 }
 
-// Resolve sets an alert's state as operator (audited). Resolving it as a
-// false positive restores devices as its playbooks allow (see Handle).
+// AlertStateChanged is the engine's side of an alert.state_changed event
+// (an operator moved the alert elsewhere, through the API): a move to
+// false_positive restores what the alert's playbooks did, as actor (see
+// [Engine.RestoreFalsePositive]); other moves need nothing. It is safe to
+// call again for the same change (a redelivered event): what is undone is
+// not undone twice. An alert that is gone, or no longer a false positive,
+// is not an error.
+func (e *Engine) AlertStateChanged(ctx context.Context, tenant event.TenantID, alertID string, to alert.State, actor string) error {
+	if to != alert.FalsePositive {
+		return nil
+	}
+	if actor == "" {
+		actor = Automation
+	}
+	err := e.RestoreFalsePositive(ctx, tenant, alertID, actor)
+	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrConflict) {
+		e.log.WarnContext(ctx, "false positive not restored", "tenant", tenant, "alert", alertID, "err", err)
+		return nil
+	}
+	return err
+}
+
+// Resolve sets an alert's state as operator (audited) and publishes
+// alert.state_changed. Resolving it as a false positive restores devices as
+// its playbooks allow (see Handle).
 func (e *Engine) Resolve(ctx context.Context, tenant event.TenantID, alertID string, state alert.State, operator string) error {
 	now := e.o.Clock.Now().UTC()
 	var a alert.Alert
@@ -759,10 +782,16 @@ func (e *Engine) Resolve(ctx context.Context, tenant event.TenantID, alertID str
 	if err != nil {
 		return fmt.Errorf("respond resolve %s/%s: %w", tenant, alertID, err)
 	}
+	from := a.State
+	a.State = state
+	if e.o.Publisher != nil {
+		if err := e.o.Publisher.Publish(ctx, alert.StateChanged(a, from, operator, "", now)); err != nil {
+			e.log.WarnContext(ctx, "alert state event not published", "tenant", tenant, "alert", alertID, "err", err)
+		}
+	}
 	if state != alert.FalsePositive {
 		return nil
 	}
-	a.State = state
 	return e.restore(ctx, a, operator)
 }
 

@@ -492,6 +492,15 @@ func TestFalsePositiveRestores(t *testing.T) {
 	require.Equal(t, store.ActionUndone, f.action(t, "acme", "al-1/contain/1").State)
 	require.Equal(t, store.ActionDone, f.action(t, "acme", "al-1/contain/2").State)
 
+	var published bool
+	f.rec.mu.Lock()
+	for _, ev := range f.rec.events {
+		published = published || (ev.Kind == event.AlertStateChanged && ev.Attrs["alert_id"] == "al-1" &&
+			ev.Attrs["from"] == "open" && ev.Attrs["to"] == "false_positive" && ev.Attrs["actor"] == "op-3" && ev.Device == "dev-00000")
+	}
+	f.rec.mu.Unlock()
+	require.True(t, published, "Resolve publishes alert.state_changed")
+
 	// The playbook without restore keeps its device quarantined.
 	require.NoError(t, f.eng.Resolve(ctx, "acme", "al-2", alert.FalsePositive, "op-3"))
 	require.Equal(t, store.StateQuarantined, f.state(t, "acme", "dev-00001"))
@@ -503,6 +512,39 @@ func TestFalsePositiveRestores(t *testing.T) {
 		return err
 	}))
 	require.Equal(t, alert.FalsePositive, a.State)
+}
+
+// TestAlertStateChangedRestores: the engine's side of alert.state_changed
+// (serve's consumer calls it): a false positive set elsewhere restores as
+// the operator, once even if the event comes twice; other moves, gone
+// alerts and alerts that are not false positives do nothing.
+func TestAlertStateChangedRestores(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, nil)
+	f.fleet(t, "acme", 2)
+	require.NoError(t, f.eng.Handle(ctx, mkAlert("acme", "al-1", "dev-00000", alert.TelnetScan, t0)))
+	require.Equal(t, store.StateQuarantined, f.state(t, "acme", "dev-00000"))
+	qid := respond.ActionID("al-1", "quarantine-compromised", 0)
+
+	require.NoError(t, f.eng.AlertStateChanged(ctx, "acme", "al-1", alert.Acknowledged, "op-3"))
+	require.NoError(t, f.eng.AlertStateChanged(ctx, "acme", "al-1", alert.FalsePositive, "op-3"), "not a false positive in the store: nothing")
+	require.Equal(t, store.StateQuarantined, f.state(t, "acme", "dev-00000"))
+
+	require.NoError(t, f.st.Update(ctx, func(tx store.Tx) error { return tx.Alerts().SetState(ctx, "acme", "al-1", alert.FalsePositive) }))
+	require.NoError(t, f.eng.AlertStateChanged(ctx, "acme", "al-1", alert.FalsePositive, "op-3"))
+	require.Equal(t, store.StateActive, f.state(t, "acme", "dev-00000"), "restored")
+	act := f.action(t, "acme", qid)
+	require.Equal(t, store.ActionUndone, act.State)
+	n := len(f.audit(t, "acme"))
+	require.NoError(t, f.eng.AlertStateChanged(ctx, "acme", "al-1", alert.FalsePositive, "op-3"), "redelivered")
+	require.Len(t, f.audit(t, "acme"), n, "nothing undone twice")
+	var undone bool
+	for _, r := range f.audit(t, "acme") {
+		undone = undone || (r.Action == "action.undone" && r.Actor == "op-3" && r.Target == "action:"+qid)
+	}
+	require.True(t, undone, "the undo is audited as the operator")
+	require.NoError(t, f.eng.AlertStateChanged(ctx, "acme", "no-such-alert", alert.FalsePositive, "op-3"))
+	require.NoError(t, f.eng.AlertStateChanged(ctx, "other", "al-1", alert.FalsePositive, "op-3"), "another tenant's id finds nothing")
 }
 
 func TestResumePendingAfterRestart(t *testing.T) {
