@@ -173,7 +173,7 @@ func (p *incidents) actionTaken(a *App) bus.Handler {
 		if err != nil {
 			return err
 		}
-		if err := p.webhooks.OnAction(ctx, act, ev.ID); err != nil {
+		if err := p.webhooks.OnAction(ctx, act, ev.Str("incident_id"), ev.ID); err != nil {
 			return err
 		}
 		return p.svc.OnAction(ctx, ev.Tenant, id)

@@ -445,9 +445,11 @@ type AlertData struct {
 	Alert alert.Alert `json:"alert"`
 }
 
-// ActionData is the data of an action.taken CloudEvent.
+// ActionData is the data of an action.taken CloudEvent. IncidentID names
+// the incident an open_incident step opened or joined (empty otherwise).
 type ActionData struct {
-	Action store.Action `json:"action"`
+	Action     store.Action `json:"action"`
+	IncidentID string       `json:"incident_id,omitempty"`
 }
 
 // OnAlert enqueues alert.raised for every interested webhook; evID is the
@@ -457,9 +459,11 @@ func (w *Webhooks) OnAlert(ctx context.Context, a alert.Alert, evID string) erro
 	return err
 }
 
-// OnAction enqueues action.taken.
-func (w *Webhooks) OnAction(ctx context.Context, act store.Action, evID string) error {
-	_, err := w.Enqueue(ctx, act.Tenant, TypeActionTaken, evID, "device/"+string(act.Device), act.UpdatedAt, ActionData{Action: act})
+// OnAction enqueues action.taken; incidentID is the event's incident_id
+// (the incident an open_incident step opened or joined, or empty).
+func (w *Webhooks) OnAction(ctx context.Context, act store.Action, incidentID, evID string) error {
+	_, err := w.Enqueue(ctx, act.Tenant, TypeActionTaken, evID, "device/"+string(act.Device), act.UpdatedAt,
+		ActionData{Action: act, IncidentID: incidentID})
 	return err
 }
 

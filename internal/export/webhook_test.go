@@ -291,8 +291,8 @@ func TestWebhookSurvivesRestart(t *testing.T) {
 	defer srv.Close()
 	addHook(t, st, tenant, "wh", srv.URL, "k3y", nil, "")
 	w := newWebhooks(t, st, clk, srv, 3)
-	require.NoError(t, w.OnAction(ctx, store.Action{Tenant: tenant, ID: "ac-1", Device: "meter-0017", Kind: "quarantine",
-		State: store.ActionDone, UpdatedAt: t0}, "ev-ac-1"))
+	require.NoError(t, w.OnAction(ctx, store.Action{Tenant: tenant, ID: "ac-1", Device: "meter-0017", Kind: "open_incident",
+		State: store.ActionDone, UpdatedAt: t0}, "inc-7", "ev-ac-1"))
 	require.NoError(t, st.Close())
 
 	st2 := openStore(t, path)
@@ -303,6 +303,10 @@ func TestWebhookSurvivesRestart(t *testing.T) {
 	got, _, _ := rc.snapshot()
 	require.Len(t, got, 1)
 	require.Equal(t, "io.garrison.action.taken", got[0].Type)
+	var data export.ActionData
+	require.NoError(t, json.Unmarshal(got[0].Data, &data))
+	require.Equal(t, "inc-7", data.IncidentID, "the incident travels with the action")
+	require.Equal(t, "ac-1", data.Action.ID)
 }
 
 // TestWebhookRunLoop drives the real worker loop with the wall clock.

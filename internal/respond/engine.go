@@ -474,7 +474,7 @@ func (e *Engine) execute(ctx context.Context, a alert.Alert, playbook string, st
 	t := Target{Tenant: act.Tenant, Device: act.Device, ActionID: act.ID, AlertID: act.AlertID, Playbook: playbook,
 		Actor: act.Actor, Reason: fmt.Sprintf("alert %s (%s), playbook %s", a.ID, a.Kind, playbook)}
 	var undo *Undo
-	var skip string
+	var skip, incidentID string
 	var callErr error
 	attempts := 0
 	call := func() error {
@@ -528,6 +528,7 @@ func (e *Engine) execute(ctx context.Context, a alert.Alert, playbook string, st
 			if err == nil {
 				skip = ""
 				act.Reason = "incident " + id
+				incidentID = id
 			}
 		default:
 			return fmt.Errorf("%w: step %q cannot be executed", store.ErrInvalid, st.Kind)
@@ -590,7 +591,10 @@ func (e *Engine) execute(ctx context.Context, a alert.Alert, playbook string, st
 	if err != nil {
 		return fmt.Errorf("record action %s: %w", act.ID, err)
 	}
-	e.publishAction(ctx, act, now)
+	if act.State != store.ActionDone {
+		incidentID = ""
+	}
+	e.publishAction(ctx, act, now, incidentID)
 	return nil
 }
 
@@ -610,13 +614,19 @@ func auditAction(ctx context.Context, tx store.Tx, act store.Action, now time.Ti
 	return audit.Record(ctx, tx, act.Tenant, now, actor, "action."+string(act.State), "action:"+act.ID, d)
 }
 
-func (e *Engine) publishAction(ctx context.Context, act store.Action, now time.Time) {
+// publishAction publishes action.taken; incidentID, when an open_incident
+// step opened or joined an incident, lets consumers (webhooks, syslog)
+// correlate the action with it.
+func (e *Engine) publishAction(ctx context.Context, act store.Action, now time.Time, incidentID ...string) {
 	if e.o.Publisher == nil {
 		return
 	}
 	ev := &event.Event{ID: event.NewID(now), Tenant: act.Tenant, Device: act.Device, Kind: event.ActionTaken, Time: now,
 		Source: "respond", Attrs: map[string]any{"action": act.Kind, "action_id": act.ID, "alert_id": act.AlertID,
 			"playbook": act.Playbook, "outcome": string(act.State)}}
+	if len(incidentID) > 0 && incidentID[0] != "" {
+		ev.Attrs["incident_id"] = incidentID[0]
+	}
 	if err := e.o.Publisher.Publish(ctx, ev); err != nil {
 		e.log.WarnContext(ctx, "action event not published", "tenant", act.Tenant, "action", act.ID, "err", err)
 	}

@@ -717,3 +717,37 @@ func TestTriggerSelectorResolvesDynamicGroup(t *testing.T) {
 	require.NoError(t, f.eng.Handle(ctx, mkAlert("acme", "al-3", "dev-00002", "a.b", t0)))
 	require.Len(t, f.actions(t, "acme", store.ActionFilter{Device: "dev-00002"}), 1)
 }
+
+// incidentsFake opens one incident per alert, as the incident service does.
+type incidentsFake struct{}
+
+func (incidentsFake) OpenIncident(_ context.Context, r respond.IncidentRequest) (string, error) {
+	return "inc-" + r.Alert.ID, nil
+}
+
+// TestActionTakenCarriesIncidentID: the action.taken event of a done
+// open_incident step names the incident, so webhook and syslog consumers
+// can correlate; other steps' events carry none.
+func TestActionTakenCarriesIncidentID(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, func(o *respond.Options) { o.Incidents = incidentsFake{} })
+	f.fleet(t, "acme", 1)
+	doc := `playbooks:
+  - name: track
+    trigger: {kinds: [net.port_scan]}
+    steps: [quarantine, open_incident, notify]
+`
+	_, err := f.eng.SetPlaybooks(ctx, "acme", []byte(doc), "op")
+	require.NoError(t, err)
+	require.NoError(t, f.eng.Handle(ctx, mkAlert("acme", "al-1", "dev-00000", alert.PortScan, t0)))
+	require.Equal(t, "incident inc-al-1", f.action(t, "acme", "al-1/track/1").Reason)
+	got := map[string]any{}
+	f.rec.mu.Lock()
+	for _, ev := range f.rec.events {
+		if ev.Kind == event.ActionTaken {
+			got[ev.Str("action_id")] = ev.Attrs["incident_id"]
+		}
+	}
+	f.rec.mu.Unlock()
+	require.Equal(t, map[string]any{"al-1/track/0": nil, "al-1/track/1": "inc-al-1", "al-1/track/2": nil}, got)
+}
