@@ -116,6 +116,8 @@ type App struct {
 	conn      connectivityPlane
 	node      string // Options.Node
 	busNS     string // Options.BusNamespace
+	holder    string // this process as a lease holder (lease.go)
+	leases    leaseSet
 
 	// threatIntel is detection's intel table, kept filled by feeds.
 	threatIntel *detect.ThreatIntel
@@ -168,7 +170,7 @@ func New(cfg config.Config, src config.Source, opt Options) (*App, error) {
 	}
 	opt.Node = consumerToken(opt.Node)
 	return &App{cfg: cfg, log: opt.Logger, clk: opt.Clock, out: opt.Out, data: data, noDetect: opt.NoDetection,
-		node: opt.Node, busNS: opt.BusNamespace,
+		node: opt.Node, busNS: opt.BusNamespace, holder: holderID(opt.Node),
 		passphrase: append([]byte(nil), opt.KeyPassphrase...), fail: make(chan error, 1)}, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/garrisonhq/garrison/internal/api"
 	"github.com/garrisonhq/garrison/internal/event"
@@ -14,7 +15,9 @@ import (
 // startMass runs the mass-action runner beside the response engine (called
 // by startDetection once the engine exists) and hands both to the API's
 // playbook, approval and mass routes. Jobs interrupted by a restart resume
-// after their cursor when Serve starts.
+// after their cursor when Serve starts. Of the nodes of a deployment, only
+// the one holding the mass-actions lease runs it; every node takes
+// submissions.
 func (a *App) startMass(ctx context.Context, eng *respond.Engine) error {
 	o := respond.MassOptions{Store: a.store, Clock: a.clk, Logger: a.log.With("component", "mass"), Publisher: a.bus}
 	if a.broker != nil {
@@ -25,16 +28,29 @@ func (a *App) startMass(ctx context.Context, eng *respond.Engine) error {
 	if err != nil {
 		return err
 	}
-	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan struct{})
-	a.onStop("mass actions", func(context.Context) error {
-		cancel()
-		<-done
-		return nil
-	})
-	a.goroutine("mass actions", func() error {
-		defer close(done)
-		return m.Serve(rctx)
+	// One runner per deployment: the node holding the lease (lease.go).
+	// Jobs submitted through another node are found at the next wake.
+	a.underLease(ctx, leaseMass, func(ctx context.Context) error {
+		ctx, stop := context.WithCancel(ctx)
+		defer stop()
+		woke := make(chan struct{})
+		go func() {
+			defer close(woke)
+			t := time.NewTicker(leaseRenew)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					m.Wake()
+				}
+			}
+		}()
+		err := m.Serve(ctx)
+		stop()
+		<-woke
+		return err
 	})
 	a.response.set(respond.Service{Engine: eng, Mass: m})
 	return nil

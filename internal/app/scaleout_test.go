@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -27,7 +28,7 @@ import (
 // namespace of the external NATS server (its streams deleted afterwards),
 // each with its own data directory and listeners. It skips when the
 // services are not configured.
-func twoNodes(t *testing.T, ctx context.Context, mod func(*config.Config)) (a, b *app.App) {
+func twoNodes(t *testing.T, ctx context.Context, detection bool) (a, b *app.App) {
 	t.Helper()
 	cfgA := pgNATSConfig(t)
 	var tok [6]byte
@@ -47,12 +48,8 @@ func twoNodes(t *testing.T, ctx context.Context, mod func(*config.Config)) (a, b
 	})
 	cfgB := cfgA
 	cfgB.DataDir = filepath.Join(t.TempDir(), "data-b")
-	if mod != nil {
-		mod(&cfgA)
-		mod(&cfgB)
-	}
 	start := func(cfg config.Config, node string) *app.App {
-		n, err := app.New(cfg, nil, app.Options{KeyPassphrase: testPass, NoDetection: true, Node: node, BusNamespace: ns})
+		n, err := app.New(cfg, nil, app.Options{KeyPassphrase: testPass, NoDetection: !detection, Node: node, BusNamespace: ns})
 		require.NoError(t, err)
 		require.NoError(t, n.Start(ctx), "start %s", node)
 		t.Cleanup(func() { _ = n.Stop(context.Background()) })
@@ -85,7 +82,7 @@ func (d *cmdDevice) count(id string) int {
 func TestCommandsAcrossNodes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	nodeA, nodeB := twoNodes(t, ctx, nil)
+	nodeA, nodeB := twoNodes(t, ctx, false)
 
 	const tenant, dev = event.TenantID("acme"), event.DeviceID("trk-0007")
 	now := time.Now().UTC()
@@ -180,4 +177,90 @@ func TestCommandsAcrossNodes(t *testing.T) {
 	for _, id := range []string{viaA.ID, viaB.ID, again.ID} {
 		require.Equal(t, 1, d.count(id), "command %s delivered once", id)
 	}
+}
+
+// TestMassRunnerFailover: of two nodes, exactly one holds the
+// mass-actions lease and runs the mass-action runner. A job submitted
+// through the other node runs on the holder; when the holder stops
+// mid-job, the other node takes the lease over and finishes the job from
+// its cursor.
+func TestMassRunnerFailover(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
+	defer cancel()
+	nodeA, nodeB := twoNodes(t, ctx, true)
+	const lease = "mass-actions"
+	var holder, other *app.App
+	require.Eventually(t, func() bool {
+		a, b := nodeA.HoldsLease(lease), nodeB.HoldsLease(lease)
+		require.False(t, a && b, "both nodes hold the lease")
+		switch {
+		case a:
+			holder, other = nodeA, nodeB
+		case b:
+			holder, other = nodeB, nodeA
+		}
+		return a || b
+	}, 30*time.Second, 20*time.Millisecond, "one node takes the lease")
+
+	const tenant, n = event.TenantID("acme"), 20
+	now := time.Now().UTC()
+	require.NoError(t, nodeA.Store().Update(ctx, func(tx store.Tx) error {
+		if err := tx.Tenants().Create(ctx, store.Tenant{ID: tenant, Name: "Acme", CreatedAt: now}); err != nil {
+			return err
+		}
+		for i := range n {
+			if err := tx.Devices().Create(ctx, store.Device{Tenant: tenant, ID: event.DeviceID(fmt.Sprintf("meter-%04d", i)), Model: "m1",
+				State: store.StateActive, CreatedAt: now, UpdatedAt: now}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	token := operatorToken(t, ctx, nodeA, tenant)
+
+	// Submitted through the node that does not run the runner: two
+	// devices a second, about ten seconds.
+	base := "/api/v1/tenants/" + string(tenant) + "/mass"
+	var job store.MassJob
+	require.Equal(t, 202, doJSON(t, client(t, other), other, "POST", base, token,
+		`{"kind":"quarantine","selector":"*","rate":2,"reason":"failover test"}`, &job))
+	require.Equal(t, n, job.Total)
+	read := func(via *app.App) store.MassJob {
+		t.Helper()
+		var j store.MassJob
+		require.Equal(t, 200, doJSON(t, client(t, via), via, "GET", base+"/"+job.ID, token, "", &j))
+		return j
+	}
+	require.Eventually(t, func() bool {
+		require.False(t, other.HoldsLease(lease), "the standby node does not run the runner")
+		return read(other).Processed > 0
+	}, 30*time.Second, 50*time.Millisecond, "the holder runs the job submitted elsewhere")
+
+	// The holder stops mid-job; the other node takes over and finishes.
+	require.NoError(t, holder.Stop(context.Background()))
+	var mid store.MassJob
+	require.NoError(t, other.Store().View(ctx, func(tx store.Tx) (err error) {
+		mid, err = tx.Mass().Job(ctx, tenant, job.ID)
+		return err
+	}))
+	require.Equal(t, "running", mid.State)
+	require.Less(t, mid.Processed, n, "stopped mid-job")
+	require.Eventually(t, func() bool { return other.HoldsLease(lease) }, 30*time.Second, 50*time.Millisecond,
+		"the other node takes the lease over")
+	var done store.MassJob
+	require.Eventually(t, func() bool {
+		done = read(other)
+		return done.State != "running"
+	}, 60*time.Second, 100*time.Millisecond, "the job finishes on the new holder")
+	require.Equal(t, "done", done.State, done.Error)
+	require.Equal(t, n, done.Processed)
+	require.Equal(t, n, done.Changed+done.Unchanged, "every device quarantined once")
+	require.NoError(t, other.Store().View(ctx, func(tx store.Tx) error {
+		for i := range n {
+			d, err := tx.Devices().Get(ctx, tenant, event.DeviceID(fmt.Sprintf("meter-%04d", i)))
+			require.NoError(t, err)
+			require.Equal(t, store.StateQuarantined, d.State, d.ID)
+		}
+		return nil
+	}))
 }
