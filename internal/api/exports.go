@@ -25,7 +25,50 @@ func (s *Server) exportRoutes(t string) []Route {
 		op(del, t+"/webhooks/{id}", auth.PermExportsWrite, ScopeTenant, none, "Delete a webhook endpoint and its queued deliveries.", (*Server).deleteWebhook),
 		op(get, t+"/deliveries", auth.PermExportsRead, ScopeTenant, ok, "List webhook deliveries, newest first; state=dead is the dead-letter list.", (*Server).listDeliveries),
 		op(post, t+"/deliveries/{id}/redrive", auth.PermExportsWrite, ScopeTenant, ok, "Send a dead-lettered delivery again (attempts reset).", (*Server).redriveDelivery),
+		op(get, t+"/syslog", auth.PermExportsRead, ScopeTenant, ok, "Get the tenant's own syslog target (404 when it has none).", (*Server).getSyslog),
+		op(http.MethodPut, t+"/syslog", auth.PermExportsWrite, ScopeTenant, ok, "Set the tenant's own syslog target: its alerts go there as RFC 5424 OCSF findings, over TCP or TLS.", (*Server).putSyslog),
+		op(del, t+"/syslog", auth.PermExportsWrite, ScopeTenant, none, "Remove the tenant's own syslog target.", (*Server).deleteSyslog),
 	}
+}
+
+// SyslogRequest sets a tenant's own syslog collector: Addr is host:port;
+// TLS uses RFC 5425 (TLS 1.2 or later), verifying the collector with CAPEM
+// (PEM certificates) when given, else the system roots.
+type SyslogRequest struct {
+	Addr  string `json:"addr"`
+	TLS   bool   `json:"tls,omitempty"`
+	CAPEM string `json:"ca_pem,omitempty"`
+}
+
+func (s *Server) getSyslog(ctx context.Context, c *call, _ noBody) (export.SyslogTarget, error) {
+	var t export.SyslogTarget
+	var ok bool
+	err := s.opt.Store.View(ctx, func(tx store.Tx) (err error) {
+		t, ok, err = export.GetSyslogTarget(ctx, tx, c.tenant)
+		return err
+	})
+	if err == nil && !ok {
+		return t, errorf(http.StatusNotFound, CodeNotFound, "the tenant has no syslog target")
+	}
+	return t, err
+}
+
+func (s *Server) putSyslog(ctx context.Context, c *call, req SyslogRequest) (export.SyslogTarget, error) {
+	t := export.SyslogTarget{Addr: req.Addr, TLS: req.TLS, CAPEM: req.CAPEM}
+	if err := t.Validate(); err != nil {
+		return t, errorf(http.StatusBadRequest, CodeInvalid, err.Error())
+	}
+	err := s.opt.Store.Update(ctx, func(tx store.Tx) (err error) {
+		t, err = export.PutSyslogTarget(ctx, tx, c.tenant, t, c.p.Actor(), s.opt.Clock.Now())
+		return err
+	})
+	return t, err
+}
+
+func (s *Server) deleteSyslog(ctx context.Context, c *call, _ noBody) (noBody, error) {
+	return noBody{}, s.opt.Store.Update(ctx, func(tx store.Tx) error {
+		return export.DeleteSyslogTarget(ctx, tx, c.tenant, c.p.Actor(), s.opt.Clock.Now())
+	})
 }
 
 // CreateWebhookRequest creates a webhook endpoint. Events filters the event

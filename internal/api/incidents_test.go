@@ -16,6 +16,7 @@ import (
 	"github.com/garrisonhq/garrison/internal/api"
 	"github.com/garrisonhq/garrison/internal/clock"
 	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/export"
 	"github.com/garrisonhq/garrison/internal/incident"
 	"github.com/garrisonhq/garrison/internal/seal"
 	"github.com/garrisonhq/garrison/internal/store"
@@ -34,8 +35,8 @@ func newIncidents(t testing.TB, st store.Store, clk clock.Clock) *incident.Servi
 	return svc
 }
 
-// seedIncidents adds an open incident, a webhook with a dead delivery and a
-// tenant runbook to tenant.
+// seedIncidents adds an open incident, a webhook with a dead delivery, a
+// tenant runbook and a syslog target to tenant.
 func seedIncidents(t testing.TB, ctx context.Context, tx store.Tx, tenant event.TenantID, n int, now time.Time) incidentWorld {
 	t.Helper()
 	w := incidentWorld{incident: fmt.Sprintf("inc-%d", n), webhook: fmt.Sprintf("wh-%d", n), delivery: fmt.Sprintf("dl-%d", n), runbook: alert.PortScan}
@@ -46,6 +47,7 @@ func seedIncidents(t testing.TB, ctx context.Context, tx store.Tx, tenant event.
 	require.NoError(t, tx.Deliveries().Create(ctx, store.Delivery{Tenant: tenant, ID: w.delivery, Webhook: w.webhook, Type: "alert.raised",
 		Body: []byte(`{}`), State: store.DeliveryDead, Attempts: 8, NextAt: now, LastError: "HTTP 500", CreatedAt: now, UpdatedAt: now}))
 	require.NoError(t, tx.Settings().Put(ctx, tenant, incident.SettingKey(w.runbook), []byte(`{"markdown":"# Ours","updated_by":"op","updated_at":"2026-11-24T12:00:00Z"}`)))
+	require.NoError(t, tx.Settings().Put(ctx, tenant, export.SyslogSettingKey, []byte(`{"addr":"siem.example:6514","tls":true,"updated_at":"2026-11-24T12:00:00Z"}`)))
 	return w
 }
 
@@ -80,6 +82,8 @@ func incidentBody(pattern, alertID string) (string, bool) {
 		return `{"markdown":"# Our procedure\n\n1. Call the SOC."}`, true
 	case t + "/webhooks":
 		return `{"name":"pager","url":"https://pager.example/hook","events":["alert.raised","incident.state"]}`, true
+	case t + "/syslog":
+		return `{"addr":"siem.example:514"}`, true
 	}
 	return "", false
 }
@@ -241,4 +245,53 @@ func TestWebhooksOverAPI(t *testing.T) {
 	requireCode(t, e.do("POST", base+"/deliveries/"+dead[0].ID+"/redrive", admin, ""), http.StatusConflict, api.CodeConflict)
 	requireCode(t, e.do("GET", base+"/deliveries?state=lost", admin, ""), http.StatusBadRequest, api.CodeBadRequest)
 	requireCode(t, e.do("POST", base+"/deliveries/"+dead[0].ID+"/redrive", w.foreign, ""), http.StatusNotFound, api.CodeNotFound)
+}
+
+// TestSyslogTargetOverAPI: a tenant's own syslog target is set, read and
+// removed through the API, audited; bad targets are refused with a clear
+// error and change nothing; another tenant sees none of it.
+func TestSyslogTargetOverAPI(t *testing.T) {
+	e := newEnv(t)
+	w := e.world(t)
+	base := "/api/v1/tenants/" + string(w.tenant)
+	admin, auditor := w.tokens[store.RoleAdmin], w.tokens[store.RoleAuditor]
+	for body, want := range map[string]string{
+		`{"addr":"no-port"}`:                                   "must be host:port",
+		`{"addr":"siem.example:0"}`:                            "port must be 1-65535",
+		`{"addr":"siem.example:6514","ca_pem":"x"}`:            "ca_pem is only used with tls",
+		`{"addr":"siem.example:6514","tls":true,"ca_pem":"x"}`: "no PEM certificate",
+	} {
+		before := e.head(t, w.tenant)
+		rec := e.do("PUT", base+"/syslog", admin, body)
+		require.Equal(t, http.StatusBadRequest, rec.Code, body)
+		require.Contains(t, rec.Body.String(), want)
+		require.Equal(t, before, e.head(t, w.tenant), "refused: nothing changed")
+	}
+	rec := e.do("PUT", base+"/syslog", admin, `{"addr":"siem.acme.example:6514","tls":true}`)
+	require.Equal(t, http.StatusOK, rec.Code, rec.Body.String())
+	rec = e.do("GET", base+"/syslog", auditor, "")
+	require.Equal(t, http.StatusOK, rec.Code, rec.Body.String())
+	got := decode[export.SyslogTarget](t, rec)
+	require.Equal(t, "siem.acme.example:6514", got.Addr)
+	require.True(t, got.TLS)
+	require.Contains(t, got.Actor, "operator:")
+	rec = e.do("GET", "/api/v1/tenants/"+string(w.tenant)+"/syslog", w.foreign, "")
+	require.Equal(t, http.StatusNotFound, rec.Code, "another tenant's admin sees nothing")
+	rec = e.do("DELETE", base+"/syslog", admin, "")
+	require.Equal(t, http.StatusNoContent, rec.Code, rec.Body.String())
+	rec = e.do("GET", base+"/syslog", auditor, "")
+	require.Equal(t, http.StatusNotFound, rec.Code)
+	rec = e.do("DELETE", base+"/syslog", admin, "")
+	require.Equal(t, http.StatusNotFound, rec.Code)
+	var actions []string
+	require.NoError(t, e.st.View(context.Background(), func(tx store.Tx) error {
+		recs, err := tx.Audit().Range(context.Background(), w.tenant, 0, 10000)
+		for _, r := range recs {
+			if strings.HasPrefix(r.Action, "syslog.") {
+				actions = append(actions, r.Action)
+			}
+		}
+		return err
+	}))
+	require.Equal(t, []string{"syslog.set", "syslog.delete"}, actions)
 }

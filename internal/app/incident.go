@@ -24,6 +24,8 @@ type incidents struct {
 	svc      *incident.Service
 	webhooks *export.Webhooks
 	syslog   *export.Syslog // nil without exports.syslog_addr
+	// tenantSyslog sends to each tenant's own syslog target.
+	tenantSyslog *export.TenantSyslogs
 }
 
 // startIncidents builds the incident service and the exporters, starts the
@@ -35,7 +37,9 @@ type incidents struct {
 //     collector is down, within the consumer's attempts);
 //   - export-actions: action.taken → webhook deliveries, and the action on
 //     the timeline of every incident holding its alert;
-//   - export-alert-states: alert.state_changed → webhook deliveries.
+//   - export-alert-states: alert.state_changed → webhook deliveries;
+//   - export-tenant-syslog: alert.raised → one frame to the tenant's own
+//     syslog target, when it set one through the API.
 //
 // The consumers are durable and shared by every node, so each event is
 // handled once in a cluster; they start with events published after their
@@ -86,6 +90,15 @@ func (a *App) startIncidents(ctx context.Context) error {
 		a.onStop("syslog", func(context.Context) error { return p.syslog.Close() })
 	}
 
+	// Tenants' own syslog targets (set through the API, read per alert).
+	tsl, err := export.NewTenantSyslogs(export.TenantSyslogOptions{Store: a.store, Clock: a.clk, Logger: log,
+		AllowPrivate: e.WebhookAllowPrivate})
+	if err != nil {
+		return err
+	}
+	p.tenantSyslog = tsl
+	a.onStop("tenant syslog", func(context.Context) error { return tsl.Close() })
+
 	runCtx, cancel := context.WithCancel(context.Background())
 	a.onStop("webhook worker", func(context.Context) error { cancel(); return nil })
 	a.goroutine("webhook worker", func() error { return wh.Run(runCtx) })
@@ -93,6 +106,7 @@ func (a *App) startIncidents(ctx context.Context) error {
 	consumers := []bus.ConsumerOptions{
 		{Name: "garrison-export-alerts", Filters: []string{bus.KindFilter(event.AlertRaised)}, Stream: a.bus.StreamFor(event.AlertRaised), Handler: p.alertToWebhooks(a)},
 		{Name: "garrison-export-actions", Filters: []string{bus.KindFilter(event.ActionTaken)}, Stream: a.bus.StreamFor(event.ActionTaken), Handler: p.actionTaken(a)},
+		{Name: "garrison-export-tenant-syslog", Filters: []string{bus.KindFilter(event.AlertRaised)}, Stream: a.bus.StreamFor(event.AlertRaised), Handler: p.alertToTenantSyslog(a)},
 		{Name: "garrison-export-alert-states", Filters: []string{bus.KindFilter(event.AlertStateChanged)}, Stream: a.bus.StreamFor(event.AlertStateChanged), Handler: p.alertState(a)},
 	}
 	if p.syslog != nil {
@@ -146,6 +160,24 @@ func (p *incidents) alertState(a *App) bus.Handler {
 		}
 		return p.webhooks.OnAlertState(ctx, export.AlertStateData{Alert: al, From: alert.State(ev.Str("from")), To: alert.State(ev.Str("to")),
 			Actor: ev.Str("actor"), Note: ev.Str("note")}, ev.Time, ev.ID)
+	}
+}
+
+// alertToTenantSyslog sends an alert to its tenant's own syslog target, if
+// any; a collector that is down is retried within the consumer's attempts,
+// a target refused as private is logged and skipped.
+func (p *incidents) alertToTenantSyslog(a *App) bus.Handler {
+	return func(ctx context.Context, ev *event.Event) error {
+		al, ok, err := a.loadAlert(ctx, ev)
+		if !ok {
+			return err
+		}
+		err = p.tenantSyslog.SendAlert(ctx, al)
+		if errors.Is(err, export.ErrPrivateAddress) {
+			a.log.Warn("tenant syslog target refused", "tenant", al.Tenant, "alert", al.ID, "err", err)
+			return nil
+		}
+		return err
 	}
 }
 

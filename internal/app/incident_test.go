@@ -190,6 +190,11 @@ func TestServeExportsAndIncidents(t *testing.T) {
 	require.Equal(t, http.StatusCreated, doJSON(t, c, a, "POST", "/api/v1/tenants/acme/webhooks", token,
 		`{"name":"soc","url":"`+srv.URL+`/hook","secret":"0123456789abcdef-secret"}`, &created))
 
+	// The tenant's own syslog collector, set through the API.
+	tenantCollector := newSyslogCollector(t)
+	require.Equal(t, http.StatusOK, doJSON(t, c, a, "PUT", "/api/v1/tenants/acme/syslog", token,
+		`{"addr":"`+tenantCollector.ln.Addr().String()+`"}`, nil))
+
 	session := func(imei string, at time.Time) *event.Event {
 		return &event.Event{Tenant: tenant, Device: device, Kind: event.NetSession, Time: at, Source: "radius",
 			Attrs: map[string]any{"status": "start", "session_id": "s-" + imei, "imsi": imsi, "imei": imei, "ip": "10.64.0.17"}}
@@ -208,6 +213,8 @@ func TestServeExportsAndIncidents(t *testing.T) {
 	require.Equal(t, export.OCSFClassDetectionFinding, fnd.ClassUID)
 	require.Equal(t, "meter-0017", fnd.Device.UID)
 	require.Equal(t, "acme", fnd.Metadata.TenantUID)
+	require.Eventually(t, func() bool { return tenantCollector.find(`"sim.imei_mismatch"`) != "" }, 30*time.Second, 50*time.Millisecond,
+		"the tenant's own collector gets the alert too")
 
 	// The quarantine is done: an incident opened on the alert gathers it
 	// and is contained at once.

@@ -23,16 +23,7 @@ var ErrPrivateAddress = errors.New("webhook address is loopback, private, link-l
 func NewClient(timeout time.Duration, allowPrivate bool) *http.Client {
 	d := &net.Dialer{Timeout: timeout}
 	if !allowPrivate {
-		d.Control = func(network, address string, _ syscall.RawConn) error {
-			ap, err := netip.ParseAddrPort(address)
-			if err != nil {
-				return fmt.Errorf("%w: %s", ErrPrivateAddress, address)
-			}
-			if !Public(ap.Addr()) {
-				return fmt.Errorf("%w: %s", ErrPrivateAddress, ap.Addr())
-			}
-			return nil
-		}
+		d.Control = PublicOnly
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.Proxy = nil
@@ -40,6 +31,19 @@ func NewClient(timeout time.Duration, allowPrivate bool) *http.Client {
 		return d.DialContext(ctx, network, addr)
 	}
 	return &http.Client{Timeout: timeout, Transport: tr}
+}
+
+// PublicOnly is a net.Dialer Control that refuses to connect to an address
+// that is not [Public], checked on the address actually dialled (after DNS).
+func PublicOnly(_, address string, _ syscall.RawConn) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return fmt.Errorf("%w: %s", ErrPrivateAddress, address)
+	}
+	if !Public(ap.Addr()) {
+		return fmt.Errorf("%w: %s", ErrPrivateAddress, ap.Addr())
+	}
+	return nil
 }
 
 // Public reports whether a is a globally reachable unicast address.

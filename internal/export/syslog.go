@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/garrisonhq/garrison/internal/alert"
@@ -28,6 +29,8 @@ type SyslogOptions struct {
 	// Version of Garrison, written in the OCSF metadata.
 	Version     string
 	DialTimeout time.Duration // default 5s
+	// Control, when set, vets every address dialled (see PublicOnly).
+	Control func(network, address string, c syscall.RawConn) error
 	// WriteTimeout bounds one write (default 5s).
 	WriteTimeout time.Duration
 	Clock        clock.Clock
@@ -100,7 +103,7 @@ func headerField(s string, n int) string {
 }
 
 func (s *Syslog) dial(ctx context.Context) (net.Conn, error) {
-	d := &net.Dialer{Timeout: s.o.DialTimeout}
+	d := &net.Dialer{Timeout: s.o.DialTimeout, Control: s.o.Control}
 	if s.o.TLS != nil {
 		td := &tls.Dialer{NetDialer: d, Config: s.o.TLS}
 		return td.DialContext(ctx, "tcp", s.o.Addr)
