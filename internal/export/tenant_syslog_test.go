@@ -42,7 +42,7 @@ func TestTenantSyslogToSocat(t *testing.T) {
 	certPEM, keyPEM := selfSigned(t)
 	for _, bad := range []export.SyslogTarget{
 		{Addr: "no-port"}, {Addr: ":514"}, {Addr: "collector:0"}, {Addr: "collector:99999"},
-		{Addr: "collector:6514", CAPEM: string(certPEM)},       // a CA without TLS
+		{Addr: "collector:6514", CAPEM: string(certPEM)},      // a CA without TLS
 		{Addr: "collector:6514", TLS: true, CAPEM: "not pem"}, // no certificate
 	} {
 		require.ErrorIs(t, put(bad), store.ErrInvalid, "%+v", bad)
