@@ -130,17 +130,23 @@ type sessionKicker interface {
 // followRevocations closes live MQTT sessions when identity revokes a
 // certificate (the device may reconnect only with a certificate that still
 // verifies), re-authorises them on registry state changes, and closes
-// password sessions when the device's password is rotated or cleared. Each node has
+// password sessions when the device's password is rotated or cleared, and
+// closes sessions another node was asked to kick (clusterKicker). Each node has
 // its own durable consumer, so every node closes its own sessions.
 func (a *App) followRevocations(ctx context.Context) error {
 	node := a.node
-	for _, k := range []event.Kind{event.CertRevoked, event.DeviceState, event.DevicePassword} {
+	for _, k := range []event.Kind{event.CertRevoked, event.DeviceState, event.DevicePassword, event.SessionKick} {
 		c, err := a.bus.Consume(ctx, bus.ConsumerOptions{
 			Name:    "broker-" + node + "-" + strings.ReplaceAll(string(k), ".", "_"),
 			Stream:  a.bus.StreamFor(k),
 			Filters: []string{bus.KindFilter(k)},
 			Deliver: bus.DeliverNew,
-			Handler: func(_ context.Context, e *event.Event) error { applyToSessions(a.broker, e); return nil },
+			Handler: func(_ context.Context, e *event.Event) error {
+				if e.Kind != event.SessionKick || e.Str("origin") != node { // the asking node kicked its own
+					applyToSessions(a.broker, e)
+				}
+				return nil
+			},
 		})
 		if err != nil {
 			return err
@@ -160,6 +166,10 @@ func applyToSessions(b sessionKicker, e *event.Event) {
 	case event.DeviceState:
 		if to, ok := e.Attrs["to"].(string); ok && e.Device != "" {
 			b.SetState(e.Tenant, e.Device, store.DeviceState(to))
+		}
+	case event.SessionKick:
+		if e.Device != "" {
+			b.Kick(e.Tenant, e.Device, e.Str("reason"))
 		}
 	case event.DevicePassword:
 		if e.Device != "" {

@@ -74,6 +74,8 @@ func TestApplyToSessions(t *testing.T) {
 		{"state without to", event.Event{Kind: event.DeviceState, Tenant: "t", Device: "d", Attrs: map[string]any{"from": "active"}}, nil, nil},
 		{"other kind", event.Event{Kind: event.CertIssued, Tenant: "t", Device: "d"}, nil, nil},
 		{"password rotated", event.Event{Kind: event.DevicePassword, Tenant: "t", Device: "d", Attrs: map[string]any{"action": "set"}}, []string{"password t/d:password_set"}, nil},
+		{"kick asked elsewhere", event.Event{Kind: event.SessionKick, Tenant: "t", Device: "d", Attrs: map[string]any{"reason": "mass: x", "origin": "n1"}}, []string{"t/d:mass: x"}, nil},
+		{"kick without device", event.Event{Kind: event.SessionKick, Tenant: "t"}, nil, nil},
 		{"password cleared", event.Event{Kind: event.DevicePassword, Tenant: "t", Device: "d", Attrs: map[string]any{"action": "cleared"}}, []string{"password t/d:password_cleared"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

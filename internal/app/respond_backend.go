@@ -42,7 +42,7 @@ type serveBackend struct {
 func (a *App) responseBackend(reg *registry.Registry) serveBackend {
 	b := serveBackend{RegistryBackend: respond.RegistryBackend{Registry: reg}}
 	if a.broker != nil {
-		b.broker = a.broker
+		b.broker = clusterKicker{a}
 	}
 	if a.conn.disc != nil {
 		b.radius = a.conn.disc

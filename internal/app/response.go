@@ -22,7 +22,7 @@ func (a *App) startMass(ctx context.Context, eng *respond.Engine) error {
 	o := respond.MassOptions{Store: a.store, Clock: a.clk, Logger: a.log.With("component", "mass"), Publisher: a.bus}
 	if a.broker != nil {
 		o.Sessions = a.broker
-		o.Disconnecter = brokerKick{a.broker}
+		o.Disconnecter = brokerKick{clusterKicker{a}}
 	}
 	m, err := respond.NewMass(o)
 	if err != nil {

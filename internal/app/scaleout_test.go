@@ -264,3 +264,58 @@ func TestMassRunnerFailover(t *testing.T) {
 		return nil
 	}))
 }
+
+// TestKickAcrossNodes: a mass kick job runs on the node holding the
+// runner's lease; the device's session is on the other node, which closes
+// it on the job's device.session_kick.
+func TestKickAcrossNodes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	nodeA, nodeB := twoNodes(t, ctx, true)
+	const lease = "mass-actions"
+	var holder, other *app.App
+	require.Eventually(t, func() bool {
+		switch {
+		case nodeA.HoldsLease(lease):
+			holder, other = nodeA, nodeB
+		case nodeB.HoldsLease(lease):
+			holder, other = nodeB, nodeA
+		}
+		return holder != nil
+	}, 30*time.Second, 20*time.Millisecond, "one node takes the lease")
+
+	const tenant, dev = event.TenantID("acme"), event.DeviceID("trk-0009")
+	now := time.Now().UTC()
+	require.NoError(t, nodeA.Store().Update(ctx, func(tx store.Tx) error {
+		if err := tx.Tenants().Create(ctx, store.Tenant{ID: tenant, Name: "Acme", CreatedAt: now}); err != nil {
+			return err
+		}
+		return tx.Devices().Create(ctx, store.Device{Tenant: tenant, ID: dev, Model: "m1", State: store.StateActive, CreatedAt: now, UpdatedAt: now})
+	}))
+	token := operatorToken(t, ctx, nodeA, tenant)
+	cert, _ := issueDevice(t, ctx, nodeA, tenant, dev)
+	pool, err := tlsutil.Pool(filepath.Join(other.DataDir(), "tls", tlsutil.CertFile))
+	require.NoError(t, err)
+	nc, err := tls.Dial("tcp", other.MQTTAddr().String(), &tls.Config{RootCAs: pool, ServerName: "localhost", Certificates: []tls.Certificate{cert}})
+	require.NoError(t, err)
+	gone := make(chan *paho.Disconnect, 1)
+	cl := paho.NewClient(paho.ClientConfig{Conn: mqttconn.Locked(nc), PacketTimeout: 30 * time.Second,
+		OnServerDisconnect: func(d *paho.Disconnect) { gone <- d }})
+	ca, err := cl.Connect(ctx, &paho.Connect{ClientID: string(dev), KeepAlive: 30, CleanStart: true})
+	require.NoError(t, err)
+	require.EqualValues(t, 0, ca.ReasonCode)
+	defer cl.Disconnect(&paho.Disconnect{})
+	require.True(t, other.Broker().Live(tenant, dev))
+	require.False(t, holder.Broker().Live(tenant, dev))
+
+	var job store.MassJob
+	require.Equal(t, 202, doJSON(t, client(t, holder), holder, "POST", "/api/v1/tenants/"+string(tenant)+"/mass", token,
+		`{"kind":"kick","selector":"*","reason":"across nodes"}`, &job))
+	select {
+	case d := <-gone:
+		require.NotNil(t, d)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the session on the other node was not closed")
+	}
+	require.Eventually(t, func() bool { return !other.Broker().Live(tenant, dev) }, 30*time.Second, 20*time.Millisecond)
+}

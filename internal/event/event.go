@@ -100,6 +100,11 @@ const (
 	// or cleared: action (set|cleared). Never carries the password. The
 	// broker closes the device's password sessions on it.
 	DevicePassword Kind = "device.password"
+	// A request to close the device's MQTT session wherever it is held
+	// (a response disconnect or a mass kick on a node without the
+	// session): reason, origin (the asking node). Every other node
+	// closes its own session of the device.
+	SessionKick Kind = "device.session_kick"
 
 	// An alert raised or updated by detection: alert_id, alert_kind,
 	// severity, count. Consumed by the response engine.
