@@ -36,6 +36,8 @@ type hookReceiver struct {
 	mu    sync.Mutex
 	types []string
 	bad   int
+	// incidents maps action ids to the incident_id of their action.taken.
+	incidents map[string]string
 }
 
 func (h *hookReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -54,6 +56,13 @@ func (h *hookReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.types = append(h.types, ce.Type)
+	var ad export.ActionData
+	if ce.Type == "io.garrison.action.taken" && json.Unmarshal(ce.Data, &ad) == nil && ad.IncidentID != "" {
+		if h.incidents == nil {
+			h.incidents = map[string]string{}
+		}
+		h.incidents[ad.Action.ID] = ad.IncidentID
+	}
 }
 
 func (h *hookReceiver) has(types ...string) bool {
@@ -350,4 +359,71 @@ func deviceState(t *testing.T, a *app.App, tenant event.TenantID, id event.Devic
 		return err
 	}))
 	return d.State
+}
+
+// TestServeActionTakenNamesIncident: in a served platform, a tenant
+// playbook's open_incident step opens an incident on a SIM swap, and the
+// webhook's action.taken of that step carries the incident's id.
+func TestServeActionTakenNamesIncident(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	hooks := &hookReceiver{}
+	srv := httptest.NewServer(hooks)
+	defer srv.Close()
+	cfg := testConfig(t)
+	cfg.Exports.WebhookAllowPrivate = true
+	cfg.Exports.WebhookBackoff = 50 * time.Millisecond
+	var out bytes.Buffer
+	a, err := app.New(cfg, nil, app.Options{Out: &out, KeyPassphrase: testPass, Clock: clock.Real{}})
+	require.NoError(t, err)
+	require.NoError(t, a.Start(ctx))
+	defer a.Stop(context.Background())
+	token := tokenRE.FindString(out.String())
+	c := client(t, a)
+	defer c.CloseIdleConnections()
+
+	const tenant, device = event.TenantID("acme"), event.DeviceID("meter-0018")
+	const imsi, boundIMEI, foreignIMEI = "214017536736626", "356039801863042", "357517049431432"
+	now := time.Now().UTC()
+	require.NoError(t, a.Store().Update(ctx, func(tx store.Tx) error {
+		if err := tx.Tenants().Create(ctx, store.Tenant{ID: tenant, Name: "Acme", CreatedAt: now}); err != nil {
+			return err
+		}
+		return tx.Devices().Create(ctx, store.Device{Tenant: tenant, ID: device, Model: "acme-meter-2", State: store.StateActive,
+			IMSI: imsi, IMEI: boundIMEI, CreatedAt: now, UpdatedAt: now})
+	}))
+	require.Equal(t, http.StatusCreated, doJSON(t, c, a, "POST", "/api/v1/tenants/acme/webhooks", token,
+		`{"name":"soc","url":"`+srv.URL+`/hook","secret":"0123456789abcdef-secret","events":["action.taken"]}`, nil))
+	require.Equal(t, http.StatusOK, doJSON(t, c, a, "PUT", "/api/v1/tenants/acme/playbooks/track-sim-swaps", token,
+		`{"yaml":"trigger: {kinds: [sim.imei_mismatch]}\nsteps:\n  - open_incident: {title: SIM swap}\n"}`, nil))
+	for i, imei := range []string{boundIMEI, foreignIMEI} {
+		require.NoError(t, a.Bus().Publish(ctx, &event.Event{Tenant: tenant, Device: device, Kind: event.NetSession,
+			Time: now.Add(time.Duration(i) * time.Minute), Source: "radius",
+			Attrs: map[string]any{"status": "start", "session_id": "s-" + imei, "imsi": imsi, "imei": imei, "ip": "10.64.0.18"}}))
+	}
+	var opened store.Action
+	require.Eventually(t, func() bool {
+		var acts []store.Action
+		doJSON(t, c, a, "GET", "/api/v1/tenants/acme/actions?state=done", token, "", &acts)
+		for _, act := range acts {
+			if act.Kind == "open_incident" {
+				opened = act
+				return true
+			}
+		}
+		return false
+	}, 30*time.Second, 50*time.Millisecond)
+	var incID string
+	require.Eventually(t, func() bool {
+		hooks.mu.Lock()
+		defer hooks.mu.Unlock()
+		incID = hooks.incidents[opened.ID]
+		return incID != ""
+	}, 30*time.Second, 50*time.Millisecond, "the open_incident step's action.taken names the incident")
+	require.Equal(t, "incident "+incID, opened.Reason)
+	var d incident.Detail
+	require.Equal(t, http.StatusOK, doJSON(t, c, a, "GET", "/api/v1/tenants/acme/incidents/"+incID, token, "", &d))
+	hooks.mu.Lock()
+	require.Zero(t, hooks.bad)
+	hooks.mu.Unlock()
 }
