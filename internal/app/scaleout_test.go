@@ -160,9 +160,11 @@ func TestCommandsAcrossNodes(t *testing.T) {
 
 	// POSTed to A: A holds no session, so the command is stored offline
 	// and relayed; B delivers it.
+	posted := time.Now()
 	viaA := post(nodeA)
 	require.Equal(t, store.CommandOffline, viaA.Status, "node A has no session of the device")
 	got := outcome(nodeA, viaA.ID)
+	t.Logf("relayed command answered and read on node A %s after the POST", time.Since(posted).Round(time.Millisecond))
 	require.Equal(t, store.CommandSucceeded, got.Status)
 	require.Equal(t, "pong from b", got.Output)
 
@@ -246,8 +248,10 @@ func TestMassRunnerFailover(t *testing.T) {
 	}))
 	require.Equal(t, "running", mid.State)
 	require.Less(t, mid.Processed, n, "stopped mid-job")
+	stopped := time.Now()
 	require.Eventually(t, func() bool { return other.HoldsLease(lease) }, 30*time.Second, 50*time.Millisecond,
 		"the other node takes the lease over")
+	t.Logf("takeover %s after the holder stopped, %d of %d devices processed then", time.Since(stopped).Round(10*time.Millisecond), mid.Processed, n)
 	var done store.MassJob
 	require.Eventually(t, func() bool {
 		done = read(other)
