@@ -183,6 +183,15 @@ func TestResponseCLI(t *testing.T) {
 	require.Equal(t, 0, code, e)
 	require.JSONEq(t, "[]", o)
 
+	// Resolving the approved quarantine's alert as a false positive from
+	// the CLI: alert.state_changed reaches serve's response engine, which
+	// releases meter-1 (the default playbook restores on false positives).
+	o, e, code = acme(op, "alert", "resolve", "al-meter-1", "--false-positive", "--note", "bench test")
+	require.Equal(t, 0, code, e)
+	require.Contains(t, o, "false_positive")
+	require.Eventually(t, func() bool { return state("meter-1") == store.StateActive }, 30*time.Second, 100*time.Millisecond,
+		"the device is restored")
+
 	// Mass quarantine: preview changes nothing, bad input names the term,
 	// off a terminal --yes is required, then the job runs and is followed.
 	o, e, code = acme(op, "mass", "preview", "--model", "cam", "--state", "active", "-o", "json")
