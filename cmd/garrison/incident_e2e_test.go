@@ -109,9 +109,30 @@ func TestIncidentCLI(t *testing.T) {
 	require.Equal(t, 0, code, e)
 	require.JSONEq(t, "[]", o)
 
+	// The tenant's own syslog target.
+	_, e, code = garrison(t, s, admin, "syslog", "show", "--tenant", "acme")
+	require.Equal(t, 1, code, "none yet")
+	require.Contains(t, e, "no syslog target")
+	_, e, code = garrison(t, s, op, "syslog", "set", "siem.acme.example:6514", "--tenant", "acme")
+	require.Equal(t, 1, code)
+	require.Contains(t, e, "forbidden")
+	_, e, code = garrison(t, s, admin, "syslog", "set", "siem.acme.example", "--tenant", "acme")
+	require.Equal(t, 1, code)
+	require.Contains(t, e, "must be host:port")
+	o, e, code = garrison(t, s, admin, "syslog", "set", "siem.acme.example:6514", "--tls", "--tenant", "acme")
+	require.Equal(t, 0, code, e)
+	require.Regexp(t, `siem.acme.example:6514\s+true\s+system roots`, o)
+	o, e, code = garrison(t, s, admin, "syslog", "show", "--tenant", "acme", "-o", "json")
+	require.Equal(t, 0, code, e)
+	require.Contains(t, o, `"addr": "siem.acme.example:6514"`)
+	_, e, code = garrison(t, s, admin, "syslog", "clear", "--tenant", "acme")
+	require.Equal(t, 0, code, e)
+	_, _, code = garrison(t, s, admin, "syslog", "show", "--tenant", "acme")
+	require.Equal(t, 1, code, "cleared")
+
 	o, e, code = garrison(t, s, admin, "audit", "list", "--tenant", "acme")
 	require.Equal(t, 0, code, e)
-	for _, action := range []string{"incident.open", "incident.note", "incident.state", "runbook.update", "runbook.reset", "webhook.create"} {
+	for _, action := range []string{"incident.open", "incident.note", "incident.state", "runbook.update", "runbook.reset", "webhook.create", "syslog.set", "syslog.delete"} {
 		require.Contains(t, o, action)
 	}
 }

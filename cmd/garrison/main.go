@@ -74,6 +74,7 @@ func newRootCmd(e *cliEnv) *cobra.Command {
 		newApprovalCmd(e),
 		newMassCmd(e),
 		newWebhookCmd(e),
+		newSyslogCmd(e),
 		newCACmd(e),
 		newDeviceCmd(e),
 		newGroupCmd(e),

@@ -87,7 +87,7 @@ func newWebhookCmd(e *cliEnv) *cobra.Command {
 			return nil
 		},
 	}
-	create.Flags().StringSliceVar(&req.Events, "events", nil, "event types to receive (default all): alert.raised, action.taken, incident.opened, incident.updated, incident.state, notification")
+	create.Flags().StringSliceVar(&req.Events, "events", nil, "event types to receive (default all): alert.raised, action.taken, alert.state_changed, incident.opened, incident.updated, incident.state, notification")
 	create.Flags().StringVar(&req.Channel, "channel", "", "notify channel of playbooks this endpoint serves (default \"default\")")
 	del := &cobra.Command{
 		Use: "delete ID", Short: "Delete a webhook endpoint and its queued deliveries", Args: cobra.ExactArgs(1),
