@@ -88,7 +88,7 @@ func (a *App) underLease(ctx context.Context, name string, run func(context.Cont
 			if runCancel == nil {
 				return
 			}
-			log.Warn("standing down", "reason", why)
+			log.Info("standing down", "reason", why)
 			runCancel()
 			<-runDone
 			runCancel = nil
@@ -113,13 +113,17 @@ func (a *App) underLease(ctx context.Context, name string, run func(context.Cont
 		defer tick.Stop()
 		for {
 			now := a.clk.Now().UTC()
-			l, ok, prev, err := a.acquireLease(lctx, name, now)
+			// One attempt may not outlast a renewal period: a store that
+			// hangs must not keep a holder running past its lease.
+			actx, acancel := context.WithTimeout(lctx, leaseRenew)
+			l, ok, prev, err := a.acquireLease(actx, name, now)
+			acancel()
 			switch {
 			case err != nil && lctx.Err() != nil:
 				return nil
 			case err != nil:
 				log.Warn("lease not renewed", "err", err)
-				if runCancel != nil && !now.Before(lastOK.Add(leaseTTL-leaseRenew)) {
+				if runCancel != nil && !a.clk.Now().Before(lastOK.Add(leaseTTL-leaseRenew)) {
 					stand("lease may have lapsed")
 				}
 			case ok:
