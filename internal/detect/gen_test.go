@@ -41,6 +41,10 @@ type fleet struct {
 	home            Point
 	fw              string
 	networkPosEvery int // every Nth position is a network (cell) fix, 0 = never
+	// lognormal draws each message's size from a log-normal with CV cv
+	// (heavy right tail, as real payloads and the simulator have) instead
+	// of a clamped normal
+	lognormal bool
 }
 
 func digestOf(model, version string) string {
@@ -153,6 +157,10 @@ func (w *world) addFleet(seed uint64, f fleet, dur time.Duration) {
 				buffered, outageEnd = nil, time.Time{}
 			}
 			noise := math.Max(0.05, 1+f.cv*rng.NormFloat64())
+			if f.lognormal {
+				sg := math.Sqrt(math.Log(1 + f.cv*f.cv))
+				noise = math.Exp(sg*rng.NormFloat64() - sg*sg/2)
+			}
 			pub := event.Event{Device: id, Kind: event.MQTTPublish, Time: t, Source: "broker", Attrs: map[string]any{"topic_class": "telemetry", "bytes": math.Round(f.bytes * pattern(f.pattern, t) * noise), "qos": 1.0}}
 			var loc *event.Event
 			if f.mobility == "vehicle" {

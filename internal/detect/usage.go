@@ -33,7 +33,8 @@ type usageWin struct {
 	First, Prev, Last int64 // unix s; Prev = the publish before the window (0: none)
 	Bytes             float32
 	Count             uint32
-	W                 int32 // window length (s), from the cadence at opening
+	W                 int32   // window length (s), from the cadence at opening
+	Max               float32 // the largest message's bytes
 }
 
 type baseline struct {
@@ -110,6 +111,7 @@ func (u *usageState) observe(now int64, bytes float64) usageObs {
 	}
 	for _, w := range []*usageWin{&u.Win, &u.Rec} {
 		w.Bytes += float32(bytes)
+		w.Max = max(w.Max, float32(bytes))
 		w.Count++
 		w.Last = max(w.Last, now)
 	}
@@ -140,13 +142,47 @@ func (u *usageState) sizeZ(b float64) float64 {
 		d = math.Max(-3*sd, math.Min(3*sd, d))
 	}
 	if u.LogN < 8 || math.Abs(z) <= 3 {
-		u.LogV = float32((1 - a) * (float64(u.LogV) + a*d*d))
+		// the spread learns slowly once known: a z-score of 5 read against
+		// a spread that a short memory underestimates by a fifth is a
+		// 4-sigma event, common in a large fleet
+		av := a
+		if n >= 50 {
+			av = 0.02
+		}
+		u.LogV = float32((1 - av) * (float64(u.LogV) + av*d*d))
 	}
 	u.LogL += float32(a * d)
 	if u.LogN < 65535 {
 		u.LogN++
 	}
 	return z
+}
+
+// recentMin is how many messages a recent window of length w (s) must
+// hold before it is judged, for a device publishing every cad seconds:
+// three when the window spans six cadences or more, two from four, else
+// one. A minute-cadence device with variable payloads sends a message ten
+// times its mean now and then; a rate needs several messages behind it.
+func recentMin(w int32, cad float32) int {
+	if cad <= 0 {
+		return 1
+	}
+	switch n := float64(w) / float64(cad); {
+	case n >= 6:
+		return 3
+	case n >= 4:
+		return 2
+	}
+	return 1
+}
+
+// zOf returns the z-score of a message of b bytes against the learned
+// per-message sizes, without learning it (NaN until 8 were seen).
+func (u *usageState) zOf(b float64) float64 {
+	if u.LogN < 8 {
+		return math.NaN()
+	}
+	return (math.Log1p(math.Max(0, b)) - float64(u.LogL)) / math.Max(math.Sqrt(float64(u.LogV)), 0.05)
 }
 
 // coverage returns the window's covered seconds and the time used for its
@@ -340,20 +376,41 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 		if early && cov < min(int64(w.W)/2, int64(0.9*u.Cad)) {
 			return false
 		}
+		if early && int(w.Count) < recentMin(w.W, u.Cad) {
+			return false // a fast device's recent window must hold several messages first
+		}
 		if early && w.Count == 1 && (msgs || !(o.msgZ >= s.SingleZ)) {
 			return false // one message is no rate; see SingleZ
 		}
-		v := float64(w.Bytes)
-		if msgs {
-			v = float64(w.Count)
-		}
-		r := v / float64(cov) * 3600
-		b := bucketOf(at)
-		from := w.Prev // a long window (e.g. holding an outage and its catch-up) is compared with its busiest hour
 		m := 0
 		if msgs {
 			m = 1
 		}
+		if early && cov >= int64(w.W)/2 && w.Count >= 6 {
+			// a recent window half full with six messages or more is a
+			// rate: at MinRatio it starts a spike that must be confirmed
+			ratioMin = math.Min(ratioMin, s.MinRatio)
+		}
+		v := float64(w.Bytes)
+		if msgs {
+			v = float64(w.Count)
+		} else if early && w.Count > 1 && !(u.zOf(float64(w.Max)) >= s.SingleZ) {
+			// trimmed: the largest message is replaced by the mean of the
+			// others. With variable payloads one message in hundreds is
+			// ten times the mean; a spike of volume is carried by every
+			// message, so it survives the trim and a lone outlier does not.
+			// An outlier beyond SingleZ by its own size is kept: that is
+			// a finding by itself
+			rest := float64(w.Bytes) - float64(w.Max)
+			v = rest * float64(w.Count) / float64(w.Count-1)
+			// two or more messages must then be large together, which
+			// noise rarely makes: a trimmed window starts a spike (still
+			// to be confirmed) half-way between MinRatio and EarlyRatio
+			ratioMin = math.Min(ratioMin, (s.MinRatio+s.EarlyRatio)/2)
+		}
+		r := v / float64(cov) * 3600
+		b := bucketOf(at)
+		from := w.Prev // a long window (e.g. holding an outage and its catch-up) is compared with its busiest hour
 		mean, std, learned, ok := bl.expect(from, w.Last, s.FloorFrac, s.MinCV, cohort.shape(m, bucketOf(w.Last)))
 		if !ok {
 			return false

@@ -34,6 +34,32 @@ func TestVariablePayloadsQuiet(t *testing.T) {
 	}
 }
 
+// TestFastVariablePayloadsQuiet: minute-cadence devices with log-normal
+// payloads (CV 0.75: now and then one message is 10-20x the mean) live four
+// days without a usage alert. One or two large messages among many are not
+// a spike: a fast device's recent window must hold several messages, and a
+// few large ones are judged by their sizes, not as a rate.
+func TestFastVariablePayloadsQuiet(t *testing.T) {
+	w := newWorld()
+	fast := vans
+	fast.name, fast.cv, fast.n, fast.pattern, fast.lognormal = "busv", 0.75, 60, "flat", true
+	two := sensors
+	two.name, two.cv, two.n, two.cadence, two.lognormal = "sensv", 0.7, 60, 2*time.Minute, true
+	for i, f := range []fleet{fast, two} {
+		if testing.Short() {
+			f.n = 15
+		}
+		w.addFleet(uint64(60+i), f, 4*24*time.Hour)
+	}
+	sink := &recSink{}
+	run(t, w.engine(sink, Settings{}), w.sorted())
+	for k, a := range sink.firsts() {
+		if k.k == alert.DataSpike || k.k == alert.MessageRateSpike {
+			t.Errorf("false %s on %s at %s: %s", k.k, k.d, a.FirstSeen.Format(time.RFC3339), a.Evidence.Summary)
+		}
+	}
+}
+
 // TestSingleHugeMessage: one message far outside the device's learned
 // sizes fires usage.volume from the recent window by the next publish,
 // before the long window closes.
