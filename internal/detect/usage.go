@@ -376,6 +376,9 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 		if early && cov < min(int64(w.W)/2, int64(0.9*u.Cad)) {
 			return false
 		}
+		if early && cov > 2*int64(w.W) {
+			return false // it holds a silence and its catch-up: the long window's to judge
+		}
 		if early && int(w.Count) < recentMin(w.W, u.Cad) {
 			return false // a fast device's recent window must hold several messages first
 		}
