@@ -49,3 +49,35 @@ func FuzzCreateBodies(f *testing.F) {
 }
 
 func eventTenant(s string) event.TenantID { return event.TenantID(s) }
+
+// FuzzSyslogBodies throws arbitrary bodies at PUT .../syslog: every answer
+// is a stored target (audited) or a clean 4xx error that changes nothing.
+func FuzzSyslogBodies(f *testing.F) {
+	f.Add([]byte(`{"addr":"siem.example:6514","tls":true}`))
+	f.Add([]byte(`{"addr":"siem.example:6514","ca_pem":"x"}`))
+	f.Add([]byte(`{"addr":"[::1]:514"}`))
+	f.Add([]byte(`{"addr":":514"}`))
+	e := newEnv(f)
+	w := e.world(f)
+	path := "/api/v1/tenants/" + string(w.tenant) + "/syslog"
+	f.Fuzz(func(t *testing.T, body []byte) {
+		before := e.head(t, w.tenant)
+		rec := e.do("PUT", path, w.tokens[store.RoleAdmin], string(body), "Content-Type", "application/json")
+		switch {
+		case rec.Code == 200:
+			if e.head(t, w.tenant) <= before {
+				t.Fatal("set without an audit record")
+			}
+		case rec.Code >= 400 && rec.Code < 500:
+			var eb api.ErrorBody
+			if err := json.Unmarshal(rec.Body.Bytes(), &eb); err != nil || eb.Error.Code == "" {
+				t.Fatalf("error body %q", rec.Body.String())
+			}
+			if e.head(t, w.tenant) != before {
+				t.Fatal("refused request changed state")
+			}
+		default:
+			t.Fatalf("status %d: %s", rec.Code, rec.Body.String())
+		}
+	})
+}

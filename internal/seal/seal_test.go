@@ -124,3 +124,39 @@ func TestIsSealedAndReopen(t *testing.T) {
 		t.Fatalf("other passphrase: %v", err)
 	}
 }
+
+// FuzzOpen: a stored blob is read back from the database, which an
+// attacker with write access to it may have altered: Open never panics,
+// never opens anything but the sealed plaintext under its label, and
+// refuses the rest with ErrFormat or ErrWrongPassphrase.
+func FuzzOpen(f *testing.F) {
+	s, err := New([]byte(testPass), WithScryptCost(4, 1, 1))
+	if err != nil {
+		f.Fatal(err)
+	}
+	blob, err := s.Seal([]byte("whsec_seed"), []byte("label"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(blob)
+	f.Add([]byte("GKEY"))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > 8 && (b[6] > 10 || b[7] > 2 || b[8] > 1) {
+			return // costs the format accepts but too slow to fuzz
+		}
+		pt, err := s.Open(b, []byte("label"))
+		switch {
+		case err == nil:
+			if string(pt) != "whsec_seed" {
+				t.Fatalf("opened %q", pt)
+			}
+		case errors.Is(err, ErrFormat), errors.Is(err, ErrWrongPassphrase):
+			if IsSealed(b) && errors.Is(err, ErrFormat) && b[6] >= 1 && b[7] >= 1 && b[8] >= 1 {
+				t.Fatalf("IsSealed but format refused: %v", err)
+			}
+		default:
+			t.Fatalf("Open: %v", err)
+		}
+	})
+}
