@@ -1,0 +1,260 @@
+package app
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/garrisonhq/garrison/internal/config"
+	"github.com/garrisonhq/garrison/internal/event"
+	"github.com/garrisonhq/garrison/internal/identity"
+	"github.com/garrisonhq/garrison/internal/respond"
+	"github.com/garrisonhq/garrison/internal/store"
+)
+
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// BenchmarkMassServe runs the mass actions of issue 7 through the runner
+// serve assembles (startMass): a running app on SQLite with its embedded
+// bus, its MQTT broker (no live sessions: a kick still looks each device
+// up) and its identity service. GARRISON_BENCH_DEVICES (default 100,000)
+// active devices, each with a certificate issued by the tenant's CA
+// (IssueBatch; setup not timed), are quarantined, then revoked (state and
+// every certificate), then kicked, one job after the other, each timed
+// from Submit until the job is reported done. Each job is then checked in
+// the store: every device moved, every certificate revoked, the audit
+// records written. Metrics per job: wall seconds, devices/s and process
+// CPU seconds (the steadier figure on a loaded machine); "all" is the sum.
+func BenchmarkMassServe(b *testing.B) {
+	n := 100_000
+	if v, err := strconv.Atoi(os.Getenv("GARRISON_BENCH_DEVICES")); err == nil && v > 0 {
+		n = v
+	}
+	ctx := context.Background()
+	const tenant = event.TenantID("acme")
+	for range b.N {
+		b.StopTimer()
+		cfg := config.Default()
+		cfg.DataDir = filepath.Join(b.TempDir(), "data")
+		cfg.API.Addr = "127.0.0.1:0"
+		cfg.HTTP.Addr = "127.0.0.1:0"
+		cfg.Broker.Addr = "127.0.0.1:0"
+		cfg.Log.Level = "error"
+		a, err := New(cfg, nil, Options{KeyPassphrase: []byte("mass-bench-passphrase-not-secret")})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := a.Start(ctx); err != nil {
+			b.Fatal(err)
+		}
+		massSetup(ctx, b, a, tenant, n)
+		svc, err := a.response.get()
+		if err != nil {
+			b.Fatal(err)
+		}
+		var wallAll, cpuAll float64
+		b.StartTimer()
+		for _, kind := range []string{respond.MassQuarantine, respond.MassRevoke, respond.MassKick} {
+			after := auditHead(ctx, b, a, tenant)
+			cpu0, t0 := cpuSeconds(), time.Now()
+			j, err := svc.Submit(ctx, tenant, respond.MassRequest{Kind: kind, Selector: "model=bench-meter", Reason: "bench"}, "bench")
+			if err != nil {
+				b.Fatal(err)
+			}
+			for j.State == respond.JobRunning {
+				time.Sleep(5 * time.Millisecond)
+				if j, err = svc.Job(ctx, tenant, j.ID); err != nil {
+					b.Fatal(err)
+				}
+			}
+			wall, cpu := time.Since(t0).Seconds(), cpuSeconds()-cpu0
+			b.StopTimer()
+			if j.State != respond.JobDone || j.Processed != n || j.Changed != n {
+				b.Fatalf("%s job: %+v", kind, j)
+			}
+			massCheck(ctx, b, a, tenant, kind, j, n, after)
+			b.StartTimer()
+			wallAll += wall
+			cpuAll += cpu
+			b.ReportMetric(wall, kind+"-s")
+			b.ReportMetric(float64(n)/wall, kind+"-devices/s")
+			b.ReportMetric(cpu, kind+"-cpu-s")
+		}
+		b.StopTimer()
+		b.ReportMetric(wallAll, "all-s")
+		b.ReportMetric(cpuAll, "all-cpu-s")
+		b.ReportMetric(float64(n), "devices")
+		if err := a.Stop(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// massSetup creates the tenant and n active devices, each with a
+// certificate of the tenant's issuing CA (one CSR without a subject serves
+// every device: identity binds the device id itself).
+func massSetup(ctx context.Context, b *testing.B, a *App, tenant event.TenantID, n int) {
+	b.Helper()
+	now := time.Now().UTC()
+	if err := a.Store().Update(ctx, func(tx store.Tx) error {
+		if err := tx.Tenants().Create(ctx, store.Tenant{ID: tenant, Name: "Acme", CreatedAt: now}); err != nil {
+			return err
+		}
+		for i := range n {
+			d := store.Device{Tenant: tenant, ID: event.DeviceID(fmt.Sprintf("meter-%06d", i)), Model: "bench-meter",
+				State: store.StateActive, CreatedAt: now, UpdatedAt: now}
+			if err := tx.Devices().Create(ctx, d); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	const chunk = 5000
+	var wg sync.WaitGroup
+	errs := make(chan error, n/chunk+1)
+	sem := make(chan struct{}, 2)
+	for lo := 0; lo < n; lo += chunk {
+		reqs := make([]identity.BatchRequest, 0, chunk)
+		for i := lo; i < min(n, lo+chunk); i++ {
+			reqs = append(reqs, identity.BatchRequest{Device: event.DeviceID(fmt.Sprintf("meter-%06d", i)), CSR: csr})
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			res, err := a.Identity().IssueBatch(ctx, tenant, reqs, identity.IssueOptions{Actor: "bench"})
+			if err == nil {
+				for _, r := range res {
+					if r.Err != nil {
+						err = r.Err
+						break
+					}
+				}
+			}
+			if err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+}
+
+// auditHead is the tenant's last audit sequence number (0: none yet).
+func auditHead(ctx context.Context, b *testing.B, a *App, tenant event.TenantID) int64 {
+	b.Helper()
+	var seq int64
+	if err := a.Store().View(ctx, func(tx store.Tx) error {
+		r, err := tx.Audit().Head(ctx, tenant)
+		seq = r.Seq
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	return seq
+}
+
+// massCheck verifies in the store what a done job must have left: every
+// device in the job's state, every certificate revoked after a revoke, and
+// the job's audit records after sequence number after (mass.submit, one
+// per page counting n devices in all, mass.done).
+func massCheck(ctx context.Context, b *testing.B, a *App, tenant event.TenantID, kind string, j store.MassJob, n int, after int64) {
+	b.Helper()
+	want := map[string]store.DeviceState{respond.MassQuarantine: store.StateQuarantined,
+		respond.MassRevoke: store.StateRevoked, respond.MassKick: store.StateRevoked}[kind]
+	if err := a.Store().View(ctx, func(tx store.Tx) error {
+		devs, err := tx.Devices().List(ctx, tenant, store.DeviceFilter{Model: "bench-meter"})
+		if err != nil {
+			return err
+		}
+		if len(devs) != n {
+			return fmt.Errorf("%d devices listed, want %d", len(devs), n)
+		}
+		for _, d := range devs {
+			if d.State != want {
+				return fmt.Errorf("%s: device %s is %s, want %s", kind, d.ID, d.State, want)
+			}
+		}
+		if kind == respond.MassRevoke {
+			cas, err := tx.CAs().List(ctx, tenant)
+			if err != nil {
+				return err
+			}
+			revoked := 0
+			for _, ca := range cas {
+				rs, err := tx.Certificates().Revoked(ctx, tenant, ca.ID, time.Now())
+				if err != nil {
+					return err
+				}
+				revoked += len(rs)
+			}
+			if revoked != n {
+				return fmt.Errorf("revoke: %d certificates revoked, want %d", revoked, n)
+			}
+		}
+		actions, count := map[string]int{}, 0
+		for {
+			recs, err := tx.Audit().Range(ctx, tenant, after, 1000)
+			if err != nil {
+				return err
+			}
+			if len(recs) == 0 {
+				break
+			}
+			for _, r := range recs {
+				after = r.Seq
+				if r.Target != "mass:"+j.ID {
+					continue
+				}
+				actions[r.Action]++
+				if r.Action == "mass."+kind {
+					var d struct{ Count int }
+					if err := json.Unmarshal(r.Details, &d); err != nil {
+						return err
+					}
+					count += d.Count
+				}
+			}
+		}
+		if actions["mass.submit"] != 1 || actions["mass.done"] != 1 || count != n {
+			return fmt.Errorf("%s: audit records %v over %d devices, want %d", kind, actions, count, n)
+		}
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+}
