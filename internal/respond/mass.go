@@ -198,6 +198,13 @@ type Sessions interface {
 	SetState(t event.TenantID, d event.DeviceID, s store.DeviceState) bool
 }
 
+// Revocations learns of certificates a revoke job revoked in the store, so
+// cached revocation data (CRLs) is regenerated (identity.Service has this
+// method).
+type Revocations interface {
+	CertificatesRevoked(t event.TenantID)
+}
+
 // MassOptions configure a [Mass] runner.
 type MassOptions struct {
 	Store  store.Store  // required
@@ -205,8 +212,10 @@ type MassOptions struct {
 	Logger *slog.Logger // optional
 	// Publisher receives a device.state event per device changed, after
 	// each page commits (the broker narrows or closes live sessions from
-	// them). A publisher with PublishAsync and Flush is used
-	// asynchronously, flushed once per page.
+	// them). A publisher with PublishGroup (the bus) gets each page, or
+	// the pages queued together, as one group, stored in few messages; one
+	// with PublishAsync and Flush is used asynchronously, flushed once per
+	// page.
 	Publisher Publisher
 	// Disconnecter closes the live sessions of a kick job's devices.
 	Disconnecter Disconnecter
@@ -214,6 +223,9 @@ type MassOptions struct {
 	// sessions of this node at once (the broker: quarantined narrows the
 	// ACL, revoked closes the session), without waiting for the events.
 	Sessions Sessions
+	// Revocations, if set, is told after each committed page of a revoke
+	// job that revoked certificates.
+	Revocations Revocations
 	// Batch is the page size (default 1000): one transaction per page.
 	Batch int
 	// DrainTimeout bounds how long Serve keeps publishing queued events
@@ -426,6 +438,20 @@ func (m *Mass) Serve(ctx context.Context) error {
 	go func() {
 		defer close(drained)
 		for evs := range ch {
+			// Pages queued meanwhile go out with this one: under a backlog
+			// the bus stores more events per message.
+		gather:
+			for len(evs) < maxPublishGroup {
+				select {
+				case more, ok := <-ch:
+					if !ok {
+						break gather
+					}
+					evs = append(evs, more...)
+				default:
+					break gather
+				}
+			}
 			m.publishNow(dctx, evs)
 		}
 	}()
@@ -479,6 +505,16 @@ func (m *Mass) runnable(ctx context.Context) ([]store.MassJob, error) {
 		return nil
 	})
 	return out, err
+}
+
+// maxPublishGroup bounds the events Serve's publisher gathers from queued
+// pages into one publish.
+const maxPublishGroup = 8192
+
+// groupPublisher stores events known together in few messages and
+// returns once they are stored (*bus.Bus has this method).
+type groupPublisher interface {
+	PublishGroup(ctx context.Context, evs []*event.Event) error
 }
 
 type asyncPublisher interface {
@@ -542,9 +578,10 @@ func (m *Mass) Run(ctx context.Context, tenant event.TenantID, id string) (store
 			m.kick(ctx, tenant, j, refs, reason)
 		}
 		var changed []store.DeviceRef
+		certs := 0
 		now := m.o.Clock.Now().UTC()
 		err := m.o.Store.Update(ctx, func(tx store.Tx) error {
-			changed = changed[:0]
+			changed, certs = changed[:0], 0
 			cur, err := tx.Mass().Job(ctx, tenant, id)
 			if err != nil {
 				return err
@@ -591,7 +628,7 @@ func (m *Mass) Run(ctx context.Context, tenant event.TenantID, id string) (store
 					return fmt.Errorf("page changed under the job: %d of %d devices moved: %w", n, len(ids), store.ErrConflict)
 				}
 				if j.Kind == MassRevoke {
-					if _, err := tx.Mass().RevokeCertificates(ctx, tenant, ids, now, revocationKeyCompromise); err != nil {
+					if certs, err = tx.Mass().RevokeCertificates(ctx, tenant, ids, now, revocationKeyCompromise); err != nil {
 						return err
 					}
 				}
@@ -614,6 +651,9 @@ func (m *Mass) Run(ctx context.Context, tenant event.TenantID, id string) (store
 		})
 		if err != nil {
 			return j, fmt.Errorf("respond mass run %s/%s: %w", tenant, id, err)
+		}
+		if certs > 0 && m.o.Revocations != nil {
+			m.o.Revocations.CertificatesRevoked(tenant)
 		}
 		if to != "" {
 			m.publish(ctx, tenant, changed, to, reason, now)
@@ -681,6 +721,12 @@ func (m *Mass) publish(ctx context.Context, tenant event.TenantID, changed []sto
 }
 
 func (m *Mass) publishNow(ctx context.Context, evs []*event.Event) {
+	if gp, ok := m.o.Publisher.(groupPublisher); ok {
+		if err := gp.PublishGroup(ctx, evs); err != nil {
+			m.log.WarnContext(ctx, "device state events not all stored", "count", len(evs), "err", err)
+		}
+		return
+	}
 	ap, async := m.o.Publisher.(asyncPublisher)
 	for _, e := range evs {
 		var err error
