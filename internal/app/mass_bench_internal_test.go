@@ -10,12 +10,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/garrisonhq/garrison/internal/bus"
 	"github.com/garrisonhq/garrison/internal/config"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/identity"
@@ -41,7 +44,12 @@ func cpuSeconds() float64 {
 // from Submit until the job is reported done. Each job is then checked in
 // the store: every device moved, every certificate revoked, the audit
 // records written. Metrics per job: wall seconds, devices/s and process
-// CPU seconds (the steadier figure on a loaded machine); "all" is the sum.
+// CPU seconds (the steadier figure on a loaded machine); "all" is the sum;
+// KIND-events-s is from Submit until a consumer of the bus's SECURITY
+// stream got the job's last device.state event (the events follow the
+// job, published in the background); crl-s is the regeneration of the CRL
+// listing every revoked certificate.
+// GARRISON_BENCH_CPUPROFILE=FILE writes a CPU profile of the jobs alone.
 func BenchmarkMassServe(b *testing.B) {
 	n := 100_000
 	if v, err := strconv.Atoi(os.Getenv("GARRISON_BENCH_DEVICES")); err == nil && v > 0 {
@@ -51,25 +59,41 @@ func BenchmarkMassServe(b *testing.B) {
 	const tenant = event.TenantID("acme")
 	for range b.N {
 		b.StopTimer()
-		cfg := config.Default()
-		cfg.DataDir = filepath.Join(b.TempDir(), "data")
-		cfg.API.Addr = "127.0.0.1:0"
-		cfg.HTTP.Addr = "127.0.0.1:0"
-		cfg.Broker.Addr = "127.0.0.1:0"
-		cfg.Log.Level = "error"
-		a, err := New(cfg, nil, Options{KeyPassphrase: []byte("mass-bench-passphrase-not-secret")})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := a.Start(ctx); err != nil {
-			b.Fatal(err)
-		}
+		a := massApp(ctx, b)
 		massSetup(ctx, b, a, tenant, n)
+		massCRL(ctx, b, a, tenant, 0) // cached now: the revoke job must make it stale
 		svc, err := a.response.get()
 		if err != nil {
 			b.Fatal(err)
 		}
 		var wallAll, cpuAll float64
+		// The device.state events of the quarantine and revoke jobs are
+		// published behind the jobs: a consumer of the SECURITY stream
+		// notes when the n-th and the 2n-th was delivered.
+		var states atomic.Int64
+		var stored [2]atomic.Int64 // unix nanoseconds
+		c, err := a.Bus().Consume(ctx, bus.ConsumerOptions{Name: "mass-bench", Stream: bus.Security,
+			Handler: func(_ context.Context, e *event.Event) error {
+				if e.Kind == event.DeviceState && e.Tenant == tenant {
+					if k := states.Add(1); k%int64(n) == 0 && k <= int64(2*n) {
+						stored[k/int64(n)-1].Store(time.Now().UnixNano())
+					}
+				}
+				return nil
+			}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if path := os.Getenv("GARRISON_BENCH_CPUPROFILE"); path != "" {
+			f, err := os.Create(path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				b.Fatal(err)
+			}
+			defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
+		}
 		b.StartTimer()
 		for _, kind := range []string{respond.MassQuarantine, respond.MassRevoke, respond.MassKick} {
 			after := auditHead(ctx, b, a, tenant)
@@ -90,6 +114,23 @@ func BenchmarkMassServe(b *testing.B) {
 				b.Fatalf("%s job: %+v", kind, j)
 			}
 			massCheck(ctx, b, a, tenant, kind, j, n, after)
+			if kind != respond.MassKick {
+				last := &stored[0]
+				if kind == respond.MassRevoke {
+					last = &stored[1]
+				}
+				for deadline := time.Now().Add(5 * time.Minute); last.Load() == 0; time.Sleep(10 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						b.Fatalf("%s: %d device.state events delivered", kind, states.Load())
+					}
+				}
+				b.ReportMetric(time.Unix(0, last.Load()).Sub(t0).Seconds(), kind+"-events-s")
+			}
+			if kind == respond.MassRevoke {
+				t := time.Now()
+				massCRL(ctx, b, a, tenant, n)
+				b.ReportMetric(time.Since(t).Seconds(), "crl-s")
+			}
 			b.StartTimer()
 			wallAll += wall
 			cpuAll += cpu
@@ -98,6 +139,7 @@ func BenchmarkMassServe(b *testing.B) {
 			b.ReportMetric(cpu, kind+"-cpu-s")
 		}
 		b.StopTimer()
+		c.Stop()
 		b.ReportMetric(wallAll, "all-s")
 		b.ReportMetric(cpuAll, "all-cpu-s")
 		b.ReportMetric(float64(n), "devices")
@@ -107,10 +149,30 @@ func BenchmarkMassServe(b *testing.B) {
 	}
 }
 
+// massApp starts an app as serve runs it (SQLite, bus, broker, identity,
+// detection and response) on loopback ports.
+func massApp(ctx context.Context, tb testing.TB) *App {
+	tb.Helper()
+	cfg := config.Default()
+	cfg.DataDir = filepath.Join(tb.TempDir(), "data")
+	cfg.API.Addr = "127.0.0.1:0"
+	cfg.HTTP.Addr = "127.0.0.1:0"
+	cfg.Broker.Addr = "127.0.0.1:0"
+	cfg.Log.Level = "error"
+	a, err := New(cfg, nil, Options{KeyPassphrase: []byte("mass-bench-passphrase-not-secret")})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := a.Start(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	return a
+}
+
 // massSetup creates the tenant and n active devices, each with a
 // certificate of the tenant's issuing CA (one CSR without a subject serves
 // every device: identity binds the device id itself).
-func massSetup(ctx context.Context, b *testing.B, a *App, tenant event.TenantID, n int) {
+func massSetup(ctx context.Context, b testing.TB, a *App, tenant event.TenantID, n int) {
 	b.Helper()
 	now := time.Now().UTC()
 	if err := a.Store().Update(ctx, func(tx store.Tx) error {
@@ -171,8 +233,37 @@ func massSetup(ctx context.Context, b *testing.B, a *App, tenant event.TenantID,
 	}
 }
 
+// massCRL fetches the CRL of the tenant's issuing CA, checks it lists want
+// certificates, and returns the CA's id.
+func massCRL(ctx context.Context, b testing.TB, a *App, tenant event.TenantID, want int) string {
+	b.Helper()
+	cas, err := a.Identity().ListCAs(ctx, tenant)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, ca := range cas {
+		if ca.Role != identity.RoleIssuing {
+			continue
+		}
+		der, err := a.Identity().CRL(ctx, tenant, ca.ID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		crl, err := x509.ParseRevocationList(der)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if got := len(crl.RevokedCertificateEntries); got != want {
+			b.Fatalf("CRL of %s lists %d certificates, want %d", ca.ID, got, want)
+		}
+		return ca.ID
+	}
+	b.Fatal("no issuing CA")
+	return ""
+}
+
 // auditHead is the tenant's last audit sequence number (0: none yet).
-func auditHead(ctx context.Context, b *testing.B, a *App, tenant event.TenantID) int64 {
+func auditHead(ctx context.Context, b testing.TB, a *App, tenant event.TenantID) int64 {
 	b.Helper()
 	var seq int64
 	if err := a.Store().View(ctx, func(tx store.Tx) error {
@@ -192,7 +283,7 @@ func auditHead(ctx context.Context, b *testing.B, a *App, tenant event.TenantID)
 // device in the job's state, every certificate revoked after a revoke, and
 // the job's audit records after sequence number after (mass.submit, one
 // per page counting n devices in all, mass.done).
-func massCheck(ctx context.Context, b *testing.B, a *App, tenant event.TenantID, kind string, j store.MassJob, n int, after int64) {
+func massCheck(ctx context.Context, b testing.TB, a *App, tenant event.TenantID, kind string, j store.MassJob, n int, after int64) {
 	b.Helper()
 	want := map[string]store.DeviceState{respond.MassQuarantine: store.StateQuarantined,
 		respond.MassRevoke: store.StateRevoked, respond.MassKick: store.StateRevoked}[kind]

@@ -20,6 +20,9 @@ import (
 // submissions.
 func (a *App) startMass(ctx context.Context, eng *respond.Engine) error {
 	o := respond.MassOptions{Store: a.store, Clock: a.clk, Logger: a.log.With("component", "mass"), Publisher: a.bus}
+	if a.identity != nil {
+		o.Revocations = a.identity
+	}
 	if a.broker != nil {
 		o.Sessions = a.broker
 		o.Disconnecter = brokerKick{clusterKicker{a}}

@@ -129,6 +129,20 @@ func (s *Service) revoked(ctx context.Context, certs []store.Certificate, reason
 	}
 }
 
+// CertificatesRevoked tells the service that certificates of the tenant
+// were revoked in the store by another component (a mass revocation): the
+// tenant's cached CRLs are dropped, so the next request regenerates them
+// with the new entries (OCSP reads the store and needs nothing).
+func (s *Service) CertificatesRevoked(tenant event.TenantID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.crls {
+		if k.tenant == tenant {
+			delete(s.crls, k)
+		}
+	}
+}
+
 func reasonName(r int) string {
 	switch r {
 	case ReasonKeyCompromise:
