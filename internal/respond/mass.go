@@ -198,6 +198,14 @@ type Sessions interface {
 	SetState(t event.TenantID, d event.DeviceID, s store.DeviceState) bool
 }
 
+// PageDisconnecter is a [Disconnecter] that closes the live sessions of a
+// page of devices at once (serve's: sessions on this node at once, one
+// published group of kicks for the other nodes). A kick job uses it when
+// its Disconnecter has it, one call per page.
+type PageDisconnecter interface {
+	DisconnectPage(ctx context.Context, ts []Target) error
+}
+
 // Revocations learns of certificates a revoke job revoked in the store, so
 // cached revocation data (CRLs) is regenerated (identity.Service has this
 // method).
@@ -676,6 +684,16 @@ func (m *Mass) Run(ctx context.Context, tenant event.TenantID, id string) (store
 
 func (m *Mass) kick(ctx context.Context, tenant event.TenantID, j store.MassJob, refs []store.DeviceRef, reason string) {
 	if m.o.Disconnecter == nil {
+		return
+	}
+	if pd, ok := m.o.Disconnecter.(PageDisconnecter); ok {
+		ts := make([]Target, len(refs))
+		for i, r := range refs {
+			ts[i] = Target{Tenant: tenant, Device: r.ID, ActionID: j.ID, Actor: j.Actor, Reason: reason}
+		}
+		if err := pd.DisconnectPage(ctx, ts); err != nil {
+			m.log.WarnContext(ctx, "mass kick failed", "tenant", tenant, "devices", len(ts), "job", j.ID, "err", err)
+		}
 		return
 	}
 	for _, r := range refs {
