@@ -317,7 +317,7 @@ func massCheck(ctx context.Context, b testing.TB, a *App, tenant event.TenantID,
 				return fmt.Errorf("revoke: %d certificates revoked, want %d", revoked, n)
 			}
 		}
-		actions, count := map[string]int{}, 0
+		actions, count, serials := map[string]int{}, 0, 0
 		for {
 			recs, err := tx.Audit().Range(ctx, tenant, after, 1000)
 			if err != nil {
@@ -333,16 +333,23 @@ func massCheck(ctx context.Context, b testing.TB, a *App, tenant event.TenantID,
 				}
 				actions[r.Action]++
 				if r.Action == "mass."+kind {
-					var d struct{ Count int }
+					var d struct {
+						Count        int
+						Certificates []string
+					}
 					if err := json.Unmarshal(r.Details, &d); err != nil {
 						return err
 					}
 					count += d.Count
+					serials += len(d.Certificates)
 				}
 			}
 		}
 		if actions["mass.submit"] != 1 || actions["mass.done"] != 1 || count != n {
 			return fmt.Errorf("%s: audit records %v over %d devices, want %d", kind, actions, count, n)
+		}
+		if kind == respond.MassRevoke && serials != n {
+			return fmt.Errorf("revoke: audit records list %d certificate serials, want %d", serials, n)
 		}
 		return nil
 	}); err != nil {

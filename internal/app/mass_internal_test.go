@@ -2,17 +2,20 @@ package app
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/garrisonhq/garrison/internal/bus"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/respond"
 )
 
 // TestMassRevokeRefreshesCRL: a mass revoke run by serve's runner revokes
-// every certificate of the selected devices, audited, and the CRL that was
-// served (and cached) before the job lists them all right after it, not a
-// cache lifetime later.
+// every certificate of the selected devices, audited with their serials,
+// publishes identity.cert_revoked for each, and the CRL that was served
+// (and cached) before the job lists them all right after it, not a cache
+// lifetime later.
 func TestMassRevokeRefreshesCRL(t *testing.T) {
 	ctx := context.Background()
 	const tenant = event.TenantID("acme")
@@ -45,4 +48,32 @@ func TestMassRevokeRefreshesCRL(t *testing.T) {
 	}
 	massCheck(ctx, t, a, tenant, respond.MassRevoke, j, n, after)
 	massCRL(ctx, t, a, tenant, n)
+
+	var mu sync.Mutex
+	serials := map[string]bool{}
+	c, err := a.Bus().Consume(ctx, bus.ConsumerOptions{Name: "cert-revoked", Stream: bus.Security,
+		Filters: []string{bus.KindFilter(event.CertRevoked)},
+		Handler: func(_ context.Context, e *event.Event) error {
+			if e.Tenant == tenant && e.Str("reason") == "key_compromise" {
+				mu.Lock()
+				serials[e.Str("serial")] = true
+				mu.Unlock()
+			}
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		got := len(serials)
+		mu.Unlock()
+		if got == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("identity.cert_revoked for %d certificates, want %d", got, n)
+		}
+	}
 }

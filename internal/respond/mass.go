@@ -218,7 +218,8 @@ type MassOptions struct {
 	Store  store.Store  // required
 	Clock  clock.Clock  // required
 	Logger *slog.Logger // optional
-	// Publisher receives a device.state event per device changed, after
+	// Publisher receives a device.state event per device changed (and an
+	// identity.cert_revoked per certificate a revoke job revoked), after
 	// each page commits (the broker narrows or closes live sessions from
 	// them). A publisher with PublishGroup (the bus) gets each page, or
 	// the pages queued together, as one group, stored in few messages; one
@@ -586,10 +587,10 @@ func (m *Mass) Run(ctx context.Context, tenant event.TenantID, id string) (store
 			m.kick(ctx, tenant, j, refs, reason)
 		}
 		var changed []store.DeviceRef
-		certs := 0
+		var certs []store.Certificate
 		now := m.o.Clock.Now().UTC()
 		err := m.o.Store.Update(ctx, func(tx store.Tx) error {
-			changed, certs = changed[:0], 0
+			changed, certs = changed[:0], nil
 			cur, err := tx.Mass().Job(ctx, tenant, id)
 			if err != nil {
 				return err
@@ -654,17 +655,24 @@ func (m *Mass) Run(ctx context.Context, tenant event.TenantID, id string) (store
 			if len(changed) == 0 {
 				return nil
 			}
-			return audit.Record(ctx, tx, tenant, now, cur.Actor, "mass."+cur.Kind, "mass:"+id, map[string]any{
-				"selector": cur.Selector, "reason": reason, "count": len(changed), "devices": devices})
+			details := map[string]any{"selector": cur.Selector, "reason": reason, "count": len(changed), "devices": devices}
+			if cur.Kind == MassRevoke {
+				serials := make([]string, len(certs))
+				for i, c := range certs {
+					serials[i] = c.Serial
+				}
+				details["certificates"] = serials
+			}
+			return audit.Record(ctx, tx, tenant, now, cur.Actor, "mass."+cur.Kind, "mass:"+id, details)
 		})
 		if err != nil {
 			return j, fmt.Errorf("respond mass run %s/%s: %w", tenant, id, err)
 		}
-		if certs > 0 && m.o.Revocations != nil {
+		if len(certs) > 0 && m.o.Revocations != nil {
 			m.o.Revocations.CertificatesRevoked(tenant)
 		}
 		if to != "" {
-			m.publish(ctx, tenant, changed, to, reason, now)
+			m.publish(ctx, tenant, changed, certs, to, reason, now)
 		}
 		if j.Rate > 0 && j.State == JobRunning {
 			due := start.Add(time.Duration(float64(j.Processed-base) / float64(j.Rate) * float64(time.Second)))
@@ -706,7 +714,7 @@ func (m *Mass) kick(ctx context.Context, tenant event.TenantID, j store.MassJob,
 
 // publish applies a committed page to this node's sessions and publishes
 // its device.state events (queued for Serve's publisher while it runs).
-func (m *Mass) publish(ctx context.Context, tenant event.TenantID, changed []store.DeviceRef, to store.DeviceState, reason string, now time.Time) {
+func (m *Mass) publish(ctx context.Context, tenant event.TenantID, changed []store.DeviceRef, certs []store.Certificate, to store.DeviceState, reason string, now time.Time) {
 	if m.o.Sessions != nil {
 		for _, r := range changed {
 			m.o.Sessions.SetState(tenant, r.ID, to)
@@ -715,9 +723,14 @@ func (m *Mass) publish(ctx context.Context, tenant event.TenantID, changed []sto
 	if m.o.Publisher == nil || len(changed) == 0 {
 		return
 	}
-	evs := make([]*event.Event, len(changed))
+	evs := make([]*event.Event, len(changed), len(changed)+len(certs))
 	for i, r := range changed {
 		evs[i] = registry.StateEvent(tenant, r.ID, r.State, to, reason, now)
+	}
+	// As identity publishes a revocation (its reason is key_compromise).
+	for _, c := range certs {
+		evs = append(evs, &event.Event{Tenant: tenant, Device: c.Device, Kind: event.CertRevoked, Time: now, Source: "identity",
+			Attrs: map[string]any{"serial": c.Serial, "reason": "key_compromise"}})
 	}
 	m.mu.Lock()
 	ch := m.events

@@ -110,6 +110,7 @@ type Mass interface {
 	SetStates(ctx context.Context, tenant event.TenantID, ids []event.DeviceID, from []DeviceState, to DeviceState, at time.Time) (int, error)
 	// RevokeCertificates marks every unrevoked certificate of the listed
 	// devices of the tenant revoked at at with the RFC 5280 reason, and
-	// returns how many it marked.
-	RevokeCertificates(ctx context.Context, tenant event.TenantID, ids []event.DeviceID, at time.Time, reason int) (int, error)
+	// returns those it marked (tenant, serial, device and issuer set; in
+	// no particular order).
+	RevokeCertificates(ctx context.Context, tenant event.TenantID, ids []event.DeviceID, at time.Time, reason int) ([]Certificate, error)
 }

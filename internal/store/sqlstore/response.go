@@ -245,8 +245,15 @@ func (s mass) SetStates(ctx context.Context, tenant event.TenantID, ids []event.
 	return total, nil
 }
 
-func (s mass) RevokeCertificates(ctx context.Context, tenant event.TenantID, ids []event.DeviceID, at time.Time, reason int) (int, error) {
-	total := 0
+func (s mass) RevokeCertificates(ctx context.Context, tenant event.TenantID, ids []event.DeviceID, at time.Time, reason int) ([]store.Certificate, error) {
+	var out []store.Certificate
+	scan := func(r Row) (store.Certificate, error) {
+		c := store.Certificate{Tenant: tenant, RevokedAt: &at, RevocationReason: reason}
+		var dev string
+		err := r.Scan(&c.Serial, &dev, &c.Issuer)
+		c.Device = event.DeviceID(dev)
+		return c, err
+	}
 	for len(ids) > 0 {
 		chunk := ids[:min(len(ids), maxInList)]
 		ids = ids[len(chunk):]
@@ -255,12 +262,12 @@ func (s mass) RevokeCertificates(ctx context.Context, tenant event.TenantID, ids
 		for _, id := range chunk {
 			args = append(args, string(id))
 		}
-		n, err := s.c.Exec(ctx, `UPDATE certificates SET revoked_at = ?, revocation_reason = ? WHERE tenant = ? AND revoked_at IS NULL
-			AND device IN (`+placeholders(len(chunk))+`)`, args...)
+		certs, err := collect(ctx, s.c, scan, `UPDATE certificates SET revoked_at = ?, revocation_reason = ? WHERE tenant = ? AND revoked_at IS NULL
+			AND device IN (`+placeholders(len(chunk))+`) RETURNING serial, device, issuer`, args...)
 		if err != nil {
-			return total, fmt.Errorf("mass revoke certificates %s: %w", tenant, err)
+			return out, fmt.Errorf("mass revoke certificates %s: %w", tenant, err)
 		}
-		total += int(n)
+		out = append(out, certs...)
 	}
-	return total, nil
+	return out, nil
 }

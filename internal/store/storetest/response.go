@@ -124,7 +124,8 @@ func testMass(t *testing.T, s store.Store) {
 		require.Equal(t, []string{"m2"}, ids(refs), "only open alerts of the kind, of this tenant")
 		return nil
 	})
-	var moved, certs int
+	var moved int
+	var certs []store.Certificate
 	update(t, s, func(tx store.Tx) error {
 		require.NoError(t, tx.Certificates().Create(ctx, store.Certificate{Tenant: "acme", Serial: "01", Device: "m0", Issuer: "ca",
 			NotBefore: us(t0), NotAfter: us(t0.Add(time.Hour))}))
@@ -139,7 +140,11 @@ func testMass(t *testing.T, s store.Store) {
 		return nil
 	})
 	require.Equal(t, 2, moved, "m4 is revoked, nope absent")
-	require.Equal(t, 1, certs)
+	require.Len(t, certs, 1)
+	require.Equal(t, "01", certs[0].Serial)
+	require.Equal(t, event.DeviceID("m0"), certs[0].Device)
+	require.Equal(t, "ca", certs[0].Issuer)
+	require.Equal(t, event.TenantID("acme"), certs[0].Tenant)
 	view(t, s, func(tx store.Tx) error {
 		d, err := tx.Devices().Get(ctx, "acme", "m0")
 		require.NoError(t, err)
