@@ -3,8 +3,10 @@ package detect_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -93,30 +95,99 @@ func TestScenarios(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			p := &platform{dir: detect.NewMemDirectory(), cat: detect.NewMemCatalog(), intel: detect.NewThreatIntel(), t: "sim", alerts: map[string]alert.Alert{}}
-			p.eng = detect.New(detect.Options{Directory: p.dir, Catalog: p.cat, Intel: p.intel, Clock: clock.NewManual(sc.Start), Sink: p})
-			rep, err := sim.Run(context.Background(), sc, sim.RunOptions{Tenant: "sim", Sink: p, Setup: p, Results: p,
-				Advance: func(ctx context.Context, at time.Time) error { p.eng.Advance(ctx, at); return nil }})
-			if err != nil {
-				t.Fatal(err)
+			res := replay(t, sc)
+			for _, m := range res.missed {
+				t.Errorf("missed %s", m)
 			}
-			for _, x := range rep.Expectations {
-				if !x.Detected {
-					t.Errorf("missed %s on %s", x.Alert, x.Device)
-				} else {
-					t.Logf("detected %s on %s after %.0fs", x.Alert, x.Device, *x.TimeToDetectSeconds)
-				}
+			for _, f := range res.falseAlerts {
+				t.Errorf("false alert %s", f)
 			}
-			for _, fa := range rep.FalseAlerts {
-				ev := ""
-				for _, a := range p.alerts {
-					if string(a.Device) == fa.Device && string(a.Kind) == fa.Alert {
-						ev = a.Evidence.Summary
-					}
-				}
-				t.Errorf("false alert %+v: %s", fa, ev)
-			}
-			t.Logf("%d events, %d devices, %.1fs", rep.Events, rep.Devices, rep.WallSeconds)
 		})
 	}
+}
+
+// TestGeneratedScenarios replays scenarios drawn by sim.Random: fleets,
+// cadences, variabilities and attacks nobody tuned the detectors to. The
+// seeds are fixed so a failure is reproducible (a failing seed logs its
+// scenario); GARRISON_RANDOM_SEEDS=N replays seeds 1..N instead of 1..24.
+// A false alert fails the test: quiet fleets must stay quiet whatever their
+// shape. Misses are counted across all seeds and must stay under 10 %: a
+// few attacks land where the expected delay is shorter than what the noise
+// allows (an exfiltration starting the minute a fleet goes idle for the
+// night, a flood in the first minutes of a business day), and those are
+// logged as the known limits of docs/STATUS.md rather than tuned away.
+func TestGeneratedScenarios(t *testing.T) {
+	if testing.Short() {
+		t.Skip("scenario replays take seconds each; run without -short")
+	}
+	n := 24
+	if v := os.Getenv("GARRISON_RANDOM_SEEDS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			t.Fatalf("GARRISON_RANDOM_SEEDS=%q: want a positive count", v)
+		}
+	}
+	var expected, missed int
+	for seed := uint64(1); seed <= uint64(n); seed++ {
+		t.Run(fmt.Sprintf("seed-%d", seed), func(t *testing.T) {
+			raw := sim.Random(seed)
+			sc, err := sim.Parse(raw)
+			if err != nil {
+				t.Fatalf("seed %d: %v\n%s", seed, err, raw)
+			}
+			res := replay(t, sc)
+			for _, m := range res.missed {
+				t.Logf("missed (counted below): %s", m)
+			}
+			for _, f := range res.falseAlerts {
+				t.Errorf("false alert: %s", f)
+			}
+			expected += res.expected
+			missed += len(res.missed)
+			if t.Failed() || len(res.missed) > 0 {
+				t.Logf("the scenario, to replay with garrison simulate --scenario:\n%s", raw)
+			}
+		})
+	}
+	t.Logf("%d seeds: %d of %d attacks detected in their window", n, expected-missed, expected)
+	if expected == 0 || float64(missed) > 0.1*float64(expected) {
+		t.Errorf("%d of %d attacks missed (more than 10 %%)", missed, expected)
+	}
+}
+
+type replayResult struct {
+	expected            int
+	missed, falseAlerts []string
+}
+
+// replay runs one scenario through the engine and returns its misses and
+// false alerts.
+func replay(t *testing.T, sc *sim.Scenario) replayResult {
+	t.Helper()
+	p := &platform{dir: detect.NewMemDirectory(), cat: detect.NewMemCatalog(), intel: detect.NewThreatIntel(), t: "sim", alerts: map[string]alert.Alert{}}
+	p.eng = detect.New(detect.Options{Directory: p.dir, Catalog: p.cat, Intel: p.intel, Clock: clock.NewManual(sc.Start), Sink: p})
+	rep, err := sim.Run(context.Background(), sc, sim.RunOptions{Tenant: "sim", Sink: p, Setup: p, Results: p,
+		Advance: func(ctx context.Context, at time.Time) error { p.eng.Advance(ctx, at); return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := replayResult{expected: len(rep.Expectations)}
+	for _, x := range rep.Expectations {
+		if !x.Detected {
+			res.missed = append(res.missed, fmt.Sprintf("%s on %s", x.Alert, x.Device))
+		} else {
+			t.Logf("detected %s on %s after %.0fs", x.Alert, x.Device, *x.TimeToDetectSeconds)
+		}
+	}
+	for _, fa := range rep.FalseAlerts {
+		ev := ""
+		for _, a := range p.alerts {
+			if string(a.Device) == fa.Device && string(a.Kind) == fa.Alert {
+				ev = a.Evidence.Summary
+			}
+		}
+		res.falseAlerts = append(res.falseAlerts, fmt.Sprintf("%+v: %s", fa, ev))
+	}
+	t.Logf("%d events, %d devices, %.1fs", rep.Events, rep.Devices, rep.WallSeconds)
+	return res
 }

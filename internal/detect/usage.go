@@ -90,16 +90,21 @@ func (u *usageState) observe(now int64, bytes float64) usageObs {
 	if u.Cad > 0 && gap >= max(600, int64(3*u.Cad)) {
 		u.Outage = now // a catch-up burst may follow, spread over minutes
 	}
+	// a window is held open through a burst (gaps under burstGap) only
+	// while a catch-up after a silence may be under way; a burst at any
+	// other time is the device's own doing (a flood) and must not be
+	// diluted by the quiet part of a window that keeps growing
+	catchUp := u.Outage != 0 && now-u.Outage <= 1800
 	if w := &u.Win; w.First != 0 {
 		span := now - w.First
-		if span >= int64(w.W) && (gap >= burstGap || span >= 2*int64(w.W)) {
+		if span >= int64(w.W) && (gap >= burstGap || span >= 2*int64(w.W) || !catchUp) {
 			o.closed, o.hasClosed = *w, true
 			*w = usageWin{}
 		}
 	}
 	if w := &u.Rec; w.First != 0 {
 		span := now - w.First
-		if span >= int64(w.W) && (gap >= burstGap || span >= 2*int64(w.W)) {
+		if span >= int64(w.W) && (gap >= burstGap || span >= 2*int64(w.W) || !catchUp) {
 			*w = usageWin{}
 		}
 	}
