@@ -57,6 +57,10 @@ type usageState struct {
 	// large message is judged against the sizes this device sends.
 	LogL, LogV float32
 	LogN       uint16
+	// Fast counts publishes over the last 10 minutes (one-minute buckets),
+	// whatever the windows: a flood is seen in minutes even when it starts
+	// inside a long recent window opened at a slow (night) cadence.
+	Fast counter
 }
 
 // usageObs is what one publish produced for the usage detectors.
@@ -66,6 +70,7 @@ type usageObs struct {
 	open      *usageWin // the recent window
 	anomalous bool      // a detector fired on the closed window: do not learn it
 	msgZ      float64   // z-score of this message's ln(bytes), NaN while unlearned
+	fastN     int       // publishes in the last 10 minutes
 }
 
 func windowLen(cad float32) int32 {
@@ -480,9 +485,19 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 		if u.Pend[m] != 0 {
 			early = s.MinRatio // confirming a spike already seen
 		}
-		check(o.open, early, true)
+		fired := check(o.open, early, true)
+		if msgs && !fired && o.fastN >= fastMin {
+			// the last 10 minutes' count, judged like a recent window
+			fast := usageWin{First: c.now - 600, Prev: c.now - 600, Last: c.now, Count: uint32(o.fastN), W: 600}
+			check(&fast, early, true)
+		}
 	}
 }
+
+// fastMin is the least publishes in 10 minutes for the fast count to be
+// judged: below it a ratio says little, and devices that slow are covered
+// by their windows.
+const fastMin = 20
 
 // pendHorizon is how long a spike awaits confirmation: two long windows,
 // at least 2h.
@@ -496,6 +511,7 @@ func usagePrepare(c *call) {
 	b, _ := c.ev.Float("bytes")
 	c.useObs = c.st.Use.observe(c.now, math.Max(0, b))
 	c.useObs.msgZ = c.st.Use.sizeZ(b)
+	c.useObs.fastN = c.st.Use.Fast.add(c.now, 60)
 	c.use = &c.useObs
 }
 
