@@ -64,20 +64,27 @@ func (l *mtlsListener) Init(*slog.Logger) error {
 }
 
 func (l *mtlsListener) Serve(establish listeners.EstablishFn) {
+	acceptLoop(l.ln, &l.closed, &l.wg, l.b.log, "mqtt accept", func(c net.Conn) { l.handle(c, establish) })
+}
+
+// acceptLoop accepts connections until ln is closed (closed set, or
+// net.ErrClosed), handling each on its own goroutine counted in wg. A
+// transient accept error is logged as msg and retried after 10 ms.
+func acceptLoop(ln net.Listener, closed *atomic.Bool, wg *sync.WaitGroup, log *slog.Logger, msg string, handle func(net.Conn)) {
 	for {
-		c, err := l.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
-			if l.closed.Load() || errors.Is(err, net.ErrClosed) {
+			if closed.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			l.b.log.Warn("mqtt accept", "err", err)
+			log.Warn(msg, "err", err)
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		l.wg.Add(1)
+		wg.Add(1)
 		go func() {
-			defer l.wg.Done()
-			l.handle(c, establish)
+			defer wg.Done()
+			handle(c)
 		}()
 	}
 }

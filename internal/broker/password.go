@@ -232,22 +232,7 @@ func (l *pwListener) Init(*slog.Logger) error {
 }
 
 func (l *pwListener) Serve(establish listeners.EstablishFn) {
-	for {
-		c, err := l.ln.Accept()
-		if err != nil {
-			if l.closed.Load() || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			l.b.log.Warn("mqtt password accept", "err", err)
-			time.Sleep(10 * time.Millisecond)
-			continue
-		}
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			l.handle(c, establish)
-		}()
-	}
+	acceptLoop(l.ln, &l.closed, &l.wg, l.b.log, "mqtt password accept", func(c net.Conn) { l.handle(c, establish) })
 }
 
 func (l *pwListener) handle(raw net.Conn, establish listeners.EstablishFn) {

@@ -109,7 +109,8 @@ func TestScenarios(t *testing.T) {
 // TestGeneratedScenarios replays scenarios drawn by sim.Random: fleets,
 // cadences, variabilities and attacks nobody tuned the detectors to. The
 // seeds are fixed so a failure is reproducible (a failing seed logs its
-// scenario); GARRISON_RANDOM_SEEDS=N replays seeds 1..N instead of 1..24.
+// scenario); GARRISON_RANDOM_SEEDS=N replays seeds 1..N instead of 1..24
+// (1..6 under the race detector).
 // A false alert fails the test: quiet fleets must stay quiet whatever their
 // shape. Misses are counted across all seeds and must stay under 10 %: a
 // few attacks land where the expected delay is shorter than what the noise
@@ -121,6 +122,9 @@ func TestGeneratedScenarios(t *testing.T) {
 		t.Skip("scenario replays take seconds each; run without -short")
 	}
 	n := 24
+	if raceEnabled {
+		n = 6 // the race detector makes each replay ~4x slower; .ci/run replays all 24 without it
+	}
 	if v := os.Getenv("GARRISON_RANDOM_SEEDS"); v != "" {
 		var err error
 		if n, err = strconv.Atoi(v); err != nil || n < 1 {
