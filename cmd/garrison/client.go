@@ -1,6 +1,9 @@
 package main
 
 import (
+	"io"
+	"os"
+
 	"github.com/spf13/cobra"
 
 	"github.com/garrisonhq/garrison/internal/cli"
@@ -41,4 +44,20 @@ func scopePath(tenant string) string {
 		return "/api/v1/platform"
 	}
 	return "/api/v1/tenants/" + tenant
+}
+
+// readDoc reads a document named on the command line, "-" meaning standard
+// input, reading at most limit+1 bytes so that the server, which enforces
+// limit, sees an oversized document as such without the CLI holding more.
+func readDoc(name string, limit int64) ([]byte, error) {
+	var r io.Reader = os.Stdin
+	if name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
+	}
+	return io.ReadAll(io.LimitReader(r, limit+1))
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 
@@ -235,13 +234,7 @@ func newRunbookCmd(e *cliEnv, call func(c *cobra.Command, method, path string, i
 	set := &cobra.Command{
 		Use: "set KIND FILE", Short: "Replace the tenant's runbook of an alert kind with a Markdown file (- for stdin)", Args: cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
-			var md []byte
-			var err error
-			if args[1] == "-" {
-				md, err = io.ReadAll(io.LimitReader(os.Stdin, incident.MaxRunbookBytes+1))
-			} else {
-				md, err = os.ReadFile(args[1])
-			}
+			md, err := readDoc(args[1], incident.MaxRunbookBytes)
 			if err != nil {
 				return err
 			}

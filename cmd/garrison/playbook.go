@@ -3,10 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 
@@ -173,13 +171,7 @@ func newPlaybookCmd(e *cliEnv) *cobra.Command {
 			"An invalid document is refused with every problem and its line, and nothing is stored.",
 		Args: cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
-			var doc []byte
-			var err error
-			if args[1] == "-" {
-				doc, err = io.ReadAll(io.LimitReader(os.Stdin, respond.MaxPlaybookBytes+1))
-			} else {
-				doc, err = os.ReadFile(args[1])
-			}
+			doc, err := readDoc(args[1], respond.MaxPlaybookBytes)
 			if err != nil {
 				return err
 			}
