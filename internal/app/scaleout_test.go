@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -85,21 +86,10 @@ func TestCommandsAcrossNodes(t *testing.T) {
 	nodeA, nodeB := twoNodes(t, ctx, false)
 
 	const tenant, dev = event.TenantID("acme"), event.DeviceID("trk-0007")
-	now := time.Now().UTC()
-	require.NoError(t, nodeA.Store().Update(ctx, func(tx store.Tx) error {
-		if err := tx.Tenants().Create(ctx, store.Tenant{ID: tenant, Name: "Acme", CreatedAt: now}); err != nil {
-			return err
-		}
-		return tx.Devices().Create(ctx, store.Device{Tenant: tenant, ID: dev, Model: "m1", State: store.StateActive, CreatedAt: now, UpdatedAt: now})
-	}))
-	token := operatorToken(t, ctx, nodeA, tenant)
-	cert, _ := issueDevice(t, ctx, nodeA, tenant, dev)
+	token, cert := activeDeviceOn(t, ctx, nodeA, tenant, dev)
 
 	// The device connects to node B.
-	pool, err := tlsutil.Pool(filepath.Join(nodeB.DataDir(), "tls", tlsutil.CertFile))
-	require.NoError(t, err)
-	nc, err := tls.Dial("tcp", nodeB.MQTTAddr().String(), &tls.Config{RootCAs: pool, ServerName: "localhost", Certificates: []tls.Certificate{cert}})
-	require.NoError(t, err)
+	nc := dialMQTT(t, nodeB, cert)
 	d := &cmdDevice{got: map[string]int{}, todo: make(chan string, 16)}
 	cl := paho.NewClient(paho.ClientConfig{Conn: mqttconn.Locked(nc), PacketTimeout: 30 * time.Second, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 		func(pr paho.PublishReceived) (bool, error) {
@@ -290,19 +280,8 @@ func TestKickAcrossNodes(t *testing.T) {
 	}, 30*time.Second, 20*time.Millisecond, "one node takes the lease")
 
 	const tenant, dev = event.TenantID("acme"), event.DeviceID("trk-0009")
-	now := time.Now().UTC()
-	require.NoError(t, nodeA.Store().Update(ctx, func(tx store.Tx) error {
-		if err := tx.Tenants().Create(ctx, store.Tenant{ID: tenant, Name: "Acme", CreatedAt: now}); err != nil {
-			return err
-		}
-		return tx.Devices().Create(ctx, store.Device{Tenant: tenant, ID: dev, Model: "m1", State: store.StateActive, CreatedAt: now, UpdatedAt: now})
-	}))
-	token := operatorToken(t, ctx, nodeA, tenant)
-	cert, _ := issueDevice(t, ctx, nodeA, tenant, dev)
-	pool, err := tlsutil.Pool(filepath.Join(other.DataDir(), "tls", tlsutil.CertFile))
-	require.NoError(t, err)
-	nc, err := tls.Dial("tcp", other.MQTTAddr().String(), &tls.Config{RootCAs: pool, ServerName: "localhost", Certificates: []tls.Certificate{cert}})
-	require.NoError(t, err)
+	token, cert := activeDeviceOn(t, ctx, nodeA, tenant, dev)
+	nc := dialMQTT(t, other, cert)
 	gone := make(chan *paho.Disconnect, 1)
 	cl := paho.NewClient(paho.ClientConfig{Conn: mqttconn.Locked(nc), PacketTimeout: 30 * time.Second,
 		OnServerDisconnect: func(d *paho.Disconnect) { gone <- d }})
@@ -323,4 +302,30 @@ func TestKickAcrossNodes(t *testing.T) {
 		t.Fatal("the session on the other node was not closed")
 	}
 	require.Eventually(t, func() bool { return !other.Broker().Live(tenant, dev) }, 30*time.Second, 20*time.Millisecond)
+}
+
+// activeDeviceOn creates tenant and an active device through
+// node's store, and returns an operator token and the device's certificate.
+func activeDeviceOn(t *testing.T, ctx context.Context, node *app.App, tenant event.TenantID, dev event.DeviceID) (string, tls.Certificate) {
+	t.Helper()
+	now := time.Now().UTC()
+	require.NoError(t, node.Store().Update(ctx, func(tx store.Tx) error {
+		if err := tx.Tenants().Create(ctx, store.Tenant{ID: tenant, Name: "Acme", CreatedAt: now}); err != nil {
+			return err
+		}
+		return tx.Devices().Create(ctx, store.Device{Tenant: tenant, ID: dev, Model: "m1", State: store.StateActive, CreatedAt: now, UpdatedAt: now})
+	}))
+	token := operatorToken(t, ctx, node, tenant)
+	cert, _ := issueDevice(t, ctx, node, tenant, dev)
+	return token, cert
+}
+
+// dialMQTT opens a mutual-TLS connection to node's broker as cert.
+func dialMQTT(t *testing.T, node *app.App, cert tls.Certificate) net.Conn {
+	t.Helper()
+	pool, err := tlsutil.Pool(filepath.Join(node.DataDir(), "tls", tlsutil.CertFile))
+	require.NoError(t, err)
+	nc, err := tls.Dial("tcp", node.MQTTAddr().String(), &tls.Config{RootCAs: pool, ServerName: "localhost", Certificates: []tls.Certificate{cert}})
+	require.NoError(t, err)
+	return nc
 }
