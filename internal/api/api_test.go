@@ -351,7 +351,7 @@ func TestRBACEveryRoute(t *testing.T) {
 				}
 				path, body := request(rt, w, w.tenant)
 				chain := w.tenant
-				if rt.Scope != api.ScopeTenant || rt.Pattern == "/api/v1/tenants/{tenant}" {
+				if (rt.Scope != api.ScopeTenant && rt.Scope != api.ScopeOwn) || rt.Pattern == "/api/v1/tenants/{tenant}" {
 					chain = api.PlatformChain
 				}
 				before := e.head(t, chain)
@@ -361,6 +361,14 @@ func TestRBACEveryRoute(t *testing.T) {
 				switch {
 				case rt.Perm == "":
 					require.Equal(t, rt.Status, rec.Code, rec.Body.String())
+				case rt.Scope == api.ScopeOwn && who == store.RolePlatformAdmin:
+					requireCode(t, rec, http.StatusBadRequest, api.CodeInvalid) // a platform token names no tenant
+				case rt.Scope == api.ScopeOwn && who == "foreign":
+					// The foreign admin acts in its own tenant: on the world's
+					// device it finds nothing, the world's SIM is unknown there,
+					// and the world's audit chain does not move.
+					require.Contains(t, []int{http.StatusNotFound, rt.Status}, rec.Code, rec.Body.String())
+					require.Equal(t, before, e.head(t, chain), "a foreign tenant's call changes nothing of this tenant")
 				case who == "foreign" && rt.Scope == api.ScopeTenant:
 					require.Equal(t, http.StatusNotFound, rec.Code, rec.Body.String())
 					require.Equal(t, notFound, rec.Body.String(), "foreign tenant looks exactly like a missing one")

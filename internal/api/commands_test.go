@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,7 +52,7 @@ func seedCommand(t testing.TB, ctx context.Context, tx store.Tx, tenant event.Te
 }
 
 func commandBody(pattern string) (string, bool) {
-	if pattern == "/api/v1/tenants/{tenant}/devices/{id}/commands" {
+	if strings.HasSuffix(pattern, "/devices/{id}/commands") { // the tenant's path and the short one
 		return `{"name":"ping","args":{"count":1},"ttl_s":60}`, true
 	}
 	return "", false
@@ -80,6 +81,18 @@ func TestCommandRoutes(t *testing.T) {
 	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &list))
 	require.Len(t, list.Commands, 1)
 	require.Equal(t, cmd.ID, list.Commands[0].ID, "newest first")
+
+	// The short path of the issue's contract (POST /api/v1/devices/{id}/commands)
+	// sends to the token's own tenant's device; a foreign token finds no such device.
+	short := "/api/v1/devices/" + string(w.deviceID) + "/commands"
+	e.clk.Advance(time.Second)
+	rec = e.do("POST", short, tok, `{"name":"ping"}`)
+	require.Equal(t, http.StatusAccepted, rec.Code, rec.Body.String())
+	var viaShort store.Command
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &viaShort))
+	require.Equal(t, w.deviceID, viaShort.Device)
+	require.Equal(t, http.StatusOK, e.do("GET", base+"/"+viaShort.ID, w.tokens[store.RoleViewer], "").Code, "readable on the tenant's path")
+	requireCode(t, e.do("POST", short, w.foreign, `{"name":"ping"}`), http.StatusNotFound, api.CodeNotFound)
 
 	// The command of one device is not visible under another's path.
 	require.NoError(t, e.st.Update(context.Background(), func(tx store.Tx) error {

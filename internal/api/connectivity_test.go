@@ -47,7 +47,7 @@ func newIngester(st store.Store, clk clock.Clock, pub *published) *connectivity.
 // RBAC walk.
 func connectivityBody(pattern string) (string, bool) {
 	switch pattern {
-	case "/api/v1/tenants/{tenant}/connectivity/events":
+	case "/api/v1/tenants/{tenant}/connectivity/events", "/api/v1/connectivity/events":
 		return `{"records":[{"type":"session","time":"2026-11-24T11:59:00Z","imsi":"214010000000017","status":"start","ip":"10.1.2.3"}]}`, true
 	case "/api/v1/platform/cells/import":
 		return "radio,mcc,net,area,cell,unit,lon,lat,range\nLTE,214,1,6699,11259375,0,-3.70379,40.41678,1000\n", true
@@ -136,6 +136,24 @@ func TestConnectivityEvents(t *testing.T) {
 	// A viewer may not push; a foreign tenant's token sees nothing.
 	requireCode(t, e.do("POST", path, w.tokens[store.RoleViewer], `{"records":[]}`), 403, api.CodeForbidden)
 	requireCode(t, e.do("POST", path, w.foreign, `{"records":[]}`), 404, api.CodeNotFound)
+
+	// The short path of the issue's contract takes the tenant from the
+	// token: the same SIM's session lands on the same device; in the
+	// foreign tenant the SIM is unknown; a platform token must name one.
+	const short = "/api/v1/connectivity/events"
+	one := `{"records":[{"type":"session","time":"2026-11-24T12:00:00Z","imsi":"214010000000017","status":"interim","session_id":"p-1"}]}`
+	rec = e.do("POST", short, tok, one)
+	require.Equal(t, 202, rec.Code, rec.Body.String())
+	evs = pub.all()
+	require.Len(t, evs, 5)
+	require.Equal(t, w.tenant, evs[4].Tenant)
+	require.Equal(t, event.DeviceID("meter-0017"), evs[4].Device)
+	rec = e.do("POST", short, w.foreign, one)
+	require.Equal(t, 202, rec.Code, rec.Body.String())
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &res))
+	require.Equal(t, 1, res.UnknownSIMs, "the world's SIM is not the foreign tenant's")
+	require.NotEqual(t, w.tenant, pub.all()[5].Tenant)
+	requireCode(t, e.do("POST", short, w.tokens[store.RolePlatformAdmin], one), 400, api.CodeInvalid)
 }
 
 func TestCellImport(t *testing.T) {

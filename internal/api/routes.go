@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"reflect"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -19,6 +20,12 @@ const (
 	ScopeNone     Scope = iota // no tenant: whoami, health, the document itself
 	ScopeTenant                // the {tenant} path segment
 	ScopePlatform              // the platform's own records (tenant "")
+	// ScopeOwn is the caller's own tenant, for the short paths of the
+	// issues' contracts (POST /api/v1/connectivity/events, POST
+	// /api/v1/devices/{id}/commands) that a provider's webhook or a
+	// device-management script calls with one tenant's token. A platform
+	// token names no tenant and is refused with 400.
+	ScopeOwn
 )
 
 // Route is one row of the route table.
@@ -145,6 +152,11 @@ func (s *Server) table() []Route {
 	rs = append(rs, s.ruleRoutes(t)...)
 	rs = append(rs, s.groupRoutes(t)...)
 	rs = append(rs, s.passwordRoutes(t)...)
+	for _, r := range rs {
+		if ownAlias(r.Method, r.Pattern) {
+			rs = append(rs, own(r, t))
+		}
+	}
 	for i := range rs {
 		switch rs[i].Pattern {
 		case t + "/audit", p + "/audit":
@@ -174,6 +186,26 @@ func (s *Server) table() []Route {
 		}
 	}
 	return rs
+}
+
+// ownAlias reports whether a tenant route also answers on a short path
+// without the tenant, scoped to the caller's own tenant (ScopeOwn).
+func ownAlias(method, pattern string) bool {
+	switch method + " " + pattern {
+	case "POST /api/v1/tenants/{tenant}/connectivity/events",
+		"POST /api/v1/tenants/{tenant}/devices/{id}/commands":
+		return true
+	}
+	return false
+}
+
+// own is rt on the short path: /api/v1/... without tenants/{tenant},
+// for the caller's own tenant.
+func own(rt Route, t string) Route {
+	rt.Pattern = "/api/v1" + strings.TrimPrefix(rt.Pattern, t)
+	rt.Scope = ScopeOwn
+	rt.Summary += " On this path, the tenant is the token's own (a platform token gets 400: use the tenant's path)."
+	return rt
 }
 
 func (s *Server) healthz(w http.ResponseWriter, c *call) error {

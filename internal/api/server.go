@@ -181,7 +181,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type call struct {
 	r      *http.Request
 	p      auth.Principal
-	tenant event.TenantID // the scope: path tenant, or "" on platform routes
+	tenant event.TenantID // the scope: path tenant (or the token's, ScopeOwn), or "" on platform routes
 }
 
 type statusWriter struct {
@@ -251,6 +251,11 @@ func (s *Server) admit(r *http.Request, rt Route) (*call, error) {
 		}
 	case ScopePlatform:
 		c.tenant = ""
+	case ScopeOwn:
+		if p.Tenant == "" {
+			return nil, errorf(http.StatusBadRequest, CodeInvalid, "a platform token belongs to no tenant: use /api/v1/tenants/{tenant}/... on this route")
+		}
+		c.tenant = p.Tenant
 	}
 	if !auth.Can(p.Role, rt.Perm) {
 		return nil, errorf(http.StatusForbidden, CodeForbidden, "role "+string(p.Role)+" lacks permission "+string(rt.Perm))
