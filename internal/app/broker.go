@@ -30,14 +30,20 @@ import (
 // of them is a SECURITY kind. A failure after acceptance is counted by the
 // bus and reported by its Flush, as for flows.
 func (a *App) startBroker(ctx context.Context) error {
+	bc := a.cfg.Broker
 	b, err := broker.New(broker.Options{
-		Addr:        a.cfg.Broker.Addr,
+		Addr:        bc.Addr,
 		Certificate: a.tls.Cert,
 		Verifier:    brokerVerifier{a.identity},
 		States:      storeStates{a.store},
 		Publisher:   asyncPublisher{a.bus},
 		Clock:       a.clk,
 		Logger:      a.log.With("component", "broker"),
+		// 0 in the configuration turns a limit off; negative does in Options.
+		SourceConnectRate:  offIfZero(float64(bc.SourceConnectsPerSecond)),
+		SourceConnectBurst: bc.SourceConnectBurst,
+		DeviceConnectRate:  offIfZero(float64(bc.DeviceConnectsPerMinute) / 60),
+		DeviceConnectBurst: bc.DeviceConnectBurst,
 	})
 	if err != nil {
 		return err
@@ -68,6 +74,14 @@ func (a *App) startBroker(ctx context.Context) error {
 		}
 	}
 	return writeFileAtomic(filepath.Join(a.data, "run", "mqtt.addr"), []byte(addr.String()+"\n"))
+}
+
+// offIfZero maps a configured rate of 0 (off) to the broker's -1 (off).
+func offIfZero(rate float64) float64 {
+	if rate == 0 {
+		return -1
+	}
+	return rate
 }
 
 // clientVerifier is what the broker adapter needs of identity.

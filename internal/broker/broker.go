@@ -40,6 +40,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -105,6 +106,18 @@ type Options struct {
 	PublishRate      float64       // per device, messages/s, default 20
 	PublishBurst     int           // default 100
 	MaxViolations    int           // limit breaks before disconnect, default 50
+	// SourceConnectRate limits new connections per source address (an
+	// IPv4 host, an IPv6 /64), on both listeners together, refused before
+	// the TLS handshake: connections/s, default 100; negative: no limit.
+	// Generous because a whole fleet may share one address (carrier NAT,
+	// a private APN): see docs/BROKER.md.
+	SourceConnectRate  float64
+	SourceConnectBurst int // default 1000
+	// DeviceConnectRate limits CONNECTs per verified device (a device
+	// reconnecting in a loop): connects/s, default 0.1 (6 a minute);
+	// negative: no limit.
+	DeviceConnectRate  float64
+	DeviceConnectBurst int // default 10
 }
 
 func (o *Options) defaults() error {
@@ -138,6 +151,18 @@ func (o *Options) defaults() error {
 	if o.MaxViolations <= 0 {
 		o.MaxViolations = 50
 	}
+	if o.SourceConnectRate == 0 {
+		o.SourceConnectRate = 100
+	}
+	if o.SourceConnectBurst <= 0 {
+		o.SourceConnectBurst = 1000
+	}
+	if o.DeviceConnectRate == 0 {
+		o.DeviceConnectRate = 0.1
+	}
+	if o.DeviceConnectBurst <= 0 {
+		o.DeviceConnectBurst = 10
+	}
 	var errs []error
 	if o.Certificate.Certificate == nil {
 		errs = append(errs, errors.New("broker: server certificate missing"))
@@ -159,6 +184,7 @@ type counters struct {
 	handshakesInFlight                                     atomic.Int64
 	refused, denied, dropped, published, violations, kicks atomic.Int64
 	rejected                                               atomic.Int64 // payloads that did not decode
+	sourceConnectsRefused, deviceConnectsRefused           atomic.Int64 // over a connect rate
 }
 
 // Stats is a snapshot of the broker's counters.
@@ -166,7 +192,10 @@ type Stats struct {
 	Handshakes, HandshakeFailures, HandshakeQueueTimeouts, HandshakesInFlight int64
 	Refused, Denied, Dropped, Published, Violations, Kicks                    int64
 	Rejected                                                                  int64 // payloads DecodeDevicePayload refused
-	Sessions                                                                  int
+	// Connections refused before the handshake (source over its connect
+	// rate), CONNECTs refused (device over its connect rate; also in Refused).
+	SourceConnectsRefused, DeviceConnectsRefused int64
+	Sessions                                     int
 }
 
 // session is what the broker keeps per live device session.
@@ -198,6 +227,9 @@ type Broker struct {
 	onCommands atomic.Pointer[func(Identity)] // OnCommandsSubscribed
 	onOTA      atomic.Pointer[func(Identity)] // OnJobsSubscribed
 
+	sources *rateTable[netip.Addr] // connect rate per source; nil: off
+	devices *rateTable[string]     // connect rate per device (tenant/device); nil: off
+
 	pubEvents sync.Pool // *event.Event: mqtt.publish envelopes, see [Publisher]
 	attrMaps  sync.Pool // map[string]any: attributes of decoded device events
 }
@@ -207,7 +239,9 @@ func New(opts Options) (*Broker, error) {
 	if err := opts.defaults(); err != nil {
 		return nil, err
 	}
-	b := &Broker{opts: opts, log: opts.Logger, sessions: map[string]*session{}}
+	b := &Broker{opts: opts, log: opts.Logger, sessions: map[string]*session{},
+		sources: newRateTable[netip.Addr](opts.SourceConnectRate, opts.SourceConnectBurst, maxSources),
+		devices: newRateTable[string](opts.DeviceConnectRate, opts.DeviceConnectBurst, maxDevices)}
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = uint32(opts.MaxPayload + 1024)
 	caps.MaximumClientWritesPending = 256
@@ -397,7 +431,8 @@ func (b *Broker) Stats() Stats {
 		HandshakeQueueTimeouts: m.handshakeQueueTimeouts.Load(), HandshakesInFlight: m.handshakesInFlight.Load(),
 		Refused: m.refused.Load(), Denied: m.denied.Load(), Dropped: m.dropped.Load(),
 		Published: m.published.Load(), Violations: m.violations.Load(), Kicks: m.kicks.Load(),
-		Rejected: m.rejected.Load(),
+		Rejected:              m.rejected.Load(),
+		SourceConnectsRefused: m.sourceConnectsRefused.Load(), DeviceConnectsRefused: m.deviceConnectsRefused.Load(),
 		Sessions: n,
 	}
 }
@@ -450,6 +485,33 @@ func (b *Broker) authFailed(_ context.Context, id Identity, remote, reason strin
 	}
 	b.log.Info("mqtt connect refused", "tenant", id.Tenant, "device", id.Device, "remote", remote, "reason", reason)
 	b.emit(id, event.MQTTAuthFailed, attrs)
+}
+
+// allowSource takes a connect token of c's source address. Over the
+// rate, c is reset at once (no TLS handshake, no TIME_WAIT kept), counted,
+// and reported as mqtt.auth_failed reason connect_rate (limit source) at
+// most once a minute per source, with the number refused since.
+func (b *Broker) allowSource(c net.Conn, listener string) bool {
+	k, ok := sourceKey(c.RemoteAddr())
+	if !ok {
+		return true
+	}
+	allowed, report := b.sources.take(k, b.opts.Clock.Now())
+	if allowed {
+		return true
+	}
+	b.metrics.sourceConnectsRefused.Add(1)
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Close()
+	if report > 0 {
+		remote := c.RemoteAddr().String()
+		b.log.Info("mqtt connections refused", "remote", remote, "reason", "connect_rate", "limit", "source", "refused", report)
+		b.emit(Identity{}, event.MQTTAuthFailed, map[string]any{"reason": "connect_rate", "limit": "source", "remote": remote,
+			"source": k.String(), "refused": float64(report), "listener": listener})
+	}
+	return false
 }
 
 func reasonOf(err error) string {

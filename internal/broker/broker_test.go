@@ -25,13 +25,19 @@ type fixture struct {
 	port   string
 }
 
-func newFixture(t *testing.T) *fixture {
+// newFixture starts a broker on a free port; with each of opts applied to
+// its options.
+func newFixture(t *testing.T, opts ...func(*Options)) *fixture {
 	t.Helper()
 	p := newTestPKI(t, "test-ca")
 	_, _, serverCert, _ := p.issue(t, "", "", time.Now().Add(time.Hour))
 	f := &fixture{pki: p, ver: &poolVerifier{pool: p.pool, revoked: map[string]bool{}},
 		states: &memStates{m: map[event.DeviceID]store.DeviceState{}}, rec: &recorder{}}
-	b, err := New(Options{Addr: "127.0.0.1:0", Certificate: serverCert, Verifier: f.ver, States: f.states, Publisher: f.rec})
+	o := Options{Addr: "127.0.0.1:0", Certificate: serverCert, Verifier: f.ver, States: f.states, Publisher: f.rec}
+	for _, fn := range opts {
+		fn(&o)
+	}
+	b, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

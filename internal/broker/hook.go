@@ -90,6 +90,16 @@ func (h *hook) admit(cl *mqtt.Client, pk packets.Packet, id Identity, remote str
 	if pk.Connect.ClientIdentifier != string(id.Device) {
 		return refuse("client_id_mismatch", nil)
 	}
+	// Before the store lookup: a device reconnecting in a loop costs no
+	// more than its handshake.
+	if ok, report := h.b.devices.take(key(id.Tenant, id.Device), h.b.opts.Clock.Now()); !ok {
+		h.b.metrics.deviceConnectsRefused.Add(1)
+		if report == 0 {
+			h.b.metrics.refused.Add(1) // reported with a later refusal
+			return false
+		}
+		return refuse("connect_rate", map[string]any{"limit": "device", "refused": float64(report)})
+	}
 	st, err := h.b.opts.States.DeviceState(context.Background(), id.Tenant, id.Device)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {

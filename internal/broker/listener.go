@@ -64,13 +64,16 @@ func (l *mtlsListener) Init(*slog.Logger) error {
 }
 
 func (l *mtlsListener) Serve(establish listeners.EstablishFn) {
-	acceptLoop(l.ln, &l.closed, &l.wg, l.b.log, "mqtt accept", func(c net.Conn) { l.handle(c, establish) })
+	acceptLoop(l.ln, &l.closed, &l.wg, l.b.log, "mqtt accept", func(c net.Conn) bool { return l.b.allowSource(c, "mtls") },
+		func(c net.Conn) { l.handle(c, establish) })
 }
 
 // acceptLoop accepts connections until ln is closed (closed set, or
-// net.ErrClosed), handling each on its own goroutine counted in wg. A
-// transient accept error is logged as msg and retried after 10 ms.
-func acceptLoop(ln net.Listener, closed *atomic.Bool, wg *sync.WaitGroup, log *slog.Logger, msg string, handle func(net.Conn)) {
+// net.ErrClosed), handling each that allow admits on its own goroutine
+// counted in wg (allow closes those it refuses, on the accepting
+// goroutine: no goroutine, no handshake). A transient accept error is
+// logged as msg and retried after 10 ms.
+func acceptLoop(ln net.Listener, closed *atomic.Bool, wg *sync.WaitGroup, log *slog.Logger, msg string, allow func(net.Conn) bool, handle func(net.Conn)) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -79,6 +82,9 @@ func acceptLoop(ln net.Listener, closed *atomic.Bool, wg *sync.WaitGroup, log *s
 			}
 			log.Warn(msg, "err", err)
 			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		if !allow(c) {
 			continue
 		}
 		wg.Add(1)

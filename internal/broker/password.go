@@ -36,8 +36,9 @@ import (
 // anything else), missing_credentials, unknown_device (username not
 // TENANT/DEVICE or no such device), no_password (the device has none),
 // bad_password, client_id_mismatch, state_* (as on mTLS), rate_limited
-// (too many failures from the source host) or busy (verifications
-// saturated). bad_password, no_password and rate_limited feed
+// (too many failures from the source host), busy (verifications
+// saturated) or connect_rate (as on mTLS: the source's connections or the
+// device's CONNECTs over their rate, see limit.go). bad_password, no_password and rate_limited feed
 // auth.bruteforce; default_credentials feeds auth.default_credentials.
 
 // Errors a [Passwords] returns (wrapped) so refusals carry a reason.
@@ -232,7 +233,8 @@ func (l *pwListener) Init(*slog.Logger) error {
 }
 
 func (l *pwListener) Serve(establish listeners.EstablishFn) {
-	acceptLoop(l.ln, &l.closed, &l.wg, l.b.log, "mqtt password accept", func(c net.Conn) { l.handle(c, establish) })
+	acceptLoop(l.ln, &l.closed, &l.wg, l.b.log, "mqtt password accept", func(c net.Conn) bool { return l.b.allowSource(c, "password") },
+		func(c net.Conn) { l.handle(c, establish) })
 }
 
 func (l *pwListener) handle(raw net.Conn, establish listeners.EstablishFn) {

@@ -119,6 +119,13 @@ type Broker struct {
 	// PasswordInsecurePlaintext serves the password listener without TLS.
 	PasswordInsecurePlaintext bool `yaml:"password_insecure_plaintext" help:"INSECURE: serve the password listener as plain TCP, passwords in clear; for a lab only, logs a warning at every start"`
 	PasswordMaxFailures       int  `yaml:"password_max_failures" help:"failed password logins one source host may make per minute before it is refused unverified"`
+	// Connect-rate limits (docs/BROKER.md): per source address before the
+	// TLS handshake, generous because a fleet may share one carrier NAT
+	// address; per device at CONNECT, against reconnect loops.
+	SourceConnectsPerSecond int `yaml:"source_connects_per_second" help:"new connections one source address (IPv4 host, IPv6 /64) may open per second, both listeners together, refused before the TLS handshake; 0 turns the limit off"`
+	SourceConnectBurst      int `yaml:"source_connect_burst" help:"connections a source address may open at once before source_connects_per_second applies"`
+	DeviceConnectsPerMinute int `yaml:"device_connects_per_minute" help:"CONNECTs one device may make per minute once its burst is spent; 0 turns the limit off"`
+	DeviceConnectBurst      int `yaml:"device_connect_burst" help:"CONNECTs a device may make at once before device_connects_per_minute applies"`
 }
 
 // Identity configures the certificate authority. The key passphrase itself
@@ -166,7 +173,7 @@ func Default() Config {
 		Log:             Log{Level: "info", Format: "auto"},
 		API:             API{Addr: ":8443", MaxBodyBytes: 1 << 20, TokenTTL: 90 * 24 * time.Hour},
 		HTTP:            HTTP{Addr: ":8080"},
-		Broker:          Broker{Addr: ":8883", PasswordAddr: ":8884", PasswordMaxFailures: 10},
+		Broker:          defaultBroker(),
 		Identity:        Identity{CertLifetime: 90 * 24 * time.Hour},
 		Radius:          Radius{AcctAddr: ":1813", AuthAddr: ":1812", Mode: "monitor"},
 		Flows:           Flows{IPFIXAddr: ":4739", NetFlowAddr: ":2055"},
@@ -524,6 +531,7 @@ func (c Config) Validate(src Source) error {
 		bad("broker.addr", "%v", err)
 	}
 	c.validatePasswordListener(bad)
+	c.validateConnectRates(bad)
 	if c.Identity.PublicURL != "" {
 		if u, err := url.Parse(c.Identity.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
 			bad("identity.public_url", "want an http:// or https:// URL with a host and no user info, got %q", RedactURL(c.Identity.PublicURL))
@@ -661,6 +669,30 @@ func (c Config) validateExports(bad func(key, format string, args ...any)) {
 	}
 	if e.WebhookTimeout < time.Second || e.WebhookTimeout > 5*time.Minute {
 		bad("exports.webhook_timeout", "must be between 1s and 5m, got %s", e.WebhookTimeout)
+	}
+}
+
+// defaultBroker: the connect-rate defaults are explained in docs/BROKER.md.
+func defaultBroker() Broker {
+	return Broker{Addr: ":8883", PasswordAddr: ":8884", PasswordMaxFailures: 10,
+		SourceConnectsPerSecond: 100, SourceConnectBurst: 1000, DeviceConnectsPerMinute: 6, DeviceConnectBurst: 10}
+}
+
+// validateConnectRates checks the broker's connect-rate limits.
+func (c Config) validateConnectRates(bad func(key, format string, args ...any)) {
+	b := c.Broker
+	for _, k := range []struct {
+		key       string
+		v, lo, hi int
+	}{
+		{"broker.source_connects_per_second", b.SourceConnectsPerSecond, 0, 100_000},
+		{"broker.source_connect_burst", b.SourceConnectBurst, 1, 1_000_000},
+		{"broker.device_connects_per_minute", b.DeviceConnectsPerMinute, 0, 60_000},
+		{"broker.device_connect_burst", b.DeviceConnectBurst, 1, 10_000},
+	} {
+		if k.v < k.lo || k.v > k.hi {
+			bad(k.key, "must be between %d and %d, got %d", k.lo, k.hi, k.v)
+		}
 	}
 }
 

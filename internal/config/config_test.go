@@ -106,7 +106,10 @@ func TestValidate(t *testing.T) {
 			c.Detect = Detect{FeedRefresh: time.Second, FeedTimeout: 0, FeedMaxBytes: 10, SnapshotInterval: time.Second}
 			c.Broker.PasswordAddr, c.Broker.PasswordMaxFailures = "8884", 0
 			c.Broker.PasswordInsecurePlaintext, c.Broker.PasswordAllowTLS12 = true, true
-		}, []string{"broker.password_addr", "broker.password_max_failures", "broker.password_insecure_plaintext",
+			c.Broker.SourceConnectsPerSecond, c.Broker.SourceConnectBurst = -1, 0
+			c.Broker.DeviceConnectsPerMinute, c.Broker.DeviceConnectBurst = 60_001, 0
+		}, []string{"broker.source_connects_per_second", "broker.source_connect_burst", "broker.device_connects_per_minute", "broker.device_connect_burst",
+			"broker.password_addr", "broker.password_max_failures", "broker.password_insecure_plaintext",
 			"broker.password_allow_tls12", "broker.password_allow_tls12", "detect.feed_refresh", "detect.feed_timeout", "detect.feed_max_bytes", "detect.snapshot_interval", "ota.public_url", "ota.max_artifact_bytes", "ota.tick", "data_dir", "shutdown_timeout", "log.level", "log.format", "api.addr", "http.addr",
 			"api.max_body_bytes", "api.token_ttl", "store.url", "bus.url", "broker.addr", "identity.public_url",
 			"identity.cert_lifetime", "exports.syslog_addr", "exports.syslog_ca_file", "exports.webhook_attempts",
@@ -117,6 +120,7 @@ func TestValidate(t *testing.T) {
 		{"password listener", func(c *Config) {
 			c.Broker.PasswordEnabled, c.Broker.PasswordAllowTLS12, c.Broker.PasswordAddr = true, true, "127.0.0.1:0"
 		}, nil},
+		{"connect rates off", func(c *Config) { c.Broker.SourceConnectsPerSecond, c.Broker.DeviceConnectsPerMinute = 0, 0 }, nil},
 		{"password listener plaintext", func(c *Config) { c.Broker.PasswordEnabled, c.Broker.PasswordInsecurePlaintext = true, true }, nil},
 		{"syslog over tls", func(c *Config) {
 			c.Exports.SyslogAddr, c.Exports.SyslogTLS, c.Exports.SyslogCAFile = "siem.example.net:6514", true, "/etc/garrison/siem-ca.pem"
