@@ -99,7 +99,7 @@ func (a *App) startDetection(ctx context.Context) error {
 	resp, err = respond.New(respond.Options{
 		Store: a.store, Clock: a.clk, Logger: a.log.With("component", "respond"),
 		Quarantiner: backend, Disconnecter: backend, SIMBlocker: backend, Revoker: backend, Alerts: det, Publisher: a.bus,
-		Notifier: a.incidents.webhooks, Incidents: a.incidents.svc,
+		Notifier: a.incidents.webhooks, Incidents: a.incidents.svc, Updates: updatesBackend{a},
 	})
 	if err != nil {
 		return err

@@ -51,6 +51,10 @@ func final(s string) bool {
 	return false
 }
 
+// Final reports whether a target state is an outcome (nothing more will
+// be sent to the device by its campaign).
+func Final(state string) bool { return final(state) }
+
 func failure(s string) bool { return s == TargetFailed || s == TargetRolledBack || s == TargetRefused }
 
 // Errors of the campaign engine.

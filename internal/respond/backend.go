@@ -30,6 +30,9 @@ type Undo struct {
 	Kind string            `json:"kind"`
 	From store.DeviceState `json:"from,omitempty"` // the state to return to
 	Note string            `json:"note,omitempty"`
+	// Campaigns the action paused (resume_campaigns) or started
+	// (cancel_campaign).
+	Campaigns []string `json:"campaigns,omitempty"`
 }
 
 // Undo kinds.
@@ -38,7 +41,24 @@ const (
 	UndoResumeSIM         = "resume_sim"
 	UndoReissue           = "reissue"
 	UndoNone              = "none"
+	UndoResumeCampaigns   = "resume_campaigns" // freeze_updates: resume what it paused
+	UndoCancelCampaign    = "cancel_campaign"  // schedule_update: cancel the campaign if unfinished
 )
+
+// Updates freezes the firmware rollouts that reach a device and schedules
+// a device's update (serve: the campaign engine and the signed catalog).
+type Updates interface {
+	// FreezeUpdates pauses the tenant's running campaigns that target the
+	// device; the Undo names them (none running: nothing to pause).
+	FreezeUpdates(ctx context.Context, t Target) (Undo, error)
+	// ThawUpdates resumes the campaigns of u that are still paused.
+	ThawUpdates(ctx context.Context, t Target, u Undo) error
+	// ScheduleUpdate starts an emergency campaign updating the device alone
+	// to release (a catalog digest, or LatestRelease for its model).
+	ScheduleUpdate(ctx context.Context, t Target, release string) (Undo, error)
+	// CancelUpdate cancels the campaign of u unless it has finished.
+	CancelUpdate(ctx context.Context, t Target, u Undo) error
+}
 
 // Quarantiner confines a device (registry state and broker ACL) and
 // releases it.

@@ -90,6 +90,7 @@ type Options struct {
 	Revoker      Revoker
 	Notifier     Notifier
 	Incidents    Incidents
+	Updates      Updates   // freeze_updates, schedule_update
 	Alerts       AlertSink // where response.blast_radius alerts go
 	Publisher    Publisher // action.taken events
 
@@ -517,6 +518,20 @@ func (e *Engine) execute(ctx context.Context, a alert.Alert, playbook string, st
 			}
 			err = e.o.Notifier.Notify(ctx, Notification{Tenant: t.Tenant, Device: t.Device, Alert: a, Playbook: playbook,
 				Channel: st.Params["channel"], ActionID: act.ID})
+		case StepFreezeUpdates:
+			if e.o.Updates == nil {
+				skip = "no campaign engine configured"
+				return nil
+			}
+			u, err = e.o.Updates.FreezeUpdates(ctx, t)
+			undo = &u
+		case StepScheduleUpdate:
+			if e.o.Updates == nil {
+				skip = "no campaign engine configured"
+				return nil
+			}
+			u, err = e.o.Updates.ScheduleUpdate(ctx, t, st.Params["release"])
+			undo = &u
 		case StepOpenIncident:
 			if e.o.Incidents == nil {
 				skip = "no incident back-end configured"
@@ -535,7 +550,7 @@ func (e *Engine) execute(ctx context.Context, a alert.Alert, playbook string, st
 		}
 		return err
 	}
-	if st.Kind.Disruptive() && act.Device == "" {
+	if st.Kind.needsDevice() && act.Device == "" {
 		skip = "the alert names no device"
 	} else {
 		backoff := e.o.RetryBackoff
@@ -904,6 +919,15 @@ func (e *Engine) undoOne(ctx context.Context, a alert.Alert, act store.Action, a
 				return fmt.Errorf("action %s: no SIM back-end to resume", act.ID)
 			}
 			err = e.o.SIMBlocker.ResumeSIM(ctx, t, u)
+		case UndoResumeCampaigns, UndoCancelCampaign:
+			if e.o.Updates == nil {
+				return fmt.Errorf("action %s: no campaign engine to undo with", act.ID)
+			}
+			if u.Kind == UndoResumeCampaigns {
+				err = e.o.Updates.ThawUpdates(ctx, t, u)
+			} else {
+				err = e.o.Updates.CancelUpdate(ctx, t, u)
+			}
 		default:
 			return nil // nothing to reverse (notify, disconnect, revoke needs re-enrolment)
 		}

@@ -11,6 +11,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/garrisonhq/garrison/firmware"
 	"github.com/garrisonhq/garrison/internal/alert"
 	"github.com/garrisonhq/garrison/internal/registry"
 )
@@ -27,20 +28,35 @@ const (
 	StepNotify       StepKind = "notify"        // tell people (webhook)
 	StepOpenIncident StepKind = "open_incident" // open or attach to an incident
 	StepWaitApproval StepKind = "wait_approval" // later steps wait for a human
+	// StepFreezeUpdates pauses the running firmware campaigns that target
+	// the device: a rollout reaching a device under attack stops until an
+	// operator resumes it (or the alert is a false positive).
+	StepFreezeUpdates StepKind = "freeze_updates"
+	// StepScheduleUpdate updates the device to a signed release (param
+	// release: a catalog digest, or latest) through an emergency campaign
+	// of its own: the way back for a device running unapproved firmware.
+	StepScheduleUpdate StepKind = "schedule_update"
 )
 
 var stepKinds = map[StepKind]bool{StepQuarantine: true, StepDisconnect: true, StepSuspendSIM: true,
-	StepRevoke: true, StepNotify: true, StepOpenIncident: true, StepWaitApproval: true}
+	StepRevoke: true, StepNotify: true, StepOpenIncident: true, StepWaitApproval: true,
+	StepFreezeUpdates: true, StepScheduleUpdate: true}
 
-// Disruptive reports whether a step kind takes a device out of service; only
-// these count against the blast-radius guard.
+// Disruptive reports whether a step kind takes a device out of service (a
+// firmware update reboots it); only these count against the blast-radius
+// guard.
 func (k StepKind) Disruptive() bool {
-	return k == StepQuarantine || k == StepDisconnect || k == StepSuspendSIM || k == StepRevoke
+	return k == StepQuarantine || k == StepDisconnect || k == StepSuspendSIM || k == StepRevoke || k == StepScheduleUpdate
 }
+
+// needsDevice reports whether a step kind acts on the alert's device (and is
+// skipped when the alert names none).
+func (k StepKind) needsDevice() bool { return k.Disruptive() || k == StepFreezeUpdates }
 
 // DisruptiveKinds lists the disruptive step kinds (as stored in
 // store.Action.Kind).
-var DisruptiveKinds = []string{string(StepQuarantine), string(StepDisconnect), string(StepSuspendSIM), string(StepRevoke)}
+var DisruptiveKinds = []string{string(StepQuarantine), string(StepDisconnect), string(StepSuspendSIM), string(StepRevoke),
+	string(StepScheduleUpdate)}
 
 // Mode says whether a playbook's disruptive steps run on their own.
 type Mode string
@@ -379,14 +395,20 @@ func (p *parser) trigger(n *yaml.Node) Trigger {
 
 // stepParams lists the parameters each step kind accepts.
 var stepParams = map[StepKind][]string{
-	StepNotify:       {"channel"},
-	StepOpenIncident: {"title"},
-	StepDisconnect:   {},
-	StepQuarantine:   {},
-	StepSuspendSIM:   {},
-	StepRevoke:       {},
-	StepWaitApproval: {},
+	StepNotify:         {"channel"},
+	StepOpenIncident:   {"title"},
+	StepDisconnect:     {},
+	StepQuarantine:     {},
+	StepSuspendSIM:     {},
+	StepRevoke:         {},
+	StepWaitApproval:   {},
+	StepFreezeUpdates:  {},
+	StepScheduleUpdate: {"release"},
 }
+
+// LatestRelease is the schedule_update release that means the newest
+// signed release of the catalog for the device's model.
+const LatestRelease = "latest"
 
 func (p *parser) steps(n *yaml.Node) []Step {
 	if n.Kind != yaml.SequenceNode {
@@ -415,7 +437,7 @@ func (p *parser) steps(n *yaml.Node) []Step {
 			continue
 		}
 		if !stepKinds[st.Kind] {
-			p.bad(item, "unknown step %q (want quarantine, disconnect, suspend_sim, revoke, notify, open_incident or wait_approval)", st.Kind)
+			p.bad(item, "unknown step %q (want quarantine, disconnect, suspend_sim, revoke, freeze_updates, schedule_update, notify, open_incident or wait_approval)", st.Kind)
 			continue
 		}
 		if params != nil && !(params.Kind == yaml.ScalarNode && params.Tag == "!!null") {
@@ -428,6 +450,11 @@ func (p *parser) steps(n *yaml.Node) []Step {
 					}
 					st.Params[k] = s
 				}
+			}
+		}
+		if st.Kind == StepScheduleUpdate {
+			if r := st.Params["release"]; r != LatestRelease && !firmware.IsHex(r, 32) {
+				p.bad(item, "schedule_update needs release: latest, or the 64-hex SHA-256 of a catalog release (`- schedule_update: {release: latest}`)")
 			}
 		}
 		out = append(out, st)

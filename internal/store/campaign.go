@@ -78,6 +78,9 @@ type Campaigns interface {
 	// Targets returns up to limit (0: all) targets of the campaign with a
 	// device id greater than after, ordered by device id.
 	Targets(ctx context.Context, tenant event.TenantID, campaign string, after event.DeviceID, limit int) ([]CampaignTarget, error)
+	// Target returns the device's target in the campaign, or ErrNotFound
+	// when the campaign does not target it.
+	Target(ctx context.Context, tenant event.TenantID, campaign string, device event.DeviceID) (CampaignTarget, error)
 	// CountTargets returns the number of targets per wave and state,
 	// ordered by wave, then state.
 	CountTargets(ctx context.Context, tenant event.TenantID, campaign string) ([]TargetCount, error)

@@ -120,6 +120,15 @@ func (s campaigns) Targets(ctx context.Context, tenant event.TenantID, campaign 
 	return out, nil
 }
 
+func (s campaigns) Target(ctx context.Context, tenant event.TenantID, campaign string, device event.DeviceID) (store.CampaignTarget, error) {
+	t, err := scanTarget(s.c.QueryRow(ctx, `SELECT `+targetCols+` FROM campaign_targets WHERE tenant = ? AND campaign = ? AND device = ?`,
+		string(tenant), campaign, string(device)))
+	if err != nil {
+		return store.CampaignTarget{}, fmt.Errorf("campaigns target %s/%s/%s: %w", tenant, campaign, device, err)
+	}
+	return t, nil
+}
+
 func (s campaigns) CountTargets(ctx context.Context, tenant event.TenantID, campaign string) ([]store.TargetCount, error) {
 	out, err := collect(ctx, s.c, func(r Row) (store.TargetCount, error) {
 		var c store.TargetCount
