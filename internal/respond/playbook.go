@@ -436,6 +436,9 @@ func (p *parser) steps(n *yaml.Node) []Step {
 			p.bad(item, "a step is a kind (`- quarantine`) or one kind with parameters (`- notify: {channel: soc}`)")
 			continue
 		}
+		if st.Kind == "wait" || st.Kind == "require" {
+			st.Kind = StepWaitApproval // the short names: `- wait`, `- require`
+		}
 		if !stepKinds[st.Kind] {
 			p.bad(item, "unknown step %q (want quarantine, disconnect, suspend_sim, revoke, freeze_updates, schedule_update, notify, open_incident or wait_approval)", st.Kind)
 			continue

@@ -72,6 +72,13 @@ func TestParseValid(t *testing.T) {
 	require.Equal(t, 13, pb.Steps[3].Line)
 	require.False(t, pb.Matches(alert.Alert{Kind: alert.SIMIMEIMismatch, Severity: alert.Medium}))
 	require.True(t, pb.Matches(alert.Alert{Kind: alert.PortScan, Severity: alert.Critical}))
+
+	// wait and require are the short names of wait_approval.
+	for _, short := range []string{"wait", "require"} {
+		pbs, err := respond.Parse([]byte("playbooks:\n  - name: p\n    trigger: {kinds: [net.port_scan]}\n    steps: [notify, " + short + ", revoke]\n"))
+		require.NoError(t, err, short)
+		require.Equal(t, respond.StepWaitApproval, pbs[0].Steps[1].Kind, short)
+	}
 }
 
 func TestParseErrorsNameTheLine(t *testing.T) {
