@@ -504,3 +504,37 @@ func TestSIMSwapIMEISV(t *testing.T) {
 		t.Fatalf("%+v", sink.alerts[0])
 	}
 }
+
+// TestConnectRateIsNotGuessing: the broker's connect_rate refusals (a
+// device or a NAT address reconnecting too fast, reported once a minute)
+// are not password guessing: twenty minutes of them raise no
+// auth.bruteforce, while the same count of bad passwords does.
+func TestConnectRateIsNotGuessing(t *testing.T) {
+	for _, tc := range []struct {
+		reason string
+		want   int
+	}{{"connect_rate", 0}, {"bad_password", 1}} {
+		w := newWorld()
+		f := gws
+		f.n = 1
+		w.dir.Put(Profile{Tenant: tenant, ID: devID(f, 0), Model: f.model})
+		sink := &recSink{}
+		e := w.engine(sink, Settings{})
+		for k := range 20 {
+			ev := event.Event{Tenant: tenant, Device: devID(f, 0), Kind: event.MQTTAuthFailed, Time: t0.Add(time.Duration(k) * time.Minute),
+				Attrs: map[string]any{"reason": tc.reason, "remote": "198.51.100.7:40000"}}
+			if err := e.Process(context.Background(), &ev); err != nil {
+				t.Fatal(err)
+			}
+		}
+		n := 0
+		for _, a := range sink.alerts {
+			if a.Kind == alert.Bruteforce && a.Count == 1 {
+				n++
+			}
+		}
+		if n != tc.want {
+			t.Fatalf("%s: %d auth.bruteforce alerts, want %d", tc.reason, n, tc.want)
+		}
+	}
+}

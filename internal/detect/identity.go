@@ -258,7 +258,7 @@ var bruteforceDetector = &Detector{
 	Events:      []event.Kind{event.MQTTAuthFailed},
 	defaults: func() any {
 		return &BruteforceSettings{Window: Duration(10 * time.Minute), Threshold: 8, SourceThreshold: 20,
-			Ignore: []string{"default_credentials", "revoked_cert", "expired_cert", "unknown_cert", "state"}}
+			Ignore: []string{"default_credentials", "revoked_cert", "expired_cert", "unknown_cert", "state", "connect_rate"}}
 	},
 	run: func(c *call, d *Detector, cfg any) {
 		s := cfg.(*BruteforceSettings)
