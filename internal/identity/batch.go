@@ -30,6 +30,16 @@ import (
 // token, unknown device) changes nothing and does not affect the others. If
 // a batch fails as a whole, its entries are retried one per transaction, so
 // one bad entry never fails another caller's issuance.
+//
+// Linger. A commit costs a fixed part (transaction, audit head, token and
+// WAL pages, fsync) whatever its size, so on a busy machine committing
+// whatever is queued the moment the last commit ends (often a handful)
+// spends that part again and again on CPU the signatures need. Before a
+// commit the leader therefore waits while other issuances are still
+// signing, until the queue holds half of those in flight (queued plus
+// signing) or maxLinger passes: with one caller, or when everyone in flight
+// is queued, it commits at once; under load the signers keep both cores
+// busy while it waits, and the commit is shared by more of them.
 
 type pendingIssue struct {
 	iss Issued
@@ -56,30 +66,92 @@ type tokenUse struct {
 type groupCommit struct {
 	queue   []*pendingIssue
 	running bool
+	// waiting: the leader lingers until the queue holds want entries;
+	// wake (capacity 1) tells it so.
+	waiting bool
+	want    int
+	wake    chan struct{}
 }
 
 // maxBatch bounds one transaction.
 const maxBatch = 512
 
-func (s *Service) commit(ctx context.Context, iss Issued, opt IssueOptions) error {
-	_, err := s.commitEntry(ctx, &pendingIssue{iss: iss, opt: opt})
-	return err
+// maxLinger bounds how long a commit waits for issuances still signing
+// (see linger); Service.maxLinger holds it (tests change it).
+const maxLinger = 4 * time.Millisecond
+
+// beginSign counts an issuance that will queue for the group commit once
+// signed; commitEntry or abortSign uncounts it.
+func (s *Service) beginSign() { s.signing.Add(1) }
+
+// abortSign uncounts an issuance that failed before queueing, and lets a
+// lingering leader commit without waiting for it.
+func (s *Service) abortSign() {
+	s.signing.Add(-1)
+	s.gcMu.Lock()
+	s.wakeLeader()
+	s.gcMu.Unlock()
 }
 
-// commitEntry queues p for the group commit and waits for it: it returns
-// p's refusal, if any, or the commit's error, and whether p's device was
-// activated.
+// wakeLeader ends the leader's linger; call it with gcMu held.
+func (s *Service) wakeLeader() {
+	if s.gc.waiting {
+		s.gc.waiting = false
+		select {
+		case s.gc.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// linger waits, while other issuances are signing, until the queue holds
+// half of the issuances in flight, or maxLinger passes. It is called by
+// the leader with gcMu held and returns with it held.
+func (s *Service) linger() {
+	q := len(s.gc.queue)
+	want := min(maxBatch, (q+int(s.signing.Load())+1)/2)
+	if q == 0 || q >= want {
+		return
+	}
+	if s.gc.wake == nil {
+		s.gc.wake = make(chan struct{}, 1)
+	}
+	s.gc.want, s.gc.waiting = want, true
+	wake := s.gc.wake
+	s.gcMu.Unlock()
+	t := time.NewTimer(s.maxLinger)
+	select {
+	case <-wake:
+	case <-t.C:
+	}
+	t.Stop()
+	s.gcMu.Lock()
+	s.gc.waiting = false
+	select { // a wake sent after the timer fired
+	case <-wake:
+	default:
+	}
+}
+
+// commitEntry queues p, counted by beginSign, for the group commit and
+// waits for it: it returns p's refusal, if any, or the commit's error, and
+// whether p's device was activated.
 func (s *Service) commitEntry(ctx context.Context, p *pendingIssue) (activated bool, err error) {
 	p.done = make(chan error, 1)
 	s.gcMu.Lock()
 	s.gc.queue = append(s.gc.queue, p)
+	s.signing.Add(-1)
 	if s.gc.running {
+		if len(s.gc.queue) >= s.gc.want {
+			s.wakeLeader()
+		}
 		s.gcMu.Unlock()
 		err = <-p.done
 		return p.activated && err == nil, err
 	}
 	s.gc.running = true
 	for {
+		s.linger()
 		batch := s.gc.queue
 		if len(batch) > maxBatch {
 			batch = batch[:maxBatch]

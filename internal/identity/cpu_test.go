@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"runtime/metrics"
 	"syscall"
 	"testing"
 	"time"
@@ -28,4 +29,16 @@ func reportCPU(b *testing.B, start time.Duration, ops int) {
 	if per > 0 {
 		b.ReportMetric(float64(time.Second)/float64(per), "ops/cpu-s")
 	}
+}
+
+// idleTime returns the Go runtime's estimate of the CPU time its Ps sat
+// idle (GOMAXPROCS × wall time not used by any goroutine, GC or runtime):
+// the capacity a benchmark left on the table.
+func idleTime() time.Duration {
+	s := []metrics.Sample{{Name: "/cpu/classes/idle:cpu-seconds"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindFloat64 {
+		return 0
+	}
+	return time.Duration(s[0].Value.Float64() * float64(time.Second))
 }

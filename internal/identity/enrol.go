@@ -126,18 +126,10 @@ func (s *Service) CreateToken(ctx context.Context, tenant event.TenantID, spec T
 // the certificate and both audit records commit in one transaction. Any
 // refusal changes nothing.
 func (s *Service) Enrol(ctx context.Context, tenant event.TenantID, device event.DeviceID, token string, csrDER []byte) (Issued, error) {
-	csr, err := ParseCSR(csrDER, tenant, device)
+	s.beginSign()
+	iss, id, opt, err := s.signEnrol(ctx, tenant, device, token, csrDER)
 	if err != nil {
-		return Issued{}, fmt.Errorf("identity: enrol %s/%s: %w", tenant, device, err)
-	}
-	rest, ok := strings.CutPrefix(token, tokenPrefix)
-	id, _, ok2 := strings.Cut(rest, "_")
-	if !ok || !ok2 || len(id) != 18 {
-		return Issued{}, fmt.Errorf("identity: enrol %s/%s: %w", tenant, device, ErrTokenInvalid)
-	}
-	opt := IssueOptions{Actor: "enrol_token/" + id, Reason: "enrol"}
-	iss, err := s.sign(ctx, tenant, device, csr.PublicKey, &opt)
-	if err != nil {
+		s.abortSign()
 		return Issued{}, fmt.Errorf("identity: enrol %s/%s: %w", tenant, device, err)
 	}
 	// The checks and the token's use run in the group commit's transaction
@@ -153,6 +145,23 @@ func (s *Service) Enrol(ctx context.Context, tenant event.TenantID, device event
 		s.publishActivated(ctx, tenant, device)
 	}
 	return iss, nil
+}
+
+// signEnrol validates the CSR and the token's form and signs the
+// certificate; it returns the token id and the options of the issuance.
+func (s *Service) signEnrol(ctx context.Context, tenant event.TenantID, device event.DeviceID, token string, csrDER []byte) (Issued, string, IssueOptions, error) {
+	csr, err := ParseCSR(csrDER, tenant, device)
+	if err != nil {
+		return Issued{}, "", IssueOptions{}, err
+	}
+	rest, ok := strings.CutPrefix(token, tokenPrefix)
+	id, _, ok2 := strings.Cut(rest, "_")
+	if !ok || !ok2 || len(id) != 18 {
+		return Issued{}, "", IssueOptions{}, ErrTokenInvalid
+	}
+	opt := IssueOptions{Actor: "enrol_token/" + id, Reason: "enrol"}
+	iss, err := s.sign(ctx, tenant, device, csr.PublicKey, &opt)
+	return iss, id, opt, err
 }
 
 // publishActivated announces a committed activation (brokers and

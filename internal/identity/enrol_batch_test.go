@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/garrisonhq/garrison/internal/audit"
 	"github.com/garrisonhq/garrison/internal/store"
@@ -179,5 +180,105 @@ func TestEnrolTokenTwoServices(t *testing.T) {
 				t.Fatalf("audit verify: %v %v", rep, err)
 			}
 		})
+	}
+}
+
+// TestGroupCommitLingers: while other issuances are signing, the first to
+// queue waits for half of those in flight and they share one commit; an
+// issuance that fails while signing ends the wait; a lone issuance does not
+// wait at all.
+func TestGroupCommitLingers(t *testing.T) {
+	ctx := context.Background()
+	st := &countingStore{Store: openSQLite(t)}
+	f := newFixture(t, st)
+	f.svc.maxLinger = time.Hour // only a wake can end a wait in time
+	if _, err := f.svc.EnsureCA(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	issue := func(device string, csr []byte) <-chan error {
+		ch := make(chan error, 1)
+		go func() {
+			_, err := f.svc.Issue(ctx, "acme", deviceID(device), csr, IssueOptions{})
+			ch <- err
+		}()
+		return ch
+	}
+	result := func(ch <-chan error) error {
+		t.Helper()
+		select {
+		case err := <-ch:
+			return err
+		case <-time.After(20 * time.Second):
+			t.Fatal("issuance still waiting")
+			return nil
+		}
+	}
+	lingering := func() {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
+			f.svc.gcMu.Lock()
+			w := f.svc.gc.waiting
+			f.svc.gcMu.Unlock()
+			if w {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the leader does not linger")
+			}
+		}
+	}
+
+	// Two issuances count as signing (held here): with the first queued,
+	// half of the three in flight is two, so it waits for the second.
+	f.svc.beginSign()
+	f.svc.beginSign()
+	u0 := st.updates.Load()
+	a := issue("d-1", deviceCSR(t, "d-1"))
+	lingering()
+	b := issue("d-2", deviceCSR(t, "d-2"))
+	if err := result(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := result(b); err != nil {
+		t.Fatal(err)
+	}
+	if n := st.updates.Load() - u0; n != 1 {
+		t.Fatalf("two issuances took %d commits, want 1", n)
+	}
+
+	// The leader waits again; an issuance with a bad CSR fails before
+	// queueing and ends the wait: the first commits alone.
+	c := issue("d-3", deviceCSR(t, "d-3"))
+	lingering()
+	if err := result(issue("d-4", []byte("not a CSR"))); !errors.Is(err, ErrBadCSR) {
+		t.Fatalf("bad CSR: %v", err)
+	}
+	if err := result(c); err != nil {
+		t.Fatal(err)
+	}
+	if n := st.updates.Load() - u0; n != 2 {
+		t.Fatalf("%d commits, want 2", n)
+	}
+
+	// Nobody else signing: a lone issuance commits at once.
+	f.svc.abortSign()
+	f.svc.abortSign()
+	if err := result(issue("d-5", deviceCSR(t, "d-5"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.st.View(ctx, func(tx store.Tx) error {
+		for i := 1; i <= 5; i++ {
+			certs, err := tx.Certificates().ByDevice(ctx, "acme", deviceID(fmt.Sprintf("d-%d", i)))
+			want := 1
+			if i == 4 { // the bad CSR
+				want = 0
+			}
+			if err != nil || len(certs) != want {
+				return fmt.Errorf("d-%d: %d certificates, want %d (%v)", i, len(certs), want, err)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

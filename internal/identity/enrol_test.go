@@ -3,6 +3,7 @@ package identity
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,7 +134,10 @@ func TestEnrolTokens(t *testing.T) {
 	}
 }
 
-func containsAny(b []byte, secret string) bool {
-	_, sec, _ := cutLast(secret)
+// containsAny reports whether b holds the secret part of token
+// get_<id>_<secret> (the base64url secret may itself hold '_').
+func containsAny(b []byte, token string) bool {
+	rest, _ := strings.CutPrefix(token, tokenPrefix)
+	_, sec, _ := strings.Cut(rest, "_")
 	return len(sec) > 0 && bytesContains(b, sec)
 }

@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"log/slog"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -121,13 +120,5 @@ func deviceCSR(t testing.TB, device string) []byte {
 }
 
 func deviceID(s string) event.DeviceID { return event.DeviceID(s) }
-
-func cutLast(s string) (string, string, bool) {
-	i := strings.LastIndexByte(s, '_')
-	if i < 0 {
-		return s, "", false
-	}
-	return s[:i], s[i+1:], true
-}
 
 func bytesContains(b []byte, s string) bool { return bytes.Contains(b, []byte(s)) }

@@ -37,6 +37,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/garrisonhq/garrison/internal/audit"
@@ -165,6 +166,10 @@ type Service struct {
 
 	gcMu sync.Mutex // guards gc (group commit of issued certificates)
 	gc   groupCommit
+	// signing counts issuances between beginSign and their queueing (see
+	// linger); maxLinger bounds the leader's wait for them.
+	signing   atomic.Int32
+	maxLinger time.Duration
 
 	mu     sync.Mutex
 	root   *caEntry
@@ -190,6 +195,7 @@ func New(opt Options) (*Service, error) {
 		customAudit: custom,
 		log:         opt.Logger,
 		clk:         opt.Clock,
+		maxLinger:   maxLinger,
 		active:      map[event.TenantID]*caEntry{},
 		byID:        map[caKey]*caEntry{},
 		pools:       map[event.TenantID]*poolEntry{},

@@ -117,12 +117,14 @@ type Issued struct {
 // is published. Issue does not consult the registry: enrolment checks the
 // device before calling it.
 func (s *Service) Issue(ctx context.Context, tenant event.TenantID, device event.DeviceID, csrDER []byte, opt IssueOptions) (Issued, error) {
+	s.beginSign()
 	csr, err := ParseCSR(csrDER, tenant, device)
-	if err != nil {
-		return Issued{}, fmt.Errorf("identity: issue %s/%s: %w", tenant, device, err)
+	var iss Issued
+	if err == nil {
+		iss, err = s.sign(ctx, tenant, device, csr.PublicKey, &opt)
 	}
-	iss, err := s.sign(ctx, tenant, device, csr.PublicKey, &opt)
 	if err != nil {
+		s.abortSign()
 		return Issued{}, fmt.Errorf("identity: issue %s/%s: %w", tenant, device, err)
 	}
 	// An enrolment with a factory certificate (EST simpleenroll presenting
