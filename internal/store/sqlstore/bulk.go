@@ -22,7 +22,12 @@ import (
 // round trip) a write carries up to 64 rows of VALUES, a count being split
 // into chunks of 64, 16, 4 and 1 rows, and a read an IN list of 64, 16, 4
 // or 1 keys (padded by repeating the last), so that a few statement texts
-// are prepared and cached whatever the count.
+// are prepared and cached whatever the count. There the multi-row inserts
+// say OR IGNORE rather than ON CONFLICT DO NOTHING (the callers count the
+// rows written either way): a statement that may abort half-way (a NOT NULL
+// column with the default ABORT) makes SQLite copy every page it touches
+// to a statement journal first, which spills to a temporary file past
+// 64 KiB; one that cannot abort needs none.
 
 // chunks calls fn with consecutive [lo, hi) ranges covering n rows.
 func chunks(n int, fn func(lo, hi int) error) error {
@@ -294,7 +299,7 @@ func (s certificates) CreateMany(ctx context.Context, cs []store.Certificate) er
 			args = append(args, string(c.Tenant), c.Serial, string(c.Device), c.Issuer, nilIfEmpty(c.DER), Micros(c.NotBefore), Micros(c.NotAfter),
 				nullMicros(c.RevokedAt), c.RevocationReason)
 		}
-		return execChecked(ctx, s.c, `INSERT INTO certificates (`+certCols+`) VALUES `+marks(hi-lo, "(?, ?, ?, ?, ?, ?, ?, ?, ?)")+` ON CONFLICT DO NOTHING`,
+		return execChecked(ctx, s.c, `INSERT OR IGNORE INTO certificates (`+certCols+`) VALUES `+marks(hi-lo, "(?, ?, ?, ?, ?, ?, ?, ?, ?)"),
 			rowsWant(hi-lo, store.ErrConflict), args...)
 	})
 	if err != nil {
@@ -337,7 +342,7 @@ func (s auditLog) AppendMany(ctx context.Context, rs []store.AuditRecord) error 
 			}
 			args = append(args, string(a.Tenant), a.Seq, Micros(a.Time), a.Actor, a.Action, a.Target, nilIfEmpty(a.Details), a.PrevHash, a.Hash)
 		}
-		return execChecked(ctx, s.c, `INSERT INTO audit (`+auditCols+`) VALUES `+marks(hi-lo, "(?, ?, ?, ?, ?, ?, ?, ?, ?)")+` ON CONFLICT DO NOTHING`,
+		return execChecked(ctx, s.c, `INSERT OR IGNORE INTO audit (`+auditCols+`) VALUES `+marks(hi-lo, "(?, ?, ?, ?, ?, ?, ?, ?, ?)"),
 			rowsWant(hi-lo, store.ErrConflict), args...)
 	})
 	if err != nil {
