@@ -134,7 +134,7 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 func (db *DB) Update(ctx context.Context, fn func(store.Tx) error) error {
 	var err error
 	for attempt := range db.attempts {
-		err = db.run(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, true, fn)
+		err = db.run(ctx, beginUpdate, true, fn)
 		if !retryable(err) {
 			return err
 		}
@@ -149,25 +149,69 @@ func (db *DB) Update(ctx context.Context, fn func(store.Tx) error) error {
 
 // View implements store.Store.
 func (db *DB) View(ctx context.Context, fn func(store.Tx) error) error {
-	return db.run(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, false, fn)
+	return db.run(ctx, beginView, false, fn)
 }
 
-func (db *DB) run(ctx context.Context, opts pgx.TxOptions, writable bool, fn func(store.Tx) error) error {
-	tx, err := db.pool.BeginTx(ctx, opts)
+// The statements that open Update's and View's transactions.
+const (
+	beginUpdate = `BEGIN ISOLATION LEVEL READ COMMITTED`
+	beginView   = `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`
+)
+
+// run runs fn in a transaction on a pooled connection. BEGIN is deferred:
+// it travels in the pipeline of the transaction's first statement (one
+// round trip fewer than pgx.Tx, which waits for it), and a transaction
+// that ran no statement sends nothing. COMMIT travels with the deferred
+// writes when none of them has a check to pass first (a check runs here,
+// on the result, so COMMIT must wait for it).
+func (db *DB) run(ctx context.Context, begin string, writable bool, fn func(store.Tx) error) error {
+	pc, err := db.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("postgres begin: %w", err)
 	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	c := &conn{tx: tx}
+	// Release destroys a connection left in a transaction (or broken).
+	defer pc.Release()
+	c := &conn{tx: pc}
+	c.pending = append(c.pending, deferred{query: begin})
+	committed := false
+	defer func() {
+		if c.begun && !committed {
+			_, _ = pc.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+		}
+	}()
 	if err := fn(sqlstore.NewTx(c, dialect, writable)); err != nil {
 		return err
 	}
-	if err := c.flush(ctx); err != nil {
+	if !c.begun && len(c.pending) == 1 {
+		return nil // no statement but BEGIN: nothing to send
+	}
+	for _, d := range c.pending {
+		if d.check != nil {
+			br, err := c.send(ctx, "", nil)
+			if err != nil {
+				return err
+			}
+			if err := br.Close(); err != nil {
+				return mapErr(err)
+			}
+			break
+		}
+	}
+	br, err := c.send(ctx, "COMMIT", nil)
+	if err != nil {
 		return err
 	}
-	if err := tx.Commit(ctx); err != nil {
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && tag.String() == "ROLLBACK" {
+		err = pgx.ErrTxCommitRollback
+	}
+	if err != nil {
 		return fmt.Errorf("postgres commit: %w", mapErr(err))
 	}
+	committed = true
 	return nil
 }
 
@@ -194,18 +238,27 @@ func retryable(err error) bool {
 	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
 }
 
-// conn adapts a pgx.Tx to sqlstore.Conn. It implements sqlstore.Deferrer:
-// deferred statements are sent in one pipeline (pgx.Batch) with the next
-// statement, or by flush before the commit.
+// conn adapts a connection in a transaction to sqlstore.Conn. It
+// implements sqlstore.Deferrer: deferred statements (BEGIN first) are sent
+// in one pipeline (pgx.Batch) with the next statement, or with COMMIT.
 type conn struct {
-	tx      pgx.Tx
+	tx      querier
 	pending []deferred
+	begun   bool // BEGIN was sent
+}
+
+// querier is what conn uses of a *pgxpool.Conn.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
 type deferred struct {
 	query string
 	args  []any
-	check func(int64) error
+	check func(int64) error // nil: none
 }
 
 var (
@@ -232,10 +285,11 @@ func (c *conn) send(ctx context.Context, q string, args []any) (pgx.BatchResults
 	}
 	pending := c.pending
 	c.pending = nil
+	c.begun = true
 	br := c.tx.SendBatch(ctx, b)
 	for _, d := range pending {
 		tag, err := br.Exec()
-		if err == nil {
+		if err == nil && d.check != nil {
 			err = d.check(tag.RowsAffected())
 		}
 		if err != nil {
@@ -244,18 +298,6 @@ func (c *conn) send(ctx context.Context, q string, args []any) (pgx.BatchResults
 		}
 	}
 	return br, nil
-}
-
-// flush sends the pending statements.
-func (c *conn) flush(ctx context.Context) error {
-	if len(c.pending) == 0 {
-		return nil
-	}
-	br, err := c.send(ctx, "", nil)
-	if err != nil {
-		return err
-	}
-	return mapErr(br.Close())
 }
 
 func (c *conn) Exec(ctx context.Context, q string, args ...any) (int64, error) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
@@ -62,4 +63,63 @@ func TestOpenRejectsOddSchemaNames(t *testing.T) {
 		_, err := postgres.Open(context.Background(), "postgres://127.0.0.1:1/none", postgres.WithSchema(s))
 		require.ErrorIs(t, err, store.ErrInvalid, s)
 	}
+}
+
+// TestDeferredBeginAndCommit: BEGIN travels with a transaction's first
+// statement, yet a View still reads one snapshot (so BEGIN ... REPEATABLE
+// READ really came first), an Update whose statement failed commits
+// nothing even when fn swallows the error, an Update failing after its
+// writes leaves nothing and its connection usable, and an Update without a
+// statement succeeds.
+func TestDeferredBeginAndCommit(t *testing.T) {
+	db := pgtest.Open(t)
+	ctx := context.Background()
+	put := func(k, v string) {
+		t.Helper()
+		require.NoError(t, db.Update(ctx, func(tx store.Tx) error { return tx.Settings().Put(ctx, "acme", k, []byte(v)) }))
+	}
+	get := func(tx store.Tx, k string) string {
+		t.Helper()
+		v, err := tx.Settings().Get(ctx, "acme", k)
+		if errors.Is(err, store.ErrNotFound) {
+			return "absent"
+		}
+		require.NoError(t, err)
+		return string(v)
+	}
+	put("snap", `"old"`)
+	require.NoError(t, db.View(ctx, func(tx store.Tx) error {
+		require.Equal(t, `"old"`, get(tx, "snap"))
+		put("snap", `"new"`) // another transaction commits meanwhile
+		require.Equal(t, `"old"`, get(tx, "snap"), "a View reads one snapshot")
+		return nil
+	}))
+
+	err := db.Update(ctx, func(tx store.Tx) error {
+		if err := tx.Settings().Put(ctx, "acme", "swallowed", []byte(`1`)); err != nil {
+			return err
+		}
+		_, err := tx.Settings().Get(ctx, "acme", "nul\x00") // the server refuses a NUL in text
+		var pe *pgconn.PgError
+		require.ErrorAs(t, err, &pe)
+		return nil // the caller ignores the failure: the transaction is aborted all the same
+	})
+	require.ErrorIs(t, err, pgx.ErrTxCommitRollback)
+
+	boom := errors.New("boom")
+	for range 20 { // more than the pool's connections: a failed one is not leaked
+		require.ErrorIs(t, db.Update(ctx, func(tx store.Tx) error {
+			if err := tx.Settings().Put(ctx, "acme", "failed", []byte(`1`)); err != nil {
+				return err
+			}
+			return boom
+		}), boom)
+	}
+	require.NoError(t, db.Update(ctx, func(store.Tx) error { return nil }))
+	require.NoError(t, db.View(ctx, func(tx store.Tx) error {
+		require.Equal(t, "absent", get(tx, "swallowed"))
+		require.Equal(t, "absent", get(tx, "failed"))
+		require.Equal(t, `"new"`, get(tx, "snap"))
+		return nil
+	}))
 }
