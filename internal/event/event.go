@@ -87,6 +87,20 @@ const (
 	// holding a live session of the device delivers it (see
 	// internal/command).
 	CommandRelay Kind = "device.command_relay"
+	// A firmware job progress report a device published on its
+	// ota/status, as the broker of the node holding its session received
+	// it: status (the report, validated and re-encoded as JSON). The node
+	// running the campaign engine consumes it (docs/OTA.md).
+	OTAStatus Kind = "device.ota_status"
+	// A device subscribed to its ota/job (after a reconnect) on the node
+	// holding its session; the campaign engine sends it again the jobs it
+	// has not answered. No attributes.
+	OTAResend Kind = "device.ota_resend"
+	// A firmware job the campaign engine's node could not deliver itself
+	// (it holds no session of the device): job (the payload as published
+	// on devices/{id}/ota/job), origin (the engine's node). The node
+	// holding a live session of the device delivers it.
+	OTAJobRelay Kind = "device.ota_job_relay"
 	// A device publish the platform could not decode: topic_class,
 	// subtopic, reason, bytes. The payload itself is not carried.
 	PayloadRejected Kind = "device.payload_rejected"

@@ -58,8 +58,21 @@ type EngineOptions struct {
 // Engine runs firmware campaigns: it selects targets, publishes jobs wave
 // by wave within the concurrency cap and maintenance windows, advances
 // targets on device status reports, checks each wave's gate and pauses or
-// aborts on failure. Open campaigns live in memory and in the store;
-// [Engine.Load] resumes them after a restart.
+// aborts on failure. Open campaigns live in the store and, on the one
+// engine of a deployment that runs them, in memory: [Engine.Load] makes an
+// engine the running one (after a restart, or when its node takes the
+// campaign lease over) and [Engine.Unload] idles it again.
+//
+// Several nodes: every node's engine takes operator actions (Create,
+// Pause, Resume, Cancel, Emergency), which are written to the shared store
+// first, as a compare-and-set on the campaign's revision. The running
+// engine re-reads the open campaigns at every [Engine.Step]: it loads
+// campaigns created elsewhere, adopts the revisions other nodes wrote and
+// drops campaigns they ended. Its own writes are compare-and-sets too: a
+// step that finds a newer revision merges (the operator's state and spec,
+// the engine's wave and its automated state change) instead of
+// overwriting it. Reports and re-send requests reach the running engine
+// however the platform carries them (the app: over the bus).
 //
 // Durability: operator actions (create, pause, resume, cancel, emergency)
 // commit with their audit record before they return. Status reports change
@@ -78,10 +91,12 @@ type Engine struct {
 	mu      sync.Mutex
 	runs    map[string]*run // tenant/campaign
 	total   int             // in-flight targets over all campaigns
+	live    bool            // Load was called: Create keeps new campaigns in memory
 }
 
 type run struct {
-	c        store.Campaign
+	c        store.Campaign // as the engine sees it (c.Rev: the revision it is based on)
+	base     store.Campaign // the stored revision c is based on
 	spec     Spec
 	entry    Entry
 	targets  map[event.DeviceID]*store.CampaignTarget
@@ -118,7 +133,7 @@ func NewEngine(o EngineOptions) (*Engine, error) {
 }
 
 // Run steps the engine every Tick until ctx is done, then writes what is
-// pending once more.
+// pending once more (without sending new jobs).
 func (e *Engine) Run(ctx context.Context) error {
 	t := time.NewTicker(e.o.Tick)
 	defer t.Stop()
@@ -127,7 +142,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
-			_ = e.Step(sctx)
+			_ = e.step(sctx, false)
 			return nil
 		case <-t.C:
 			if err := e.Step(ctx); err != nil && ctx.Err() == nil {
@@ -137,51 +152,213 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 }
 
-// Load resumes every open campaign from the store (after a restart).
+// Load makes this engine the running one: it forgets what it had in
+// memory and resumes every open campaign from the store (after a restart,
+// or when its node takes over from another), queueing again the jobs of
+// targets left "sent". From then on Create keeps new campaigns in memory
+// and every Step looks for changes made through other nodes.
 func (e *Engine) Load(ctx context.Context) error {
+	e.persist.Lock()
+	defer e.persist.Unlock()
+	e.mu.Lock()
+	e.runs, e.total, e.live = map[string]*run{}, 0, true
+	e.mu.Unlock()
+	return e.refresh(ctx)
+}
+
+// Unload writes what is pending (without sending new jobs) and forgets
+// every campaign: the engine is idle, as on a node that does not run
+// campaigns, until the next Load. Operator actions keep working (through
+// the store).
+func (e *Engine) Unload(ctx context.Context) error {
+	err := e.step(ctx, false)
+	e.persist.Lock()
+	defer e.persist.Unlock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.runs, e.total, e.live = map[string]*run{}, 0, false
+	return err
+}
+
+// refresh brings memory in line with the store: open campaigns it does not
+// have (created through another node, or before a restart) are loaded,
+// newer revisions (an operator action through another node) adopted, and
+// campaigns no longer open (cancelled elsewhere) take their final state,
+// so that the step writes what they still have pending and drops them. A
+// campaign that cannot be loaded is logged and tried again at the next
+// step. Callers hold persist.
+func (e *Engine) refresh(ctx context.Context) error {
 	var open []store.Campaign
 	if err := e.o.Store.View(ctx, func(tx store.Tx) error {
 		var err error
 		open, err = tx.Campaigns().Open(ctx)
 		return err
 	}); err != nil {
-		return fmt.Errorf("ota engine load: %w", err)
+		return fmt.Errorf("ota refresh: %w", err)
 	}
+	seen := make(map[string]bool, len(open))
+	var fresh []store.Campaign
+	var gone []*run
+	e.mu.Lock()
 	for _, c := range open {
-		var ts []store.CampaignTarget
-		err := e.o.Store.View(ctx, func(tx store.Tx) error {
-			var after event.DeviceID
-			for {
-				page, err := tx.Campaigns().Targets(ctx, c.Tenant, c.ID, after, 10_000)
-				if err != nil {
-					return err
-				}
-				ts = append(ts, page...)
-				if len(page) < 10_000 {
-					return nil
-				}
-				after = page[len(page)-1].Device
-			}
-		})
-		if err != nil {
-			return fmt.Errorf("ota engine load %s: %w", c.ID, err)
+		k := rkey(c.Tenant, c.ID)
+		seen[k] = true
+		switch r := e.runs[k]; {
+		case r == nil:
+			fresh = append(fresh, c)
+		case c.Rev != r.base.Rev:
+			e.adopt(r, c)
 		}
-		r, err := e.newRun(ctx, c, ts)
-		if err != nil {
-			return fmt.Errorf("ota engine load %s: %w", c.ID, err)
+	}
+	for k, r := range e.runs {
+		if !seen[k] && openState(r.c.State) {
+			gone = append(gone, r)
 		}
-		for _, t := range ts {
-			if t.State == TargetSent {
-				r.resend = append(r.resend, t.Device)
-			}
+	}
+	e.mu.Unlock()
+	for _, r := range gone {
+		var c store.Campaign
+		if err := e.o.Store.View(ctx, func(tx store.Tx) error {
+			var err error
+			c, err = tx.Campaigns().Get(ctx, r.c.Tenant, r.c.ID)
+			return err
+		}); errors.Is(err, store.ErrNotFound) {
+			e.log.WarnContext(ctx, "ota campaign gone from the store; dropped", "tenant", r.c.Tenant, "campaign", r.c.ID)
+			e.mu.Lock()
+			e.total -= r.inflight
+			delete(e.runs, rkey(r.c.Tenant, r.c.ID))
+			e.mu.Unlock()
+			continue
+		} else if err != nil {
+			return fmt.Errorf("ota refresh %s: %w", r.c.ID, err)
 		}
 		e.mu.Lock()
-		e.runs[rkey(c.Tenant, c.ID)] = r
-		e.total += r.inflight
+		e.adopt(r, c)
 		e.mu.Unlock()
-		e.log.InfoContext(ctx, "ota campaign resumed", "tenant", c.Tenant, "campaign", c.ID, "state", c.State, "wave", c.Wave)
+	}
+	for _, c := range fresh {
+		r, err := e.loadRun(ctx, c)
+		if err != nil {
+			e.log.WarnContext(ctx, "ota campaign not loaded; retried at the next step", "tenant", c.Tenant, "campaign", c.ID, "err", err)
+			continue
+		}
+		e.mu.Lock()
+		if k := rkey(c.Tenant, c.ID); e.runs[k] == nil {
+			e.runs[k] = r
+			e.total += r.inflight
+		}
+		e.mu.Unlock()
+		e.log.InfoContext(ctx, "ota campaign loaded", "tenant", c.Tenant, "campaign", c.ID, "state", c.State, "wave", c.Wave, "resend", len(r.resend))
 	}
 	return nil
+}
+
+// loadRun reads a campaign's targets and builds its run; targets left
+// "sent" are queued to be sent again (devices treat a repeated job id as
+// the same job).
+func (e *Engine) loadRun(ctx context.Context, c store.Campaign) (*run, error) {
+	var ts []store.CampaignTarget
+	err := e.o.Store.View(ctx, func(tx store.Tx) error {
+		var after event.DeviceID
+		for {
+			page, err := tx.Campaigns().Targets(ctx, c.Tenant, c.ID, after, 10_000)
+			if err != nil {
+				return err
+			}
+			ts = append(ts, page...)
+			if len(page) < 10_000 {
+				return nil
+			}
+			after = page[len(page)-1].Device
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	r, err := e.newRun(ctx, c, ts)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range ts {
+		if t.State == TargetSent {
+			r.resend = append(r.resend, t.Device)
+		}
+	}
+	return r, nil
+}
+
+func openState(s store.CampaignState) bool {
+	return s == store.CampaignRunning || s == store.CampaignPaused
+}
+
+// adopt makes stored, a newer revision of r's campaign, the one r is
+// based on. A change of the engine's own not written yet (r.changed) is
+// merged in and stays to be written; otherwise stored replaces r.c. When
+// stored turned emergency on, the waves after the current one join it in
+// memory as they did in the store. Callers hold mu.
+func (e *Engine) adopt(r *run, stored store.Campaign) {
+	c := stored
+	if r.changed {
+		c = mergeCampaign(stored, r.base, r.c)
+		r.changed = !sameCampaign(c, stored)
+	}
+	var spec Spec
+	if err := json.Unmarshal(c.Spec, &spec); err != nil {
+		e.log.Error("ota campaign: stored spec unreadable; kept the previous one", "tenant", c.Tenant, "campaign", c.ID, "err", err)
+		spec = r.spec
+	}
+	if spec.Emergency && !r.spec.Emergency {
+		for w := c.Wave + 1; w < len(r.waves); w++ {
+			for _, d := range r.waves[w] {
+				t := r.targets[d]
+				r.counts[w][t.State]--
+				t.Wave = c.Wave
+				r.counts[c.Wave][t.State]++
+			}
+			r.waves[c.Wave] = append(r.waves[c.Wave], r.waves[w]...)
+			r.waves[w] = nil
+		}
+		// The operator's transaction moved the targets to the wave it
+		// saw; if the engine had moved on meanwhile, write them again
+		// with the engine's.
+		for w := min(stored.Wave, c.Wave); w <= c.Wave && stored.Wave != c.Wave; w++ {
+			for _, d := range r.waves[w] {
+				r.dirty[d] = struct{}{}
+			}
+		}
+	}
+	if c.State != r.c.State {
+		e.log.Info("ota campaign changed", "tenant", c.Tenant, "campaign", c.ID, "state", c.State, "reason", c.Reason, "rev", c.Rev)
+	}
+	r.c, r.base, r.spec = c, stored, spec
+}
+
+func sameCampaign(a, b store.Campaign) bool {
+	return a.Rev == b.Rev && a.State == b.State && a.Reason == b.Reason && a.Wave == b.Wave &&
+		a.WaveAt.Equal(b.WaveAt) && a.UpdatedAt.Equal(b.UpdatedAt) && string(a.Spec) == string(b.Spec)
+}
+
+// mergeCampaign merges the engine's change (mine, made on base) into
+// stored, a newer revision another writer made meanwhile: a final stored
+// state (an operator's cancel) stands; otherwise the engine's wave and its
+// automated state change (a gate's pause or abort, completion) are kept,
+// over the operator's state, reason and spec. The result has stored's
+// revision.
+func mergeCampaign(stored, base, mine store.Campaign) store.Campaign {
+	if !openState(stored.State) {
+		return stored
+	}
+	out := stored
+	if mine.Wave != base.Wave || !mine.WaveAt.Equal(base.WaveAt) {
+		out.Wave, out.WaveAt = mine.Wave, mine.WaveAt
+	}
+	if mine.State != base.State || mine.Reason != base.Reason {
+		out.State, out.Reason = mine.State, mine.Reason
+	}
+	if mine.UpdatedAt.After(out.UpdatedAt) {
+		out.UpdatedAt = mine.UpdatedAt
+	}
+	return out
 }
 
 func (e *Engine) newRun(ctx context.Context, c store.Campaign, ts []store.CampaignTarget) (*run, error) {
@@ -193,7 +370,7 @@ func (e *Engine) newRun(ctx context.Context, c store.Campaign, ts []store.Campai
 	if err != nil {
 		return nil, err
 	}
-	r := &run{c: c, spec: spec, entry: ent, targets: make(map[event.DeviceID]*store.CampaignTarget, len(ts)),
+	r := &run{c: c, base: c, spec: spec, entry: ent, targets: make(map[event.DeviceID]*store.CampaignTarget, len(ts)),
 		waves: make([][]event.DeviceID, len(spec.Waves)), cursor: make([]int, len(spec.Waves)),
 		counts: make([]map[string]int, len(spec.Waves)), dirty: map[event.DeviceID]struct{}{}}
 	for i := range r.counts {
@@ -242,7 +419,9 @@ func (e *Engine) auditEntry(tenant event.TenantID, actor, action, id string, det
 
 // Create validates spec, selects its targets, assigns them to waves and
 // stores the campaign running, with its audit record. The release must be
-// in the tenant's catalog, unexpired, and target the selector's model.
+// in the tenant's catalog, unexpired, and target the selector's model. An
+// engine that runs campaigns (Load) starts on it at once; the running
+// engine of another node loads it at its next step.
 func (e *Engine) Create(ctx context.Context, tenant event.TenantID, actor string, spec Spec) (store.Campaign, error) {
 	if err := spec.normalize(); err != nil {
 		return store.Campaign{}, fmt.Errorf("ota create campaign: %w", err)
@@ -313,7 +492,9 @@ func (e *Engine) Create(ctx context.Context, tenant event.TenantID, actor string
 		return store.Campaign{}, fmt.Errorf("ota create campaign: %w", err)
 	}
 	e.mu.Lock()
-	e.runs[rkey(tenant, id)] = r
+	if e.live {
+		e.runs[rkey(tenant, id)] = r
+	}
 	e.mu.Unlock()
 	e.log.InfoContext(ctx, "ota campaign created", "tenant", tenant, "campaign", id, "targets", len(ts), "version", spec.Version)
 	return c, nil
@@ -415,91 +596,92 @@ func reasonOr(r, def string) string {
 	return r
 }
 
-// transition applies an operator action to an open campaign: the change
-// and its audit record commit together, then memory follows.
+// transition applies an operator action to a campaign in the store, on
+// whichever node takes it: the change (a compare-and-set on the campaign's
+// revision, read again on conflict), the targets emergency moves and the
+// audit record commit together; then this engine's memory follows if it
+// runs the campaign. The running engine of another node adopts the new
+// revision at its next step.
 func (e *Engine) transition(ctx context.Context, tenant event.TenantID, actor, id, action string, fn func(*store.Campaign, *Spec) error) (store.Campaign, error) {
 	e.persist.Lock()
 	defer e.persist.Unlock()
-	e.mu.Lock()
-	r := e.runs[rkey(tenant, id)]
 	var c store.Campaign
-	var moved []store.CampaignTarget
-	if r == nil {
-		e.mu.Unlock()
-		// Not open on this node: a final campaign, or none.
-		err := e.o.Store.View(ctx, func(tx store.Tx) error {
-			var err error
-			c, err = tx.Campaigns().Get(ctx, tenant, id)
-			return err
-		})
-		if err != nil {
-			return store.Campaign{}, fmt.Errorf("ota campaign %s: %w", id, err)
-		}
-		var spec Spec
-		_ = json.Unmarshal(c.Spec, &spec)
-		if err := fn(&c, &spec); err != nil {
-			return store.Campaign{}, fmt.Errorf("ota campaign %s: %w", id, err)
-		}
-		return store.Campaign{}, fmt.Errorf("ota campaign %s: %w: not loaded", id, ErrCampaignState)
-	}
-	c = r.c
-	spec := r.spec
-	spec.Accepted = slices.Clone(r.spec.Accepted)
-	err := fn(&c, &spec)
-	emergency := err == nil && spec.Emergency && !r.spec.Emergency
-	c.Spec, _ = json.Marshal(spec)
-	if emergency {
-		for w := c.Wave + 1; w < len(r.waves); w++ {
-			for _, d := range r.waves[w] {
-				t := *r.targets[d]
-				t.Wave = c.Wave
-				moved = append(moved, t)
+	now := e.o.Clock.Now().UTC()
+	err := e.o.Store.Update(ctx, func(tx store.Tx) error {
+		for attempt := 0; ; attempt++ {
+			cur, err := tx.Campaigns().Get(ctx, tenant, id)
+			if err != nil {
+				return err
 			}
+			var spec Spec
+			if err := json.Unmarshal(cur.Spec, &spec); err != nil {
+				return fmt.Errorf("stored spec: %w", err)
+			}
+			wasEmergency := spec.Emergency
+			c = cur
+			if err := fn(&c, &spec); err != nil {
+				return err
+			}
+			if c.Spec, err = json.Marshal(spec); err != nil {
+				return err
+			}
+			c.UpdatedAt = now
+			err = tx.Campaigns().Update(ctx, c)
+			if errors.Is(err, store.ErrConflict) && attempt < 5 {
+				continue // a step or another node wrote meanwhile: apply to that
+			}
+			if err != nil {
+				return err
+			}
+			c.Rev++
+			if spec.Emergency && !wasEmergency {
+				if err := moveToWave(ctx, tx, c); err != nil {
+					return err
+				}
+			}
+			_, err = audit.Append(ctx, tx, e.auditEntry(tenant, actor, action, id, map[string]any{"state": c.State, "reason": c.Reason, "wave": c.Wave}))
+			return err
 		}
-	}
-	e.mu.Unlock()
+	})
 	if err != nil {
 		return store.Campaign{}, fmt.Errorf("ota campaign %s: %w", id, err)
 	}
-	c.UpdatedAt = e.o.Clock.Now().UTC()
-	err = e.o.Store.Update(ctx, func(tx store.Tx) error {
-		if err := tx.Campaigns().Update(ctx, c); err != nil {
+	e.mu.Lock()
+	if r := e.runs[rkey(tenant, id)]; r != nil {
+		e.adopt(r, c)
+		c = r.c
+	}
+	e.mu.Unlock()
+	e.log.InfoContext(ctx, "ota campaign "+action[len("ota.campaign."):], "tenant", tenant, "campaign", id, "actor", actor)
+	return c, nil
+}
+
+// moveToWave puts every target of a wave after c's current one into it
+// (emergency mode).
+func moveToWave(ctx context.Context, tx store.Tx, c store.Campaign) error {
+	var after event.DeviceID
+	for {
+		page, err := tx.Campaigns().Targets(ctx, c.Tenant, c.ID, after, 10_000)
+		if err != nil {
 			return err
+		}
+		var moved []store.CampaignTarget
+		for _, t := range page {
+			if t.Wave > c.Wave {
+				t.Wave = c.Wave
+				moved = append(moved, t)
+			}
 		}
 		if len(moved) > 0 {
 			if err := tx.Campaigns().PutTargets(ctx, moved); err != nil {
 				return err
 			}
 		}
-		_, err := audit.Append(ctx, tx, e.auditEntry(tenant, actor, action, id, map[string]any{"state": c.State, "reason": c.Reason, "wave": c.Wave}))
-		return err
-	})
-	if err != nil {
-		return store.Campaign{}, fmt.Errorf("ota campaign %s: %w", id, err)
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	// Keep what reports changed meanwhile; take the new state.
-	r.c.State, r.c.Reason, r.c.UpdatedAt, r.c.Spec = c.State, c.Reason, c.UpdatedAt, c.Spec
-	r.spec = spec
-	if emergency {
-		for w := c.Wave + 1; w < len(r.waves); w++ {
-			for _, d := range r.waves[w] {
-				t := r.targets[d]
-				r.counts[w][t.State]--
-				t.Wave = c.Wave
-				r.counts[c.Wave][t.State]++
-			}
-			r.waves[c.Wave] = append(r.waves[c.Wave], r.waves[w]...)
-			r.waves[w] = nil
+		if len(page) < 10_000 {
+			return nil
 		}
+		after = page[len(page)-1].Device
 	}
-	if c.State != store.CampaignRunning && c.State != store.CampaignPaused {
-		e.total -= r.inflight
-		delete(e.runs, rkey(tenant, id))
-	}
-	e.log.InfoContext(ctx, "ota campaign "+action[len("ota.campaign."):], "tenant", tenant, "campaign", id, "actor", actor)
-	return r.c, nil
 }
 
 // Resend queues again the job of every open campaign in which device was
@@ -604,19 +786,33 @@ type gateCheck struct {
 	from   time.Time
 }
 
-// Step runs one round: it checks gates, advances waves, picks the jobs
-// to send within the caps and windows, writes every change since the last
+// campWrite is a campaign record a step writes: c, the engine's change
+// made on base (kept to merge again if the write meets a newer revision).
+type campWrite struct{ c, mine, base store.Campaign }
+
+// Step runs one round: it re-reads the open campaigns (changes made
+// through other nodes), checks gates, advances waves, picks the jobs to
+// send within the caps and windows, writes every change since the last
 // step in one transaction, then publishes the jobs.
-func (e *Engine) Step(ctx context.Context) error {
+func (e *Engine) Step(ctx context.Context) error { return e.step(ctx, true) }
+
+// step is Step; with active false it only writes what is pending (no
+// refresh, no gate, no job).
+func (e *Engine) step(ctx context.Context, active bool) error {
 	e.persist.Lock()
 	defer e.persist.Unlock()
 	now := e.o.Clock.Now().UTC()
+	if active {
+		if err := e.refresh(ctx); err != nil {
+			return fmt.Errorf("ota step: %w", err)
+		}
+	}
 
 	// Alert gates need the store; find which waves are due first.
 	e.mu.Lock()
 	var checks []gateCheck
 	for _, r := range e.runs {
-		if r.c.State == store.CampaignRunning && e.waveDone(r, now) && e.o.Alerts != nil && r.spec.Gate.MaxAlertRise >= 0 {
+		if active && r.c.State == store.CampaignRunning && e.waveDone(r, now) && e.o.Alerts != nil && r.spec.Gate.MaxAlertRise >= 0 {
 			cohort := map[event.DeviceID]bool{}
 			for _, d := range r.waves[r.c.Wave] {
 				if r.targets[d].State == TargetSucceeded {
@@ -647,18 +843,18 @@ func (e *Engine) Step(ctx context.Context) error {
 	keysDocs := map[event.TenantID][]byte{}
 	e.mu.Lock()
 	var jobs []sendJob
-	var camps []store.Campaign
+	var camps []campWrite
 	var targets []store.CampaignTarget
 	var notes []audit.Entry
 	for _, r := range e.runs {
-		if r.c.State == store.CampaignRunning {
+		if active && r.c.State == store.CampaignRunning {
 			e.gate(r, now, rise)
 		}
-		if r.c.State == store.CampaignRunning {
+		if active && r.c.State == store.CampaignRunning {
 			jobs = append(jobs, e.dispatch(ctx, r, now, keysDocs)...)
 		}
 		if r.changed {
-			camps = append(camps, r.c)
+			camps = append(camps, campWrite{c: r.c, mine: r.c, base: r.base})
 			r.changed = false
 		}
 		for d := range r.dirty {
@@ -676,8 +872,8 @@ func (e *Engine) Step(ctx context.Context) error {
 
 	if len(camps)+len(targets)+len(notes) > 0 {
 		err := e.o.Store.Update(ctx, func(tx store.Tx) error {
-			for _, c := range camps {
-				if err := tx.Campaigns().Update(ctx, c); err != nil {
+			for i := range camps {
+				if err := writeCampaign(ctx, tx, &camps[i]); err != nil {
 					return err
 				}
 			}
@@ -702,8 +898,8 @@ func (e *Engine) Step(ctx context.Context) error {
 					r.dirty[t.Device] = struct{}{}
 				}
 			}
-			for _, c := range camps {
-				if r := e.runs[rkey(c.Tenant, c.ID)]; r != nil {
+			for _, w := range camps {
+				if r := e.runs[rkey(w.c.Tenant, w.c.ID)]; r != nil {
 					r.changed = true
 				}
 			}
@@ -712,6 +908,15 @@ func (e *Engine) Step(ctx context.Context) error {
 			// stay sent in memory and are re-sent after a restart.
 			return fmt.Errorf("ota step: %w", err)
 		}
+		// Written: each record is now the stored revision its run is
+		// based on (merged with another node's change, if there was one).
+		e.mu.Lock()
+		for _, w := range camps {
+			if r := e.runs[rkey(w.c.Tenant, w.c.ID)]; r != nil {
+				e.adopt(r, w.c)
+			}
+		}
+		e.mu.Unlock()
 	}
 	for _, j := range jobs {
 		if err := e.o.Publisher.PublishJob(ctx, j.tenant, j.device, j.payload); err != nil {
@@ -719,6 +924,31 @@ func (e *Engine) Step(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// writeCampaign writes w.c as a compare-and-set on its revision. When
+// another writer (an operator action through any node) got there first,
+// it reads that revision, merges the engine's change into it and tries
+// again. On return w.c is the record as stored, revision included.
+func writeCampaign(ctx context.Context, tx store.Tx, w *campWrite) error {
+	for attempt := 0; ; attempt++ {
+		err := tx.Campaigns().Update(ctx, w.c)
+		if err == nil {
+			w.c.Rev++
+			return nil
+		}
+		if !errors.Is(err, store.ErrConflict) || attempt == 5 {
+			return err
+		}
+		cur, err := tx.Campaigns().Get(ctx, w.c.Tenant, w.c.ID)
+		if err != nil {
+			return err
+		}
+		w.c = mergeCampaign(cur, w.base, w.mine)
+		if sameCampaign(w.c, cur) {
+			return nil // nothing of the engine's left to write
+		}
+	}
 }
 
 // recordFirmware sets the registry's firmware of every device whose update

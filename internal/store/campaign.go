@@ -35,6 +35,9 @@ type Campaign struct {
 	CreatedAt time.Time      `json:"created_at"`
 	UpdatedAt time.Time      `json:"updated_at"`
 	WaveAt    time.Time      `json:"wave_at"` // when the current wave started
+	// Rev counts the updates of the record: Update is a compare-and-set
+	// on it. Internal to the writers; not part of the API's view.
+	Rev int64 `json:"-"`
 }
 
 // CampaignTarget is one device of a campaign.
@@ -65,7 +68,11 @@ type Campaigns interface {
 	// Get returns the campaign or ErrNotFound.
 	Get(ctx context.Context, tenant event.TenantID, id string) (Campaign, error)
 	// Update replaces Spec, State, Wave, Reason, UpdatedAt and WaveAt of
-	// the campaign matched by tenant and id; ErrNotFound if absent.
+	// the campaign matched by tenant and id, if its stored Rev still
+	// equals c.Rev, and stores Rev c.Rev+1: a compare-and-set, so a writer
+	// working from a stale read gets ErrConflict (read again, merge, retry)
+	// instead of overwriting another writer's change. ErrNotFound if
+	// absent.
 	Update(ctx context.Context, c Campaign) error
 	// List returns the tenant's campaigns ordered by creation, then id.
 	List(ctx context.Context, tenant event.TenantID) ([]Campaign, error)

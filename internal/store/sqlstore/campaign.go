@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/garrisonhq/garrison/internal/event"
@@ -10,13 +11,13 @@ import (
 
 type campaigns struct{ *tx }
 
-const campaignCols = `tenant, id, release_sha256, spec, state, wave, reason, created_by, created_at, updated_at, wave_at`
+const campaignCols = `tenant, id, release_sha256, spec, state, wave, reason, created_by, created_at, updated_at, wave_at, rev`
 
 func scanCampaign(r Row) (store.Campaign, error) {
 	var c store.Campaign
 	var tenant, state string
 	var created, updated, waveAt int64
-	err := r.Scan(&tenant, &c.ID, &c.Release, &c.Spec, &state, &c.Wave, &c.Reason, &c.CreatedBy, &created, &updated, &waveAt)
+	err := r.Scan(&tenant, &c.ID, &c.Release, &c.Spec, &state, &c.Wave, &c.Reason, &c.CreatedBy, &created, &updated, &waveAt, &c.Rev)
 	c.Tenant, c.State = event.TenantID(tenant), store.CampaignState(state)
 	c.CreatedAt, c.UpdatedAt, c.WaveAt = FromMicros(created), FromMicros(updated), FromMicros(waveAt)
 	return c, err
@@ -26,10 +27,10 @@ func (s campaigns) Create(ctx context.Context, c store.Campaign) error {
 	if c.Tenant == "" || c.ID == "" || c.Release == "" {
 		return fmt.Errorf("campaigns create: %w: tenant, id and release are required", store.ErrInvalid)
 	}
-	n, err := s.c.Exec(ctx, `INSERT INTO campaigns (`+campaignCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	n, err := s.c.Exec(ctx, `INSERT INTO campaigns (`+campaignCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (tenant, id) DO NOTHING`,
 		string(c.Tenant), c.ID, c.Release, nonNil(c.Spec), string(c.State), c.Wave, c.Reason, c.CreatedBy,
-		Micros(c.CreatedAt), Micros(c.UpdatedAt), Micros(c.WaveAt))
+		Micros(c.CreatedAt), Micros(c.UpdatedAt), Micros(c.WaveAt), c.Rev)
 	if err != nil {
 		return fmt.Errorf("campaigns create %s/%s: %w", c.Tenant, c.ID, err)
 	}
@@ -55,16 +56,24 @@ func (s campaigns) Get(ctx context.Context, tenant event.TenantID, id string) (s
 }
 
 func (s campaigns) Update(ctx context.Context, c store.Campaign) error {
-	n, err := s.c.Exec(ctx, `UPDATE campaigns SET spec = ?, state = ?, wave = ?, reason = ?, updated_at = ?, wave_at = ?
-		WHERE tenant = ? AND id = ?`, nonNil(c.Spec), string(c.State), c.Wave, c.Reason, Micros(c.UpdatedAt), Micros(c.WaveAt),
-		string(c.Tenant), c.ID)
+	n, err := s.c.Exec(ctx, `UPDATE campaigns SET spec = ?, state = ?, wave = ?, reason = ?, updated_at = ?, wave_at = ?, rev = ?
+		WHERE tenant = ? AND id = ? AND rev = ?`, nonNil(c.Spec), string(c.State), c.Wave, c.Reason, Micros(c.UpdatedAt), Micros(c.WaveAt),
+		c.Rev+1, string(c.Tenant), c.ID, c.Rev)
 	if err != nil {
 		return fmt.Errorf("campaigns update %s/%s: %w", c.Tenant, c.ID, err)
 	}
-	if n == 0 {
+	if n > 0 {
+		return nil
+	}
+	var rev int64
+	err = s.c.QueryRow(ctx, `SELECT rev FROM campaigns WHERE tenant = ? AND id = ?`, string(c.Tenant), c.ID).Scan(&rev)
+	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("campaigns update %s/%s: %w", c.Tenant, c.ID, store.ErrNotFound)
 	}
-	return nil
+	if err != nil {
+		return fmt.Errorf("campaigns update %s/%s: %w", c.Tenant, c.ID, err)
+	}
+	return fmt.Errorf("campaigns update %s/%s: %w: revision %d, not %d", c.Tenant, c.ID, store.ErrConflict, rev, c.Rev)
 }
 
 func (s campaigns) List(ctx context.Context, tenant event.TenantID) ([]store.Campaign, error) {

@@ -60,6 +60,12 @@ func testCampaigns(t *testing.T, s store.Store) {
 		require.ErrorIs(t, tx.Campaigns().Update(ctx, mk("gamma", "c1", store.CampaignRunning, 0)), store.ErrNotFound)
 		return nil
 	})
+	// Update is a compare-and-set on Rev: a writer that read revision 0
+	// cannot overwrite the change that made it 1.
+	require.ErrorIs(t, updateErr(t, s, func(ctx context.Context, tx store.Tx) error {
+		stale := mk("acme", "c1", store.CampaignRunning, 0)
+		return tx.Campaigns().Update(ctx, stale)
+	}), store.ErrConflict)
 	view(t, s, func(tx store.Tx) error {
 		got, err := tx.Campaigns().Get(ctx, "acme", "c1")
 		require.NoError(t, err)
@@ -67,6 +73,7 @@ func testCampaigns(t *testing.T, s store.Store) {
 		require.Equal(t, 2, got.Wave)
 		require.Equal(t, "gate failed", got.Reason)
 		require.Equal(t, "op1", got.CreatedBy, "Update leaves creation fields alone")
+		require.EqualValues(t, 1, got.Rev, "one update")
 		require.Equal(t, us(t0.Add(time.Hour)), got.WaveAt)
 		require.JSONEq(t, `{"waves":[100]}`, string(got.Spec))
 		return nil

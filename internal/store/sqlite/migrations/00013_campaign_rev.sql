@@ -1,0 +1,9 @@
+-- Campaign revisions: every update of a campaign record increments rev and
+-- is a compare-and-set on it, so that operator actions taken through any
+-- node and the one running campaign engine never overwrite each other's
+-- change unseen.
+-- +goose Up
+ALTER TABLE campaigns ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+
+-- +goose Down
+ALTER TABLE campaigns DROP COLUMN rev;
