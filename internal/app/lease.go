@@ -25,7 +25,8 @@ const (
 
 // Lease names.
 const (
-	leaseMass = "mass-actions" // the mass-action runner (response.go)
+	leaseMass      = "mass-actions" // the mass-action runner (response.go)
+	leaseCampaigns = "campaigns"    // the firmware campaign engine (ota.go)
 )
 
 // leaseSet is what this process holds, for HoldsLease.
@@ -47,7 +48,8 @@ func (s *leaseSet) flag(name string) *atomic.Bool {
 }
 
 // HoldsLease reports whether this process holds the lease name (and so
-// runs its singleton): "mass-actions" for the mass-action runner.
+// runs its singleton): "mass-actions" for the mass-action runner,
+// "campaigns" for the firmware campaign engine.
 func (a *App) HoldsLease(name string) bool { return a.leases.flag(name).Load() }
 
 // holderID names this process as a lease holder: the node name and a

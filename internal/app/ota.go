@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/garrisonhq/garrison/internal/broker"
+	"github.com/garrisonhq/garrison/internal/bus"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/ota"
 	"github.com/garrisonhq/garrison/internal/store"
@@ -56,65 +58,186 @@ func (a *App) otaBaseURL() string {
 	return "https://localhost:" + port
 }
 
-// runCampaigns resumes open campaigns, feeds device ota/status reports to
-// the engine and runs it until Stop.
+// runCampaigns wires firmware campaigns for a deployment of one or more
+// nodes. Every node takes operator actions (the engine writes them to the
+// shared store), hands the ota/status reports and job subscriptions its
+// broker receives to the bus, and delivers to its own sessions the jobs
+// the engine relays. One node, the holder of the campaigns lease, runs the
+// engine (serveCampaigns).
 func (a *App) runCampaigns(ctx context.Context) error {
 	if a.otaEngine.ArtifactBase() == "" {
 		_, port, _ := net.SplitHostPort(a.apiLn.Addr().String())
 		a.otaEngine.SetArtifactBase("https://localhost:" + port)
 	}
-	if err := a.otaEngine.Load(ctx); err != nil {
-		return err
-	}
 	log := a.log.With("component", "ota")
-	eng := a.otaEngine
 	if err := a.broker.OnDevicePublish("ota/status", func(id broker.Identity, payload []byte) {
-		if err := eng.Report(context.Background(), id.Tenant, id.Device, payload); err != nil {
+		s, err := ota.ParseStatus(payload)
+		if err != nil {
 			log.Debug("ota status refused", "tenant", id.Tenant, "device", id.Device, "err", err)
+			return
 		}
+		b, err := json.Marshal(s)
+		if err != nil {
+			return
+		}
+		a.publishOTA(id.Tenant, id.Device, event.OTAStatus, map[string]any{"status": string(b)})
 	}); err != nil {
 		return err
 	}
-	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan struct{})
-	a.onStop("campaign engine", func(context.Context) error {
-		cancel()
-		<-done
-		return nil
-	})
-	a.goroutine("campaign engine", func() error {
-		defer close(done)
-		return eng.Run(rctx)
-	})
+	if err := a.followJobRelays(ctx); err != nil {
+		return err
+	}
+	a.underLease(ctx, leaseCampaigns, a.serveCampaigns)
 	return nil
 }
 
-// followJobSubscriptions re-sends a device's unanswered firmware jobs when
-// it subscribes to its job topic on this node (after a reconnect): a job
-// published while it was offline is otherwise lost, since jobs are not
-// retained. Resend only queues (in memory); the engine's next step
+// otaPublishTimeout bounds one bus publish of a report, a re-send request
+// or a job relay.
+const otaPublishTimeout = 5 * time.Second
+
+// publishOTA publishes a device's report or job subscription for the node
+// running the engine. It runs on the device's read loop: the publish is
+// bounded, and a failure is logged (the device's next report, or the wave
+// timeout, repairs a lost one).
+func (a *App) publishOTA(t event.TenantID, d event.DeviceID, kind event.Kind, attrs map[string]any) {
+	ctx, cancel := context.WithTimeout(context.Background(), otaPublishTimeout)
+	defer cancel()
+	if err := a.bus.Publish(ctx, &event.Event{Tenant: t, Device: d, Kind: kind, Time: a.clk.Now().UTC(),
+		Source: "broker", Attrs: attrs}); err != nil {
+		a.log.Warn("ota: not passed to the campaign engine", "kind", kind, "tenant", t, "device", d, "err", err)
+	}
+}
+
+// serveCampaigns runs the campaign engine while this node holds the
+// campaigns lease: it resumes the open campaigns from the store, then
+// consumes the deployment's device.ota_status and device.ota_resend events
+// with durable consumers shared by whichever node holds the lease (so a
+// new holder starts after the last report the previous one took), and
+// steps until the lease ends. Then it stops consuming, writes what is
+// pending and idles the engine.
+func (a *App) serveCampaigns(ctx context.Context) error {
+	eng := a.otaEngine
+	log := a.log.With("component", "ota")
+	if err := eng.Load(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	unload := func() error {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := eng.Unload(uctx); err != nil {
+			log.Warn("campaign engine: pending reports not written", "err", err)
+		}
+		return nil
+	}
+	// One consumer per kind: NATS servers before 2.10 take one filter.
+	var cs []*bus.Consumer
+	stop := func() {
+		for _, c := range cs {
+			c.Stop()
+		}
+	}
+	for _, k := range []event.Kind{event.OTAStatus, event.OTAResend} {
+		c, err := a.bus.Consume(ctx, bus.ConsumerOptions{
+			Name:    "ota-engine-" + strings.TrimPrefix(string(k), "device.ota_"),
+			Stream:  a.bus.StreamFor(k),
+			Filters: []string{bus.KindFilter(k)},
+			Deliver: bus.DeliverNew,
+			Handler: func(ctx context.Context, e *event.Event) error {
+				switch e.Kind {
+				case event.OTAStatus:
+					if err := eng.Report(ctx, e.Tenant, e.Device, []byte(e.Str("status"))); err != nil {
+						log.Debug("ota status refused", "tenant", e.Tenant, "device", e.Device, "err", err)
+					}
+				case event.OTAResend:
+					if n := eng.Resend(e.Tenant, e.Device); n > 0 {
+						log.Debug("firmware jobs queued again", "tenant", e.Tenant, "device", e.Device, "jobs", n)
+					}
+				}
+				return nil // a refused report is not retried
+			},
+		})
+		if err != nil {
+			stop()
+			_ = unload()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		cs = append(cs, c)
+	}
+	err := eng.Run(ctx)
+	stop()
+	return errors.Join(err, unload())
+}
+
+// followJobSubscriptions asks the engine to send again a device's
+// unanswered firmware jobs when it subscribes to its job topic on this
+// node (after a reconnect): a job published while it was offline is
+// otherwise lost, since jobs are not retained. The request travels the
+// bus (device.ota_resend) to the node running the engine, whose next step
 // publishes.
 func (a *App) followJobSubscriptions(context.Context) error {
 	if a.broker == nil || a.otaEngine == nil {
 		return nil
 	}
 	a.broker.OnJobsSubscribed(func(id broker.Identity) {
-		if n := a.otaEngine.Resend(id.Tenant, id.Device); n > 0 {
-			a.log.Debug("firmware jobs queued again", "tenant", id.Tenant, "device", id.Device, "jobs", n)
-		}
+		a.publishOTA(id.Tenant, id.Device, event.OTAResend, nil)
 	})
 	return nil
 }
 
-// brokerJobs publishes campaign jobs on devices/{id}/ota/job.
+// followJobRelays delivers the jobs the engine's node relayed for devices
+// whose session this node holds. Each node has its own durable consumer
+// (named after the node), as for command relays; a node ignores its own
+// relays and relays for devices it holds no live session of, so a job goes
+// out once, through the node holding the session.
+func (a *App) followJobRelays(ctx context.Context) error {
+	log := a.log.With("component", "ota")
+	c, err := a.bus.Consume(ctx, bus.ConsumerOptions{
+		Name:    "ota-" + a.node + "-jobs",
+		Stream:  a.bus.StreamFor(event.OTAJobRelay),
+		Filters: []string{bus.KindFilter(event.OTAJobRelay)},
+		Deliver: bus.DeliverNew,
+		Handler: func(_ context.Context, e *event.Event) error {
+			if e.Str("origin") == a.node || !a.broker.Live(e.Tenant, e.Device) {
+				return nil
+			}
+			if _, err := a.broker.PublishDevice(e.Tenant, e.Device, "ota/job", []byte(e.Str("job"))); err != nil {
+				log.Warn("relayed firmware job not published", "tenant", e.Tenant, "device", e.Device, "err", err)
+				return nil
+			}
+			log.Debug("relayed firmware job", "tenant", e.Tenant, "device", e.Device, "origin", e.Str("origin"))
+			return nil
+		},
+	})
+	if err != nil {
+		return err
+	}
+	a.onStop("firmware job relays", func(context.Context) error { c.Stop(); return nil })
+	return nil
+}
+
+// brokerJobs publishes campaign jobs on devices/{id}/ota/job: through this
+// node's broker when it holds the device's session, else relayed on the
+// bus (device.ota_job_relay) to the node that does.
 type brokerJobs struct{ a *App }
 
-func (b brokerJobs) PublishJob(_ context.Context, t event.TenantID, d event.DeviceID, payload []byte) error {
+func (b brokerJobs) PublishJob(ctx context.Context, t event.TenantID, d event.DeviceID, payload []byte) error {
 	if b.a.broker == nil {
 		return errors.New("ota: broker not running")
 	}
-	_, err := b.a.broker.PublishDevice(t, d, "ota/job", payload)
-	return err
+	if b.a.broker.Live(t, d) {
+		_, err := b.a.broker.PublishDevice(t, d, "ota/job", payload)
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, otaPublishTimeout)
+	defer cancel()
+	return b.a.bus.Publish(ctx, &event.Event{Tenant: t, Device: d, Kind: event.OTAJobRelay, Time: b.a.clk.Now().UTC(),
+		Source: "ota", Attrs: map[string]any{"job": string(payload), "origin": b.a.node}})
 }
 
 // storeAlerts counts alerts for the campaign gate from the alert store.
