@@ -282,3 +282,45 @@ func TestCampaignFailover(t *testing.T) {
 	_, n = stored()
 	require.Equal(t, map[string]int{ota.TargetSucceeded: 4}, n)
 }
+
+// TestJobResentAcrossNodes: a device offline when its job went out
+// connects later to the node that does not run the engine. Its job
+// subscription there reaches the engine over the bus, which sends the
+// job again, relayed to that node; its report completes the campaign.
+func TestJobResentAcrossNodes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
+	defer cancel()
+	nodeA, nodeB := twoNodes(t, ctx, false)
+	holder, other := campaignHolder(t, nodeA, nodeB)
+
+	const tenant = event.TenantID("acme")
+	devs := otaFleet(t, ctx, holder, tenant, 1)
+	digest := otaRelease(t, ctx, holder, tenant)
+	c, err := holder.Campaigns().Create(ctx, tenant, "test", ota.Spec{Release: digest, Selector: ota.Selector{Model: "m1"}, Waves: []float64{100}})
+	require.NoError(t, err)
+	sent := func() bool {
+		var n int
+		require.NoError(t, other.Store().View(ctx, func(tx store.Tx) error {
+			cs, err := tx.Campaigns().CountTargets(ctx, tenant, c.ID)
+			for _, x := range cs {
+				if x.State == ota.TargetSent {
+					n += x.N
+				}
+			}
+			return err
+		}))
+		return n == 1
+	}
+	require.Eventually(t, sent, 30*time.Second, 50*time.Millisecond, "the job went out while the device was offline")
+
+	connectDevice(t, ctx, other, devs[0]) // connects and subscribes to its ota/job on the other node
+	defer devs[0].mqtt.Disconnect(&paho.Disconnect{})
+	d, j := nextJob(t, ctx, devs, nil)
+	require.Equal(t, c.ID, j.Campaign)
+	succeed(t, ctx, d, j, digest)
+	require.Eventually(t, func() bool {
+		var cp store.Campaign
+		require.NoError(t, other.Store().View(ctx, func(tx store.Tx) (err error) { cp, err = tx.Campaigns().Get(ctx, tenant, c.ID); return err }))
+		return cp.State == store.CampaignCompleted
+	}, 30*time.Second, 50*time.Millisecond)
+}
