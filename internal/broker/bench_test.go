@@ -101,6 +101,13 @@ func startGarrison(b *testing.B, p *testPKI, devices []event.DeviceID) *benchTar
 // and a per-device ACL equivalent to Garrison's.
 func startMosquitto(b *testing.B, p *testPKI) *benchTarget {
 	b.Helper()
+	return startMosquittoCA(b, p, filepath.Join(p.dir, "ca.pem"))
+}
+
+// startMosquittoCA is startMosquitto trusting the client CAs of cafile
+// (PEM) instead of p's.
+func startMosquittoCA(b *testing.B, p *testPKI, cafile string) *benchTarget {
+	b.Helper()
 	if _, err := exec.LookPath("mosquitto"); err != nil {
 		if _, err := os.Stat("/usr/sbin/mosquitto"); err != nil {
 			b.Skip("mosquitto not installed (Debian package mosquitto)")
@@ -131,7 +138,7 @@ use_identity_as_username true
 tls_version tlsv1.3
 acl_file %s
 max_queued_messages 10000
-`, port, filepath.Join(p.dir, "ca.pem"), certFile, keyFile, acl)), 0o600)
+`, port, cafile, certFile, keyFile, acl)), 0o600)
 	bin := "/usr/sbin/mosquitto"
 	cmd := exec.Command(bin, "-c", conf)
 	if err := cmd.Start(); err != nil {

@@ -35,6 +35,7 @@ type poolEntry struct {
 	cas     map[string]store.CA // trusted anchors by id
 	issuers []*caEntry          // every issuing CA of the tenant (for OCSP)
 	expires time.Time
+	gen     [sha256.Size]byte // poolGen of cas: changes when the anchor set does
 }
 
 const poolTTL = time.Minute
@@ -559,6 +560,11 @@ func (s *Service) pool(ctx context.Context, tenant event.TenantID) (*poolEntry, 
 		p.pool.AddCert(cert)
 		p.cas[c.ID] = c
 	}
+	ids := make([]string, 0, len(p.cas))
+	for id := range p.cas {
+		ids = append(ids, id)
+	}
+	p.gen = poolGen(ids)
 	s.mu.Lock()
 	s.pools[tenant] = p
 	s.mu.Unlock()
@@ -603,29 +609,9 @@ func (s *Service) Verify(ctx context.Context, tenant event.TenantID, chain []*x5
 	if err != nil {
 		return id, err
 	}
-	inter := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
-	now := s.clk.Now()
-	chains, err := leaf.Verify(x509.VerifyOptions{Roots: p.pool, Intermediates: inter, CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	anchor, err := s.verifyChain(tenant, p, chain)
 	if err != nil {
-		if now.After(leaf.NotAfter) || now.Before(leaf.NotBefore) {
-			return id, fmt.Errorf("identity: verify %s: %w: %w: %w", id.Serial, ErrExpired, ErrUntrusted, err)
-		}
-		return id, fmt.Errorf("identity: verify %s: %w: %w", id.Serial, ErrUntrusted, err)
-	}
-	// The anchor is the last certificate of a verified chain.
-	var anchor store.CA
-	for _, ch := range chains {
-		if c, ok := p.cas[CAID(ch[len(ch)-1].Raw)]; ok {
-			anchor = c
-			break
-		}
-	}
-	if anchor.ID == "" {
-		return id, fmt.Errorf("identity: verify: %w: no tenant CA in chain", ErrUntrusted)
+		return id, fmt.Errorf("identity: verify %s: %w", id.Serial, err)
 	}
 	id.Issuer = anchor.ID
 	switch {
@@ -659,6 +645,45 @@ func (s *Service) Verify(ctx context.Context, tenant event.TenantID, chain []*x5
 		return id, fmt.Errorf("identity: verify: %w", err)
 	}
 	return id, nil
+}
+
+// verifyChain verifies chain (leaf first) against the tenant's pool p at
+// the current time for client auth, and returns the trust anchor it ends
+// at. A leaf that verified before under the same anchor set, within the
+// validity of the chain that verified, is not verified again (see
+// verifiedCache).
+func (s *Service) verifyChain(tenant event.TenantID, p *poolEntry, chain []*x509.Certificate) (store.CA, error) {
+	leaf := chain[0]
+	now := s.clk.Now()
+	k := verifiedKey{tenant: tenant, leaf: sha256.Sum256(leaf.Raw)}
+	if id, ok := s.verified.get(k, p.gen, now); ok {
+		if c, ok := p.cas[id]; ok {
+			return c, nil
+		}
+	}
+	var inter *x509.CertPool
+	if len(chain) > 1 {
+		inter = x509.NewCertPool()
+		for _, c := range chain[1:] {
+			inter.AddCert(c)
+		}
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: p.pool, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		if now.After(leaf.NotAfter) || now.Before(leaf.NotBefore) {
+			return store.CA{}, fmt.Errorf("%w: %w: %w", ErrExpired, ErrUntrusted, err)
+		}
+		return store.CA{}, fmt.Errorf("%w: %w", ErrUntrusted, err)
+	}
+	// The anchor is the last certificate of a verified chain.
+	for _, ch := range chains {
+		if c, ok := p.cas[CAID(ch[len(ch)-1].Raw)]; ok {
+			s.verified.put(k, p.gen, c.ID, ch)
+			return c, nil
+		}
+	}
+	return store.CA{}, fmt.Errorf("%w: no tenant CA in chain", ErrUntrusted)
 }
 
 // VerifyClient is Verify for a caller that does not know the tenant yet

@@ -176,7 +176,10 @@ type Service struct {
 	active map[event.TenantID]*caEntry // active issuing CA per tenant
 	byID   map[caKey]*caEntry          // every CA loaded with its signer
 	pools  map[event.TenantID]*poolEntry
-	crls   map[caKey]*crlEntry
+	// verified remembers client chains that verified (not their
+	// revocation status): see verifiedCache.
+	verified *verifiedCache
+	crls     map[caKey]*crlEntry
 }
 
 type caKey struct {
@@ -199,6 +202,7 @@ func New(opt Options) (*Service, error) {
 		active:      map[event.TenantID]*caEntry{},
 		byID:        map[caKey]*caEntry{},
 		pools:       map[event.TenantID]*poolEntry{},
+		verified:    newVerifiedCache(verifiedMax),
 		crls:        map[caKey]*crlEntry{},
 	}, nil
 }
