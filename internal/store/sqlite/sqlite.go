@@ -44,15 +44,17 @@ var dialect = &sqlstore.Dialect{
 
 // DB is a SQLite-backed store.Store.
 type DB struct {
-	w     *sql.DB // exactly one connection: every Update
-	r     *sql.DB // read-only connections: every View
-	stmts stmtCache
+	w      *sql.DB // exactly one connection: every Update
+	r      *sql.DB // read-only connections: every View
+	stmts  stmtCache
+	rstmts stmtCache // the readers' (a View's point lookups: half their CPU is parsing)
 }
 
-// stmtCache keeps the writer's prepared statements: parsing SQL is half the
-// CPU of a small write. A statement cannot be prepared on the writer while a
-// transaction holds its only connection, so a miss is remembered and
-// prepared after that transaction ends. Dynamic queries beyond the cap are
+// stmtCache keeps the prepared statements of one pool (the writer, or the
+// readers): parsing SQL is half the CPU of a small write or point read. A
+// statement cannot be prepared on the writer while a transaction holds its
+// only connection, so a miss is remembered and prepared after that
+// transaction ends (on the readers too, which may all be busy). Dynamic queries beyond the cap are
 // not cached.
 type stmtCache struct {
 	mu      sync.Mutex
@@ -203,7 +205,9 @@ func (db *DB) Update(ctx context.Context, fn func(store.Tx) error) error {
 
 // View implements store.Store.
 func (db *DB) View(ctx context.Context, fn func(store.Tx) error) error {
-	return db.run(ctx, db.r, false, fn)
+	err := db.run(ctx, db.r, false, fn)
+	db.rstmts.prepare(ctx, db.r)
+	return err
 }
 
 func (db *DB) run(ctx context.Context, sdb *sql.DB, writable bool, fn func(store.Tx) error) error {
@@ -212,9 +216,9 @@ func (db *DB) run(ctx context.Context, sdb *sql.DB, writable bool, fn func(store
 		return fmt.Errorf("sqlite begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	c := conn{tx: tx}
+	c := conn{tx: tx, stmts: &db.rstmts}
 	if writable {
-		c.db = db
+		c.stmts = &db.stmts
 	}
 	if err := fn(sqlstore.NewTx(c, dialect, writable)); err != nil {
 		return err
@@ -227,24 +231,24 @@ func (db *DB) run(ctx context.Context, sdb *sql.DB, writable bool, fn func(store
 
 // Close waits for running transactions and closes every connection.
 func (db *DB) Close() error {
-	return errors.Join(db.r.Close(), db.stmts.close(), db.w.Close())
+	return errors.Join(db.rstmts.close(), db.r.Close(), db.stmts.close(), db.w.Close())
 }
 
-// conn adapts a *sql.Tx to sqlstore.Conn. db is set in Update, to reuse the
-// writer's prepared statements.
+// conn adapts a *sql.Tx to sqlstore.Conn. stmts are the prepared
+// statements of the tx's pool (the writer's or the readers'), reused.
 type conn struct {
-	tx *sql.Tx
-	db *DB
+	tx    *sql.Tx
+	stmts *stmtCache
 }
 
 var _ sqlstore.Conn = conn{}
 
 // stmt returns q prepared for this transaction, or nil.
 func (c conn) stmt(ctx context.Context, q string) *sql.Stmt {
-	if c.db == nil {
+	if c.stmts == nil {
 		return nil
 	}
-	if st := c.db.stmts.get(q); st != nil {
+	if st := c.stmts.get(q); st != nil {
 		return c.tx.StmtContext(ctx, st)
 	}
 	return nil

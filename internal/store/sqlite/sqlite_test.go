@@ -89,3 +89,47 @@ func TestOpenOddPaths(t *testing.T) {
 		}
 	}
 }
+
+// TestReadStatementsSeeWrites: reads reuse prepared statements after the
+// first (see stmtCache) on every reader connection, and each read still
+// sees what was committed before it, from several goroutines at once.
+func TestReadStatementsSeeWrites(t *testing.T) {
+	ctx := context.Background()
+	db := open(t)
+	get := func() (store.Tenant, error) {
+		var tn store.Tenant
+		err := db.View(ctx, func(tx store.Tx) error {
+			var err error
+			tn, err = tx.Tenants().Get(ctx, "acme")
+			return err
+		})
+		return tn, err
+	}
+	for i := range 6 {
+		name := fmt.Sprintf("Acme %d", i)
+		require.NoError(t, db.Update(ctx, func(tx store.Tx) error {
+			if i > 0 {
+				if err := tx.Tenants().Delete(ctx, "acme"); err != nil {
+					return err
+				}
+			}
+			return tx.Tenants().Create(ctx, store.Tenant{ID: "acme", Name: name})
+		}))
+		errs := make(chan error, 4)
+		for range 4 {
+			go func() {
+				tn, err := get()
+				if err == nil && tn.Name != name {
+					err = fmt.Errorf("read %q after writing %q", tn.Name, name)
+				}
+				errs <- err
+			}()
+		}
+		for range 4 {
+			require.NoError(t, <-errs)
+		}
+	}
+	require.NoError(t, db.Update(ctx, func(tx store.Tx) error { return tx.Tenants().Delete(ctx, "acme") }))
+	_, err := get()
+	require.ErrorIs(t, err, store.ErrNotFound)
+}
