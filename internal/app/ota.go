@@ -26,10 +26,22 @@ const artifactWriteTimeout = 30 * time.Minute
 
 // startOTA builds the firmware catalog (artifacts under
 // <data_dir>/artifacts) and the campaign engine, before the API that
-// serves them. Jobs go out through the broker once it runs.
-func (a *App) startOTA(context.Context) error {
+// serves them. Jobs go out through the broker once it runs. On an
+// external bus, which the nodes of a deployment share, artifacts also
+// travel through the bus's object store (bucket garrison-artifacts), so a
+// device downloads from any node; the embedded bus serves one node,
+// whose artifacts directory is enough.
+func (a *App) startOTA(ctx context.Context) error {
+	var shared ota.Shared
+	if a.cfg.Bus.URL != "" {
+		objs, err := a.bus.Objects(ctx, bus.ArtifactsBucket)
+		if err != nil {
+			return err
+		}
+		shared = objs
+	}
 	cat, err := ota.New(ota.Options{Store: a.store, Clock: a.clk, Logger: a.log.With("component", "ota"),
-		DataDir: a.data, MaxArtifactSize: a.cfg.OTA.MaxArtifactBytes, Observer: a.firmwareView()})
+		DataDir: a.data, MaxArtifactSize: a.cfg.OTA.MaxArtifactBytes, Observer: a.firmwareView(), Shared: shared})
 	if err != nil {
 		return err
 	}
@@ -41,6 +53,19 @@ func (a *App) startOTA(context.Context) error {
 		return err
 	}
 	a.otaCatalog, a.otaEngine = cat, eng
+	if shared != nil {
+		// Artifacts this node stored before they were shared.
+		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		a.onStop("firmware artifacts sharing", func(context.Context) error { cancel(); return nil })
+		a.goroutine("firmware artifacts sharing", func() error {
+			if n, err := cat.ShareStored(sctx); err != nil && sctx.Err() == nil {
+				a.log.Warn("ota: stored artifacts not shared", "err", err)
+			} else if n > 0 {
+				a.log.Info("ota: stored artifacts shared through the bus", "artifacts", n)
+			}
+			return nil
+		})
+	}
 	return nil
 }
 

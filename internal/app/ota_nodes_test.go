@@ -6,8 +6,15 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,9 +23,11 @@ import (
 
 	"github.com/garrisonhq/garrison/firmware"
 	"github.com/garrisonhq/garrison/internal/app"
+	"github.com/garrisonhq/garrison/internal/auth"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/ota"
 	"github.com/garrisonhq/garrison/internal/store"
+	"github.com/garrisonhq/garrison/internal/tlsutil"
 )
 
 const campaignLease = "campaigns"
@@ -70,6 +79,12 @@ func otaFleet(t *testing.T, ctx context.Context, node *app.App, tenant event.Ten
 // and adds a signed 1.2.0 release for m1; it returns the digest.
 func otaRelease(t *testing.T, ctx context.Context, node *app.App, tenant event.TenantID) string {
 	t.Helper()
+	return otaReleaseOf(t, ctx, node, tenant, []byte("garrison firmware 1.2.0 for several nodes"))
+}
+
+// otaReleaseOf is otaRelease with the artifact art.
+func otaReleaseOf(t *testing.T, ctx context.Context, node *app.App, tenant event.TenantID, art []byte) string {
+	t.Helper()
 	now := time.Now().UTC()
 	_, root, _ := ed25519.GenerateKey(rand.Reader)
 	_, rel, _ := ed25519.GenerateKey(rand.Reader)
@@ -79,7 +94,6 @@ func otaRelease(t *testing.T, ctx context.Context, node *app.App, tenant event.T
 	require.NoError(t, err)
 	_, err = node.Firmware().SetKeys(ctx, tenant, "test", keys)
 	require.NoError(t, err)
-	art := []byte("garrison firmware 1.2.0 for several nodes")
 	sum := sha256.Sum256(art)
 	digest := hex.EncodeToString(sum[:])
 	m := &firmware.Manifest{Signed: firmware.Release{Expires: now.Add(24 * time.Hour), MinVersion: "1.0.0", Models: []string{"m1"},
@@ -323,4 +337,90 @@ func TestJobResentAcrossNodes(t *testing.T) {
 		require.NoError(t, other.Store().View(ctx, func(tx store.Tx) (err error) { cp, err = tx.Campaigns().Get(ctx, tenant, c.ID); return err }))
 		return cp.State == store.CampaignCompleted
 	}, 30*time.Second, 50*time.Millisecond)
+}
+
+// TestArtifactAcrossNodes: two nodes on PostgreSQL and external NATS, each
+// with its own data directory. A release uploaded through node A's API
+// reaches the bus's object store; a device with its certificate
+// downloads the artifact from node B, whole and by ranges, and gets the
+// exact bytes, which node B then keeps in its own artifacts directory.
+func TestArtifactAcrossNodes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	nodeA, nodeB := twoNodes(t, ctx, false)
+
+	const tenant = event.TenantID("acme")
+	devs := otaFleet(t, ctx, nodeA, tenant, 1)
+	art := make([]byte, 1<<20+123) // several object store chunks
+	_, err := rand.Read(art)
+	require.NoError(t, err)
+	digest := otaReleaseUploaded(t, ctx, nodeA, tenant, art)
+	_, err = os.Stat(filepath.Join(nodeA.DataDir(), "artifacts", "sha256", digest[:2], digest))
+	require.NoError(t, err, "node A stored the upload")
+	kept := filepath.Join(nodeB.DataDir(), "artifacts", "sha256", digest[:2], digest)
+	_, err = os.Stat(kept)
+	require.ErrorIs(t, err, fs.ErrNotExist, "node B never saw the upload")
+
+	pool, err := tlsutil.Pool(filepath.Join(nodeB.DataDir(), "tls", tlsutil.CertFile))
+	require.NoError(t, err)
+	dev := &otaDevice{https: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		RootCAs: pool, ServerName: "localhost", Certificates: []tls.Certificate{devs[0].cert}}}}}
+	url := "https://" + nodeB.APIAddr().String() + "/api/v1/firmware/artifacts/" + digest
+	got, err := dev.download(url, int64(len(art)))
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(art, got), "ranges from node B are the uploaded bytes")
+	resp, err := dev.https.Get(url)
+	require.NoError(t, err)
+	full, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, 200, resp.StatusCode, "%s", full)
+	require.True(t, bytes.Equal(art, full), "whole download from node B is the uploaded bytes")
+	onDisk, err := os.ReadFile(kept)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(art, onDisk), "node B keeps the artifact")
+}
+
+// otaReleaseUploaded trusts keys through node and uploads a signed 1.2.0
+// release of art for m1 through node's API (as garrison firmware upload
+// does); it returns the digest.
+func otaReleaseUploaded(t *testing.T, ctx context.Context, node *app.App, tenant event.TenantID, art []byte) string {
+	t.Helper()
+	now := time.Now().UTC()
+	_, root, _ := ed25519.GenerateKey(rand.Reader)
+	_, rel, _ := ed25519.GenerateKey(rand.Reader)
+	require.NoError(t, node.Firmware().SetRoot(ctx, tenant, "test", root.Public().(ed25519.PublicKey)))
+	keys, err := firmware.SignKeys(firmware.KeySet{Expires: now.Add(24 * time.Hour), Version: 1,
+		Keys: []firmware.TrustedKey{firmware.NewTrustedKey(rel.Public().(ed25519.PublicKey), now.Add(24*time.Hour))}}, root)
+	require.NoError(t, err)
+	_, err = node.Firmware().SetKeys(ctx, tenant, "test", keys)
+	require.NoError(t, err)
+	sum := sha256.Sum256(art)
+	digest := hex.EncodeToString(sum[:])
+	m := &firmware.Manifest{Signed: firmware.Release{Expires: now.Add(24 * time.Hour), MinVersion: "1.0.0", Models: []string{"m1"},
+		SHA256: digest, Size: int64(len(art)), Version: "1.2.0"}}
+	require.NoError(t, m.Sign(rel))
+	mb, err := m.Marshal()
+	require.NoError(t, err)
+	sec, err := auth.NewSecret(nil)
+	require.NoError(t, err)
+	require.NoError(t, node.Store().Update(ctx, func(tx store.Tx) error {
+		op := store.Operator{ID: "op-firmware", Tenant: tenant, Name: "firmware", Role: store.RoleAdmin, CreatedAt: now}
+		if err := tx.Operators().Create(ctx, op); err != nil {
+			return err
+		}
+		return tx.Tokens().Create(ctx, store.Token{ID: sec.ID, Tenant: tenant, Operator: op.ID, Role: op.Role,
+			Name: "firmware", Hash: sec.Hash, CreatedAt: now, ExpiresAt: now.Add(time.Hour)})
+	}))
+	req, err := http.NewRequestWithContext(ctx, "POST", "https://"+node.APIAddr().String()+"/api/v1/tenants/"+string(tenant)+"/firmware/releases",
+		io.MultiReader(bytes.NewReader(mb), strings.NewReader("\n"), bytes.NewReader(art)))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+sec.Plaintext)
+	req.Header.Set("Content-Type", "application/vnd.garrison.release")
+	resp, err := client(t, node).Do(req)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, 201, resp.StatusCode, "upload: %s", body)
+	return digest
 }

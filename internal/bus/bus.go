@@ -762,14 +762,18 @@ func (b *Bus) StreamInfo(ctx context.Context, st Stream) (*jetstream.StreamInfo,
 	return s.Info(ctx)
 }
 
-// DeleteStreams removes both streams and their data. It exists for tests
-// against a shared external server and for a factory reset.
+// DeleteStreams removes the streams and the ArtifactsBucket object store,
+// with their data. It exists for tests against a shared external server
+// and for a factory reset.
 func (b *Bus) DeleteStreams(ctx context.Context) error {
 	var errs []error
 	for _, st := range []Stream{Events, Security, Data} {
 		if err := b.js(st).DeleteStream(ctx, b.StreamName(st)); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			errs = append(errs, fmt.Errorf("bus: delete stream %s: %w", b.StreamName(st), err))
 		}
+	}
+	if err := b.evJS.DeleteObjectStore(ctx, b.opts.StreamPrefix+ArtifactsBucket); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+		errs = append(errs, fmt.Errorf("bus: delete object store %s: %w", b.opts.StreamPrefix+ArtifactsBucket, err))
 	}
 	return errors.Join(errs...)
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"github.com/garrisonhq/garrison/firmware"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
@@ -60,7 +61,34 @@ type Options struct {
 	// version set, after the change is committed (serve's detection keeps
 	// its view of the catalog with it).
 	Observer Observer
+	// Shared, optional, is storage every node of the deployment reaches
+	// (the bus's object store). AddRelease puts each verified artifact
+	// there before it records the release; a node asked for an artifact
+	// it does not hold fetches it from there, checks its size and SHA-256
+	// against the release and keeps it in DataDir.
+	Shared Shared
 }
+
+// Shared is artifact storage common to the nodes of a deployment, keyed
+// by the artifact's hex SHA-256. *bus.Objects implements it.
+type Shared interface {
+	// Put stores r under name, replacing an object of that name.
+	Put(ctx context.Context, name string, r io.Reader) error
+	// Open streams the object; a missing one is an error wrapping
+	// fs.ErrNotExist.
+	Open(ctx context.Context, name string) (io.ReadCloser, error)
+	// Digest returns the SHA-256 and size recorded with the object; a
+	// missing one is an error wrapping fs.ErrNotExist.
+	Digest(ctx context.Context, name string) (sha256 []byte, size int64, err error)
+}
+
+// ErrUnavailable: the artifact of a release is neither in this node's
+// artifacts directory nor, intact, in the shared storage.
+var ErrUnavailable = errors.New("ota: artifact unavailable")
+
+// fetchTimeout bounds one fetch of an artifact from the shared storage
+// (it outlives the request that started it: others may wait on it).
+const fetchTimeout = 30 * time.Minute
 
 // Observer follows catalog changes. Its methods must be quick and must
 // not call back into the Catalog.
@@ -78,10 +106,22 @@ type Catalog struct {
 	dir     string
 	maxSize int64
 	obs     Observer
-	// stripes serialize adds of the same digest within this process, so a
-	// failed add never removes a file a concurrent add of the same content
-	// (another tenant) relies on.
+	shared  Shared
+	// stripes serialize adds and fetches of the same digest within this
+	// process, so a failed add never removes a file a concurrent add of
+	// the same content (another tenant) relies on.
 	stripes [64]sync.Mutex
+	// fetching holds the fetch in progress of each digest from the
+	// shared storage: a second download of the same missing artifact
+	// waits for the first fetch instead of starting its own.
+	fetchMu  sync.Mutex
+	fetching map[string]*fetchCall
+}
+
+type fetchCall struct {
+	done    chan struct{}
+	err     error
+	waiters int // requests waiting on it (tests observe it)
 }
 
 // New validates o and returns a Catalog. It creates the artifact
@@ -101,7 +141,8 @@ func New(o Options) (*Catalog, error) {
 			return nil, fmt.Errorf("ota: %w", err)
 		}
 	}
-	return &Catalog{st: o.Store, clk: o.Clock, log: o.Logger, dir: o.DataDir, maxSize: o.MaxArtifactSize, obs: o.Observer}, nil
+	return &Catalog{st: o.Store, clk: o.Clock, log: o.Logger, dir: o.DataDir, maxSize: o.MaxArtifactSize, obs: o.Observer,
+		shared: o.Shared, fetching: map[string]*fetchCall{}}, nil
 }
 
 type rootRecord struct {
@@ -288,6 +329,12 @@ func (c *Catalog) AddRelease(ctx context.Context, tenant event.TenantID, actor s
 	defer mu.Unlock()
 	final, created, err := c.storeArtifact(ctx, m.Signed.SHA256, m.Signed.Size, artifact)
 	if err != nil {
+		return Entry{}, fmt.Errorf("ota add release: %w", err)
+	}
+	if err := c.share(ctx, m.Signed.SHA256, m.Signed.Size, final); err != nil {
+		if created {
+			_ = os.Remove(final)
+		}
 		return Entry{}, fmt.Errorf("ota add release: %w", err)
 	}
 	var e Entry
@@ -676,7 +723,7 @@ func (c *Catalog) Handler(tenant func(*http.Request) (event.TenantID, bool)) htt
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
 		}
-		f, err := os.Open(c.ArtifactPath(digest))
+		f, err := c.OpenArtifact(r.Context(), e)
 		if err != nil {
 			c.log.ErrorContext(r.Context(), "ota artifact missing", "tenant", t, "sha256", digest, "err", err)
 			http.Error(w, "artifact unavailable", http.StatusInternalServerError)
@@ -688,4 +735,165 @@ func (c *Catalog) Handler(tenant func(*http.Request) (event.TenantID, bool)) htt
 		w.Header().Set("Cache-Control", "private, max-age=31536000, immutable")
 		http.ServeContent(w, r, "", e.AddedAt, f)
 	})
+}
+
+// share puts the verified artifact at path into the shared storage,
+// unless an object with its SHA-256 and size is there already.
+func (c *Catalog) share(ctx context.Context, digest string, size int64, path string) error {
+	if c.shared == nil {
+		return nil
+	}
+	want, _ := hex.DecodeString(digest)
+	if sum, n, err := c.shared.Digest(ctx, digest); err == nil && n == size && bytes.Equal(sum, want) {
+		return nil
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("artifact not shared with the other nodes: %w", err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := c.shared.Put(ctx, digest, f); err != nil {
+		return fmt.Errorf("artifact not shared with the other nodes: %w", err)
+	}
+	c.log.InfoContext(ctx, "ota artifact shared", "sha256", digest, "size", size)
+	return nil
+}
+
+// OpenArtifact opens the artifact of release e from this node's artifacts
+// directory. When the file is missing and the catalog has shared storage,
+// it first fetches the artifact from there (one fetch per digest at a
+// time; concurrent callers wait for it), checks its size and SHA-256
+// against e and moves it into place; an object that is missing or does
+// not match stores nothing and gives an error wrapping ErrUnavailable.
+func (c *Catalog) OpenArtifact(ctx context.Context, e Entry) (*os.File, error) {
+	path := c.ArtifactPath(e.Digest)
+	f, err := os.Open(path)
+	if err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return f, err
+	}
+	if c.shared == nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if err := c.fetch(ctx, e.Digest, e.Size); err != nil {
+		return nil, err
+	}
+	return os.Open(path)
+}
+
+// fetch brings the artifact into the artifacts directory from the shared
+// storage, or waits for the fetch of the same digest in progress.
+func (c *Catalog) fetch(ctx context.Context, digest string, size int64) error {
+	c.fetchMu.Lock()
+	call, running := c.fetching[digest]
+	if !running {
+		call = &fetchCall{done: make(chan struct{})}
+		c.fetching[digest] = call
+	}
+	call.waiters++
+	c.fetchMu.Unlock()
+	if running {
+		select {
+		case <-call.done:
+			return call.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	// Not canceled with the request: others may be waiting on it.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+	defer cancel()
+	call.err = c.fetchShared(fctx, digest, size)
+	c.fetchMu.Lock()
+	delete(c.fetching, digest)
+	c.fetchMu.Unlock()
+	close(call.done)
+	return call.err
+}
+
+func (c *Catalog) fetchShared(ctx context.Context, digest string, size int64) error {
+	mu := &c.stripes[digestStripe(digest)]
+	mu.Lock()
+	defer mu.Unlock()
+	if _, err := os.Stat(c.ArtifactPath(digest)); err == nil {
+		return nil // added meanwhile
+	}
+	r, err := c.shared.Open(ctx, digest)
+	if err != nil {
+		return fmt.Errorf("%w: %s from the shared storage: %w", ErrUnavailable, digest, err)
+	}
+	defer r.Close()
+	if _, _, err := c.storeArtifact(ctx, digest, size, r); err != nil {
+		c.log.ErrorContext(ctx, "ota artifact refused from the shared storage", "sha256", digest, "size", size, "err", err)
+		return fmt.Errorf("%w: %s from the shared storage: %w", ErrUnavailable, digest, err)
+	}
+	c.log.InfoContext(ctx, "ota artifact fetched from the shared storage", "sha256", digest, "size", size)
+	return nil
+}
+
+// ShareStored puts into the shared storage every artifact of this node's
+// artifacts directory the storage lacks (artifacts stored before the
+// deployment shared them), after checking that each file still hashes to
+// its name; a file that does not is logged and left out. It returns how
+// many artifacts it put.
+func (c *Catalog) ShareStored(ctx context.Context) (int, error) {
+	if c.shared == nil {
+		return 0, nil
+	}
+	dirs, err := os.ReadDir(filepath.Join(c.dir, artifactsSHA256))
+	if err != nil {
+		return 0, fmt.Errorf("ota share stored artifacts: %w", err)
+	}
+	n := 0
+	for _, d := range dirs {
+		files, err := os.ReadDir(filepath.Join(c.dir, artifactsSHA256, d.Name()))
+		if err != nil {
+			continue
+		}
+		for _, f := range files {
+			digest := f.Name()
+			if !firmware.IsHex(digest, sha256.Size) || digest[:2] != d.Name() {
+				continue
+			}
+			put, err := c.shareStored(ctx, digest)
+			if err != nil {
+				if ctx.Err() != nil {
+					return n, ctx.Err()
+				}
+				c.log.WarnContext(ctx, "ota stored artifact not shared", "sha256", digest, "err", err)
+				continue
+			}
+			if put {
+				n++
+			}
+		}
+	}
+	return n, nil
+}
+
+func (c *Catalog) shareStored(ctx context.Context, digest string) (bool, error) {
+	mu := &c.stripes[digestStripe(digest)]
+	mu.Lock()
+	defer mu.Unlock()
+	path := c.ArtifactPath(digest)
+	if _, _, err := c.shared.Digest(ctx, digest); err == nil {
+		return false, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return false, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	h := sha256.New()
+	size, err := io.Copy(h, ctxReader{ctx, f})
+	f.Close()
+	if err != nil {
+		return false, err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != digest {
+		return false, fmt.Errorf("%w: stored file hashes to %s", firmware.ErrDigest, got)
+	}
+	return true, c.share(ctx, digest, size, path)
 }
