@@ -76,7 +76,7 @@ type connFixture struct {
 	pool *x509.CertPool // the tenant's trust anchors
 }
 
-func newConnFixture(b *testing.B) *connFixture {
+func newConnFixture(b testing.TB, n int) *connFixture {
 	b.Helper()
 	ctx := context.Background()
 	f := &connFixture{srv: newTestPKI(b, "server-ca")}
@@ -94,7 +94,7 @@ func newConnFixture(b *testing.B) *connFixture {
 		b.Fatal(err)
 	}
 	var chainPEM []byte
-	for i := range connDevices {
+	for i := range n {
 		d := event.DeviceID(fmt.Sprintf("dev-%04d", i))
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
@@ -145,7 +145,7 @@ func newConnFixture(b *testing.B) *connFixture {
 // resumed-% says how many did resume. Run with -benchtime 3000x; profile
 // the server with -cpuprofile.
 func BenchmarkConnectServer(b *testing.B) {
-	f := newConnFixture(b)
+	f := newConnFixture(b, connDevices)
 	b.Run("crypto-bound", func(b *testing.B) { cryptoBound(b, f.tcs[0], f.pool, false) })
 	b.Run("handshake-crypto", func(b *testing.B) { cryptoBound(b, f.tcs[0], f.pool, true) })
 	for _, target := range []string{"garrison", "mosquitto"} {
@@ -231,7 +231,7 @@ func selfCPU(b *testing.B) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func (f *connFixture) startGarrison(b *testing.B) *benchTarget {
+func (f *connFixture) startGarrison(b testing.TB) *benchTarget {
 	b.Helper()
 	_, _, serverCert, _ := f.srv.issue(b, "", "", time.Now().Add(time.Hour))
 	st := &memStates{m: map[event.DeviceID]store.DeviceState{}}
@@ -395,26 +395,28 @@ func TestConnectLoadChild(t *testing.T) {
 
 // loadConnect is the lightest possible device: TLS, an MQTT 3.1.1
 // CONNECT, the CONNACK, a DISCONNECT. It tells whether the TLS session
-// was resumed.
+// was resumed, also when the broker refused the connection after the
+// handshake.
 func loadConnect(addr string, conf *tls.Config, id event.DeviceID) (bool, error) {
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, conf)
 	if err != nil {
 		return false, err
 	}
 	defer c.Close()
+	resumed := c.ConnectionState().DidResume
 	body := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60, byte(len(id) >> 8), byte(len(id))}, id...)
 	pkt := append([]byte{0x10, byte(len(body))}, body...) // len(body) < 128
 	if _, err := c.Write(pkt); err != nil {
-		return false, err
+		return resumed, err
 	}
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	ack := make([]byte, 4)
 	if _, err := io.ReadFull(c, ack); err != nil {
-		return false, fmt.Errorf("connack: %w", err)
+		return resumed, fmt.Errorf("connack: %w", err)
 	}
 	if ack[0] != 0x20 || ack[3] != 0 {
-		return false, fmt.Errorf("connack % x", ack)
+		return resumed, fmt.Errorf("connack % x", ack)
 	}
 	_, err = c.Write([]byte{0xe0, 0})
-	return c.ConnectionState().DidResume, err
+	return resumed, err
 }
