@@ -538,3 +538,41 @@ func TestConnectRateIsNotGuessing(t *testing.T) {
 		}
 	}
 }
+
+// TestPortOpenedAfterUpdate: a signed update that starts a new service
+// (port 8443 in every device's first report after it) is learned on every
+// device, but a port one device opens hours after its update, while
+// destinations are still being re-learned, is judged and fires.
+func TestPortOpenedAfterUpdate(t *testing.T) {
+	w := newWorld()
+	f := gws
+	f.n = 20
+	w.addFleet(93, f, 60*time.Hour)
+	w.campaign(6, f, "3.1.0", 30*time.Hour, 2*time.Hour)
+	for j := range w.evs {
+		e := &w.evs[j]
+		if e.Kind == event.DeviceMetrics && e.Attrs["fw_version"] == "3.1.0" {
+			a := map[string]any{}
+			for k, v := range e.Attrs {
+				a[k] = v
+			}
+			a["listening_ports"] = []any{22.0, 8443.0}
+			e.Attrs = a
+		}
+	}
+	id := devID(f, 9)
+	at := t0.Add(34*time.Hour + 30*time.Minute) // after its update (by 32h) and its first report since (by 33h)
+	w.add(event.Event{Device: id, Kind: event.DeviceMetrics, Time: at, Source: "agent",
+		Attrs: map[string]any{"listening_ports": []any{22.0, 8443.0, 4444.0}, "fw_version": "3.1.0", "fw_digest": digestOf(f.model, "3.1.0")}})
+	sink := &recSink{}
+	run(t, w.engine(sink, Settings{}), w.sorted())
+	got := sink.firsts()
+	if _, ok := got[pair{id, alert.UnexpectedListener}]; !ok {
+		t.Errorf("port 4444 opened after the update raised nothing")
+	}
+	for k, a := range got {
+		if k.d != id {
+			t.Errorf("false %s on %s: %s", k.k, k.d, a.Evidence.Summary)
+		}
+	}
+}

@@ -26,8 +26,12 @@ func firmwareOf(ev *event.Event) (version, digest string) {
 
 // FirmwareSettings tunes firmware.unapproved and firmware.rollback.
 type FirmwareSettings struct {
-	// Relearn: after a signed, non-rollback firmware change, listeners and
-	// destinations are re-learned for this long (an update may add them).
+	// Relearn: after a signed, non-rollback firmware change, destinations
+	// are re-learned for this long (an update may add them). Listeners are
+	// re-learned from the device's first metrics report after the change
+	// (the services the new firmware starts); a port first seen later in
+	// this time is judged, and is the cohort's (learned) once enough of
+	// the cohort reported it after the update.
 	Relearn Duration `json:"relearn"`
 }
 
@@ -55,6 +59,7 @@ var firmwareUnapprovedDetector = &Detector{
 			min := c.e.opt.Catalog.MinVersion(c.key.t, c.prof.Model)
 			if min == "" || CompareVersions(signed, min) >= 0 {
 				c.st.Net.Relearn = c.now + secs(s.Relearn)
+				c.st.Net.PortsOpen = true
 			}
 		}
 		f.Digest = h
@@ -119,7 +124,15 @@ var listenerDetector = &Detector{
 			return
 		}
 		f := &c.st.Fw
-		learning := !c.st.warm(c.now, s.Warmup) || c.now < c.st.Net.Relearn
+		n := &c.st.Net
+		warm := c.st.warm(c.now, s.Warmup)
+		// after a signed update, the first metrics report lists what the
+		// new firmware listens on; a port opened later is judged
+		learning := !warm || (c.now < n.Relearn && n.PortsOpen)
+		if warm {
+			n.PortsOpen = false
+		}
+		relearn := c.now < n.Relearn
 		co := c.e.cohort(c.key.t, c.group())
 		for _, ps := range c.ev.Strings("listening_ports") {
 			var p int
@@ -138,7 +151,16 @@ var listenerDetector = &Detector{
 				}
 				continue
 			}
+			if relearn && !slices.Contains(f.Told, port) {
+				// a port the update starts late is reported by much of
+				// the cohort after it: count it, so that it becomes the
+				// cohort's instead of firing on every device
+				co.learnPort(port)
+			}
 			if co.commonPort(port, s.CommonMin, s.CommonShare) {
+				if relearn && len(f.Ports) < s.MaxLearned {
+					f.Ports = slices.Insert(f.Ports, i, port)
+				}
 				continue
 			}
 			j, told := slices.BinarySearch(f.Told, port)

@@ -56,7 +56,10 @@ type netState struct {
 	Scan    *fanWin // distinct (host, port) outside telnet ports
 	Tel     *fanWin // distinct hosts on 23/2323
 	MaxFan  uint16  // largest scan estimate seen during warm-up
-	Relearn int64   // unix s: learn destinations and listeners until then (after a signed update)
+	Relearn int64   // unix s: learn destinations until then (after a signed update)
+	// PortsOpen: a signed update happened and the device has not sent a
+	// metrics report since; that report's listeners are learned
+	PortsOpen bool
 }
 
 func isTelnet(port int64) bool { return port == 23 || port == 2323 }

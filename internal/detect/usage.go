@@ -53,10 +53,15 @@ type usageState struct {
 	Fired   int64    // unix s of the last usage alert
 	Pend    [2]int64 // unix s a (volume, messages) spike was first seen, awaiting confirmation
 	Outage  int64    // unix s of the end of the last silence (>= 3 cadences and 10 min)
+	// CatchN counts the publishes since Outage; CatchMax is how many a
+	// catch-up of that silence may hold (see catchBudget). Past it, what
+	// follows the silence is no longer a catch-up.
+	CatchN, CatchMax uint32
 	// Per-message size: EW mean and variance of ln(bytes), so that one
 	// large message is judged against the sizes this device sends.
 	LogL, LogV float32
 	LogN       uint16
+	LastZ      float32 // the previous publish's size z-score (NaN while unlearned)
 	// Fast counts publishes over the last 10 minutes (one-minute buckets),
 	// whatever the windows: a flood is seen in minutes even when it starts
 	// inside a long recent window opened at a slow (night) cadence.
@@ -70,6 +75,7 @@ type usageObs struct {
 	open      *usageWin // the recent window
 	anomalous bool      // a detector fired on the closed window: do not learn it
 	msgZ      float64   // z-score of this message's ln(bytes), NaN while unlearned
+	prevZ     float64   // the previous publish's
 	fastN     int       // publishes in the last 10 minutes
 }
 
@@ -93,13 +99,17 @@ func (u *usageState) observe(now int64, bytes float64) usageObs {
 		}
 	}
 	if u.Cad > 0 && gap >= max(600, int64(3*u.Cad)) {
-		u.Outage = now // a catch-up burst may follow, spread over minutes
+		// a catch-up burst may follow, spread over minutes
+		u.Outage, u.CatchN, u.CatchMax = now, 0, u.catchBudget(now-gap, now)
+	}
+	if u.Outage != 0 && u.CatchN < math.MaxUint32 {
+		u.CatchN++
 	}
 	// a window is held open through a burst (gaps under burstGap) only
 	// while a catch-up after a silence may be under way; a burst at any
 	// other time is the device's own doing (a flood) and must not be
 	// diluted by the quiet part of a window that keeps growing
-	catchUp := u.Outage != 0 && now-u.Outage <= 1800
+	catchUp := u.catchingUp(now)
 	if w := &u.Win; w.First != 0 {
 		span := now - w.First
 		if span >= int64(w.W) && (gap >= burstGap || span >= 2*int64(w.W) || !catchUp) {
@@ -348,7 +358,7 @@ type UsageSettings struct {
 }
 
 func defaultUsage() any {
-	return &UsageSettings{Warmup: Duration(24 * time.Hour), MinRatio: 3, EarlyRatio: 6, Z: 5, FloorFrac: 0.2, MinCV: 0.25, CohortMin: 5, PerMessageRatio: 2, ImmediateRatio: 8, Confirm: Duration(15 * time.Minute), CohortShare: 0.1, SingleZ: 5}
+	return &UsageSettings{Warmup: Duration(24 * time.Hour), MinRatio: 3, EarlyRatio: 6, Z: 5, FloorFrac: 0.05, MinCV: 0.25, CohortMin: 5, PerMessageRatio: 2, ImmediateRatio: 8, Confirm: Duration(15 * time.Minute), CohortShare: 0.1, SingleZ: 5}
 }
 
 var dataSpikeDetector = &Detector{
@@ -392,8 +402,13 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 		if early && int(w.Count) < recentMin(w.W, u.Cad) {
 			return false // a fast device's recent window must hold several messages first
 		}
-		if early && w.Count == 1 && (msgs || !(o.msgZ >= s.SingleZ)) {
-			return false // one message is no rate; see SingleZ
+		confirming := u.Pend[0] != 0 && c.now-u.Pend[0] <= u.pendHorizon()
+		if early && w.Count == 1 && (msgs || !(o.msgZ >= s.SingleZ || confirming)) {
+			// one message is no rate; see SingleZ. While a volume spike
+			// awaits confirmation, though, the next message continuing it
+			// is what confirms it: a device reporting every 15 minutes
+			// often has a single message in its recent window then
+			return false
 		}
 		m := 0
 		if msgs {
@@ -405,6 +420,15 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 			ratioMin = math.Min(ratioMin, s.MinRatio)
 		}
 		v := float64(w.Bytes)
+		if !msgs && early && w.Count > 1 {
+			// two or more messages must be large together, which noise
+			// rarely makes: such a window starts a spike (still to be
+			// confirmed) half-way between MinRatio and EarlyRatio. This
+			// holds whether its largest message is trimmed below or kept
+			// because it is beyond SingleZ by its own size (more
+			// evidence, not less)
+			ratioMin = math.Min(ratioMin, (s.MinRatio+s.EarlyRatio)/2)
+		}
 		if msgs {
 			v = float64(w.Count)
 		} else if early && w.Count > 1 && !(u.zOf(float64(w.Max)) >= s.SingleZ) {
@@ -416,10 +440,6 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 			// a finding by itself
 			rest := float64(w.Bytes) - float64(w.Max)
 			v = rest * float64(w.Count) / float64(w.Count-1)
-			// two or more messages must then be large together, which
-			// noise rarely makes: a trimmed window starts a spike (still
-			// to be confirmed) half-way between MinRatio and EarlyRatio
-			ratioMin = math.Min(ratioMin, (s.MinRatio+s.EarlyRatio)/2)
 		}
 		r := v / float64(cov) * 3600
 		b := bucketOf(at)
@@ -446,14 +466,28 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 			return false
 		}
 		adj = ratio * mean
-		if !learned || adj < s.ImmediateRatio*mean {
+		// one message is one observation, however large: it fires at once
+		// only on a device too slow for a second one to confirm it in
+		// time (a cadence of Confirm or more). A faster device's next
+		// messages confirm an exfiltration, which rides on all of them,
+		// and not a lone large payload, which a fleet of thousands of
+		// devices sends somewhere every day
+		single := early && w.Count == 1 && float64(u.Cad) < float64(secs(s.Confirm))
+		// two messages in a row each beyond SingleZ by its own size are
+		// two independent findings (noise makes such a pair about once in
+		// 10^13 messages): with the rate above the bar over a learned
+		// hour, that is the confirmation, without waiting for more. A
+		// device that reports every 15 minutes at night otherwise needs
+		// half an hour to confirm what its first two messages showed
+		sizeRun := !msgs && learned && o.msgZ >= s.SingleZ && o.prevZ >= s.SingleZ && !cohort.fleetWide(m, c.now, s.CohortShare)
+		if !sizeRun && (!learned || single || adj < s.ImmediateRatio*mean) {
 			p := &u.Pend[m]
 			if *p == 0 || c.now-*p > u.pendHorizon() {
 				*p = c.now
 				cohort.pending(m, c.now)
 				return false
 			}
-			if c.now-*p < secs(s.Confirm) {
+			if c.now-*p < u.confirmAfter(secs(s.Confirm)) {
 				return false
 			}
 			if cohort.fleetWide(m, c.now, s.CohortShare) {
@@ -473,10 +507,11 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 	if o.hasClosed && check(&o.closed, s.MinRatio, false) {
 		o.anomalous = true
 	}
-	if o.open != nil && c.now-u.Outage > 1800 {
-		// the short window is skipped for 30 min after a silence: a
-		// catch-up burst spread over minutes is normalised only by the
-		// long window that holds the silence
+	if o.open != nil && !u.catchingUp(c.now) {
+		// the short window is skipped for 30 min after a silence, while
+		// what follows can be its catch-up: a catch-up burst spread over
+		// minutes is normalised only by the long window that holds the
+		// silence
 		early := s.EarlyRatio
 		m := 0
 		if msgs {
@@ -495,9 +530,57 @@ func usageCheck(c *call, det *Detector, s *UsageSettings, msgs bool) {
 }
 
 // fastMin is the least publishes in 10 minutes for the fast count to be
-// judged: below it a ratio says little, and devices that slow are covered
-// by their windows.
-const fastMin = 20
+// judged: below it a ratio says little. Ten publishes (one a minute) is a
+// rate on any device; a flood on a device that usually sends a few an
+// hour (a slow cadence, or the idle hours of a business-hours fleet) is
+// seen there in minutes, where its long recent window dilutes it.
+const fastMin = 10
+
+// confirmAfter is how long a pending spike must wait before it is
+// confirmed: confirm, less a tenth of the device's cadence (at most of
+// confirm). A device reporting every 15 minutes with a little jitter
+// otherwise confirms a 15-minute wait only at its second report, 30
+// minutes after the first.
+func (u *usageState) confirmAfter(confirm int64) int64 {
+	return confirm - min(int64(u.Cad), confirm)/10
+}
+
+// catchingUp reports whether a publish at now may belong to the catch-up
+// of the last silence: within 30 min of its end, and no more publishes
+// since than the silence can account for. A device that slows down at
+// night (a minute cadence becoming a quarter-hourly one) ends such a
+// "silence" at each report until its learned cadence follows; a flood
+// starting then is not a catch-up once it outgrows what the silence held.
+func (u *usageState) catchingUp(now int64) bool {
+	return u.Outage != 0 && now-u.Outage <= 1800 && u.CatchN <= u.CatchMax
+}
+
+// catchBudget is how many publishes a catch-up of the silence [from, to]
+// may hold: twice what the device sends in that time (at its learned
+// cadence, or at its learned message rate of those hours, the larger; an
+// hour not learned counts at the device's busiest), plus three.
+func (u *usageState) catchBudget(from, to int64) uint32 {
+	n := float64(to-from) / math.Max(float64(u.Cad), 1)
+	peak := 0.0
+	for i := range u.M.Mean {
+		if u.M.N[i] > 0 {
+			peak = math.Max(peak, float64(u.M.Mean[i]))
+		}
+	}
+	e := 0.0
+	if to-from > 48*3600 {
+		e = peak * float64(to-from) / 3600
+	} else {
+		for t := from; t < to; t += 3600 {
+			r := peak
+			if b := bucketOf(t); u.M.N[b] > 0 {
+				r = float64(u.M.Mean[b])
+			}
+			e += r * float64(min(3600, to-t)) / 3600
+		}
+	}
+	return uint32(math.Min(2*math.Max(n, e)+3, 1e6))
+}
 
 // pendHorizon is how long a spike awaits confirmation: two long windows,
 // at least 2h.
@@ -511,6 +594,8 @@ func usagePrepare(c *call) {
 	b, _ := c.ev.Float("bytes")
 	c.useObs = c.st.Use.observe(c.now, math.Max(0, b))
 	c.useObs.msgZ = c.st.Use.sizeZ(b)
+	c.useObs.prevZ = float64(c.st.Use.LastZ)
+	c.st.Use.LastZ = float32(c.useObs.msgZ)
 	c.useObs.fastN = c.st.Use.Fast.add(c.now, 60)
 	c.use = &c.useObs
 }

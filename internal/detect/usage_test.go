@@ -139,3 +139,83 @@ func TestListenerAlertsOncePerPort(t *testing.T) {
 		t.Errorf("%d listener alerts, want 2 (port 23, then port 2323)", len(ids))
 	}
 }
+
+// TestLoneLargeMessageWaitsForConfirmation: on devices reporting every 5
+// minutes, one message ten times the mean (beyond single_z by its own
+// size, and 10x the hour's rate when it is alone in its recent window) is
+// one observation: it starts a spike that the next messages do not
+// confirm, so nothing fires. The same size on every message for an hour
+// (an exfiltration) is confirmed and fires within 30 min. Six devices take
+// the message at six phases of their recent windows.
+func TestLoneLargeMessageWaitsForConfirmation(t *testing.T) {
+	f := meters
+	f.name, f.n, f.cadence, f.pattern, f.outagesPerDay, f.cv = "cam", 12, 5*time.Minute, "flat", 0, 0.3
+	for _, exfil := range []bool{false, true} {
+		w := newWorld()
+		w.addFleet(91, f, 60*time.Hour)
+		first := map[event.DeviceID]time.Time{}
+		for d := range 6 {
+			id := devID(f, d)
+			at := t0.Add(50*time.Hour + time.Duration(d)*5*time.Minute)
+			for j := range w.evs {
+				e := &w.evs[j]
+				if e.Device != id || e.Kind != event.MQTTPublish || e.Time.Before(at) || (exfil && e.Time.After(at.Add(time.Hour))) {
+					continue
+				}
+				e.Attrs = map[string]any{"topic_class": "telemetry", "bytes": 10 * f.bytes, "qos": 1.0}
+				if _, ok := first[id]; !ok {
+					first[id] = e.Time
+				}
+				if !exfil {
+					break
+				}
+			}
+		}
+		sink := &recSink{}
+		run(t, w.engine(sink, Settings{}), w.sorted())
+		for id, at := range first {
+			a, ok := sink.firsts()[pair{id, alert.DataSpike}]
+			switch {
+			case !exfil && ok:
+				t.Errorf("one large message raised %s on %s: %s", alert.DataSpike, id, a.Evidence.Summary)
+			case exfil && !ok:
+				t.Errorf("an hour of 10x messages raised no %s on %s", alert.DataSpike, id)
+			case exfil && a.FirstSeen.Sub(at) > 30*time.Minute:
+				t.Errorf("exfiltration raised on %s after %s", id, a.FirstSeen.Sub(at))
+			}
+		}
+	}
+}
+
+// TestFloodOnSlowDevice: devices reporting every 15 minutes start
+// publishing every 45 s (x20), each at another phase of its 45-minute
+// recent window, which dilutes the flood when it started long before; the
+// count of the last 10 minutes sees every flood within 10.
+func TestFloodOnSlowDevice(t *testing.T) {
+	f := meters
+	f.n, f.outagesPerDay = 30, 0
+	w := newWorld()
+	w.addFleet(92, f, 60*time.Hour)
+	starts := map[event.DeviceID]time.Time{}
+	for d := range 6 {
+		id := devID(f, 4*d)
+		at := t0.Add(50*time.Hour + time.Duration(d)*8*time.Minute)
+		starts[id] = at
+		for k := range 40 {
+			w.add(event.Event{Device: id, Kind: event.MQTTPublish, Time: at.Add(time.Duration(k) * 45 * time.Second), Source: "broker",
+				Attrs: map[string]any{"topic_class": "telemetry", "bytes": f.bytes, "qos": 1.0}})
+		}
+	}
+	sink := &recSink{}
+	run(t, w.engine(sink, Settings{}), w.sorted())
+	for id, at := range starts {
+		a, ok := sink.firsts()[pair{id, alert.MessageRateSpike}]
+		if !ok {
+			t.Errorf("no %s on %s", alert.MessageRateSpike, id)
+			continue
+		}
+		if lag := a.FirstSeen.Sub(at); lag > 10*time.Minute {
+			t.Errorf("raised on %s %s after the flood started: %s", id, lag, a.Evidence.Summary)
+		}
+	}
+}
