@@ -61,6 +61,9 @@ type Identity struct {
 	Serial string // certificate serial, hex
 }
 
+// maxPendingWrites is the outbound queue of a session, see New.
+const maxPendingWrites = 32
+
 // Errors a [Verifier] returns (wrapped) so refusals carry a reason.
 var (
 	ErrRevoked = errors.New("certificate revoked")
@@ -102,10 +105,16 @@ type Options struct {
 	Logger           *slog.Logger
 	MaxHandshakes    int           // concurrent TLS handshakes, default 4×GOMAXPROCS... 64
 	HandshakeTimeout time.Duration // default 10s
-	MaxPayload       int           // bytes per PUBLISH, default 64 KiB
-	PublishRate      float64       // per device, messages/s, default 20
-	PublishBurst     int           // default 100
-	MaxViolations    int           // limit breaks before disconnect, default 50
+	// WriteTimeout bounds one write to a device: a device that does not
+	// drain its connection for that long is disconnected (default 30s).
+	// Without it, mochi's write under the client's lock would hold every
+	// publisher to that device (commands, jobs) for as long as the device
+	// stays silent.
+	WriteTimeout  time.Duration
+	MaxPayload    int     // bytes per PUBLISH, default 64 KiB
+	PublishRate   float64 // per device, messages/s, default 20
+	PublishBurst  int     // default 100
+	MaxViolations int     // limit breaks before disconnect, default 50
 	// SourceConnectRate limits new connections per source address (an
 	// IPv4 host, an IPv6 /64), on both listeners together, refused before
 	// the TLS handshake: connections/s, default 100; negative: no limit.
@@ -138,6 +147,9 @@ func (o *Options) defaults() error {
 	}
 	if o.HandshakeTimeout <= 0 {
 		o.HandshakeTimeout = 10 * time.Second
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 30 * time.Second
 	}
 	if o.MaxPayload <= 0 {
 		o.MaxPayload = 64 << 10
@@ -185,6 +197,7 @@ type counters struct {
 	refused, denied, dropped, published, violations, kicks atomic.Int64
 	rejected                                               atomic.Int64 // payloads that did not decode
 	sourceConnectsRefused, deviceConnectsRefused           atomic.Int64 // over a connect rate
+	deliveriesDropped                                      atomic.Int64 // outbound queue full
 }
 
 // Stats is a snapshot of the broker's counters.
@@ -195,7 +208,10 @@ type Stats struct {
 	// Connections refused before the handshake (source over its connect
 	// rate), CONNECTs refused (device over its connect rate; also in Refused).
 	SourceConnectsRefused, DeviceConnectsRefused int64
-	Sessions                                     int
+	// Deliveries to a device dropped on a full outbound queue (its session
+	// is then closed; commands and jobs are sent again on resubscription).
+	DeliveriesDropped int64
+	Sessions          int
 }
 
 // session is what the broker keeps per live device session.
@@ -207,6 +223,7 @@ type session struct {
 	kicked      atomic.Value // string: why the platform closed the session
 	rate        *bucket
 	violations  atomic.Int64
+	dropped     atomic.Int64 // deliveries dropped on a full outbound queue
 	cl          *mqtt.Client
 }
 
@@ -244,7 +261,13 @@ func New(opts Options) (*Broker, error) {
 		devices: newRateTable[string](opts.DeviceConnectRate, opts.DeviceConnectBurst, maxDevices)}
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = uint32(opts.MaxPayload + 1024)
-	caps.MaximumClientWritesPending = 256
+	// Deliveries to a device (commands, firmware jobs) queued per session.
+	// They are rare and the queue drains as fast as TLS writes: it fills
+	// only when a burst outruns the writes or the device stops reading,
+	// and then the session is closed and what was dropped is sent again on
+	// its next subscription (OnPublishDropped). 32 pointers fit a 352-byte allocation where
+	// 256 took 2,304 bytes per idle session (docs/BENCHMARKS.md).
+	caps.MaximumClientWritesPending = maxPendingWrites
 	caps.ReceiveMaximum = 64
 	caps.MaximumInflight = 256
 	caps.MaximumSessionExpiryInterval = 3600
@@ -321,6 +344,14 @@ func (b *Broker) Addr() net.Addr {
 
 // Close disconnects every client and stops the listener.
 func (b *Broker) Close() error {
+	// mochi disconnects each client in turn; one stuck in a write (see
+	// disconnect) would hold up the shutdown.
+	b.mu.Lock()
+	for _, s := range b.sessions {
+		cl := s.cl
+		time.AfterFunc(closeGrace, func() { cl.Stop(packets.ErrServerShuttingDown) })
+	}
+	b.mu.Unlock()
 	err := b.srv.Close()
 	b.ln.wg.Wait()
 	if b.pw != nil {
@@ -352,8 +383,9 @@ func (b *Broker) SetState(t event.TenantID, d event.DeviceID, s store.DeviceStat
 	return b.Kick(t, d, "state "+string(s))
 }
 
-// Kick closes the device's live session now. It returns whether there was
-// one.
+// Kick closes the device's live session: mochi sends a DISCONNECT and the
+// connection is closed, within closeGrace even if the device stopped
+// reading. It returns at once, whether there was a session.
 func (b *Broker) Kick(t event.TenantID, d event.DeviceID, reason string) bool {
 	b.mu.Lock()
 	sess := b.sessions[key(t, d)]
@@ -366,20 +398,60 @@ func (b *Broker) Kick(t event.TenantID, d event.DeviceID, reason string) bool {
 	// the server records its own cause.
 	sess.kicked.Store(reason)
 	b.log.Info("mqtt kick", "tenant", t, "device", d, "reason", reason)
-	_ = b.srv.DisconnectClient(sess.cl, packets.ErrAdministrativeAction)
+	b.disconnect(sess.cl, packets.ErrAdministrativeAction)
 	return true
+}
+
+// closeGrace is how long a DISCONNECT may take to be written before the
+// connection is closed under it.
+const closeGrace = 500 * time.Millisecond
+
+// disconnect tells the client why its session ends (mochi writes a
+// DISCONNECT) and closes it, without making the caller wait: mochi writes
+// under the client's lock, with no deadline when keep-alive is off, so a
+// device that stopped reading would hold a DISCONNECT (and a kick after
+// a revocation) behind its stuck write forever. After closeGrace the
+// connection is closed regardless, which fails the stuck write.
+func (b *Broker) disconnect(cl *mqtt.Client, code packets.Code) {
+	t := time.AfterFunc(closeGrace, func() { cl.Stop(code) })
+	go func() {
+		_ = b.srv.DisconnectClient(cl, code)
+		t.Stop()
+	}()
 }
 
 // Command publishes a command payload to the device's command topic. It
 // reports whether the device has a live session.
+//
+// A command that found the session's outbound queue full was dropped
+// (the session is then closed, see [hook.OnPublishDropped]): it reports
+// false, so that the command stays offline and is sent again on the
+// device's next subscription.
 func (b *Broker) Command(t event.TenantID, d event.DeviceID, payload []byte) (bool, error) {
+	return b.publishTo(t, d, "commands", payload, false)
+}
+
+// publishTo publishes payload at QoS 1 on devices/{d}/<subtopic> and
+// reports whether a live session took it: false when there is none, when
+// the delivery was dropped on its full outbound queue (the publish runs on
+// this goroutine, the drop hook included), or when the session was closed
+// meanwhile (a write timeout). liveOnly publishes nothing without a live
+// session.
+func (b *Broker) publishTo(t event.TenantID, d event.DeviceID, subtopic string, payload []byte, liveOnly bool) (bool, error) {
 	b.mu.Lock()
-	live := b.sessions[key(t, d)] != nil
+	sess := b.sessions[key(t, d)]
 	b.mu.Unlock()
-	if err := b.srv.Publish("devices/"+string(d)+"/commands", payload, false, 1); err != nil {
-		return live, fmt.Errorf("broker: command: %w", err)
+	if sess == nil && liveOnly {
+		return false, nil
 	}
-	return live, nil
+	var dropped int64
+	if sess != nil {
+		dropped = sess.dropped.Load()
+	}
+	if err := b.srv.Publish("devices/"+string(d)+"/"+subtopic, payload, false, 1); err != nil {
+		return sess != nil, fmt.Errorf("broker: publish %s: %w", subtopic, err)
+	}
+	return sess != nil && sess.dropped.Load() == dropped && !sess.cl.Closed() && !writeBroken(sess.cl), nil
 }
 
 // OnCommandsSubscribed calls fn each time a device's subscription to its
@@ -433,7 +505,8 @@ func (b *Broker) Stats() Stats {
 		Published: m.published.Load(), Violations: m.violations.Load(), Kicks: m.kicks.Load(),
 		Rejected:              m.rejected.Load(),
 		SourceConnectsRefused: m.sourceConnectsRefused.Load(), DeviceConnectsRefused: m.deviceConnectsRefused.Load(),
-		Sessions: n,
+		DeliveriesDropped: m.deliveriesDropped.Load(),
+		Sessions:          n,
 	}
 }
 

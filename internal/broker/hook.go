@@ -27,7 +27,7 @@ func (h *hook) ID() string { return "garrison" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablish,
-		mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnSubscribed:
+		mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnSubscribed, mqtt.OnPublishDropped:
 		return true
 	}
 	return false
@@ -172,12 +172,40 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 		reason = "session_taken_over"
 	case errors.As(err, &code) && code == packets.ErrAdministrativeAction:
 		reason = "kicked"
+	case errors.As(err, &code) && code == packets.ErrPendingClientWritesExceeded:
+		reason = "queue_full"
 	case err != nil && errors.As(err, &code):
 		reason = code.Reason
 	case err != nil:
 		reason = "connection_lost"
 	}
 	h.b.emit(s.id, event.MQTTDisconnect, map[string]any{"reason": reason, "remote": s.remote, "session_id": s.sessionID})
+}
+
+// OnPublishDropped: a delivery to a device (a command, a firmware job)
+// found its session's outbound queue full, which happens only when the
+// device stops reading its connection (the queue drains as fast as TLS
+// writes). Nothing is lost silently: the drop is counted on the session
+// (so [Broker.Command] reports the command undelivered and it stays
+// offline) and in the broker's counters, and the session is closed
+// (disconnect reason queue_full). Commands still offline and unanswered
+// jobs are sent again when the device subscribes after reconnecting.
+// Closing the connection (not a DISCONNECT packet, which would wait
+// behind the stuck write) unblocks the write loop at once.
+func (h *hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	if cl.Net.Inline {
+		return
+	}
+	h.b.metrics.deliveriesDropped.Add(1)
+	s := h.sessionOf(cl)
+	if s == nil {
+		return
+	}
+	if s.dropped.Add(1) == 1 {
+		h.b.log.Warn("mqtt outbound queue full; closing the session", "tenant", s.id.Tenant, "device", s.id.Device,
+			"topic", truncate(pk.TopicName, 128), "queue", maxPendingWrites)
+		go cl.Stop(packets.ErrPendingClientWritesExceeded)
+	}
 }
 
 // OnACLCheck is the default-deny topic ACL. write=true is a publish by the
@@ -231,7 +259,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		}
 		h.b.emit(s.id, event.MQTTDenied, map[string]any{"topic": truncate(pk.TopicName, 128), "action": "publish", "limit": reason})
 		if n >= int64(h.b.opts.MaxViolations) {
-			go func() { _ = h.b.srv.DisconnectClient(cl, packets.ErrQuotaExceeded) }()
+			h.b.disconnect(cl, packets.ErrQuotaExceeded)
 		}
 		return pk, packets.CodeSuccessIgnore
 	}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
 
@@ -17,7 +18,44 @@ import (
 // identity verified for it after the handshake.
 type conn struct {
 	*tls.Conn
-	id Identity
+	id     Identity
+	wt     time.Duration // write timeout
+	broken atomic.Bool   // a write failed: the connection is closed
+}
+
+// Write writes with a deadline, see [deadlineWrite].
+func (c *conn) Write(p []byte) (int, error) {
+	return deadlineWrite(c.Conn, c.Conn.NetConn(), c.wt, &c.broken, p)
+}
+
+// deadlineWrite writes p to c with a write deadline of d from now. A write
+// that fails (a device that did not drain its connection for d) closes
+// raw, the connection under c, so that the session ends: mochi writes
+// under the client's lock, which every publish to the device also takes,
+// and logs write errors without closing anything.
+//
+// broken is set first: a publisher waiting for mochi's lock behind this
+// write sees it as soon as it gets the lock, before the read loop has
+// noticed the closed connection (see [Broker.publishTo]).
+func deadlineWrite(c, raw net.Conn, d time.Duration, broken *atomic.Bool, p []byte) (int, error) {
+	_ = c.SetWriteDeadline(time.Now().Add(d))
+	n, err := c.Write(p)
+	if err != nil {
+		broken.Store(true)
+		_ = raw.Close()
+	}
+	return n, err
+}
+
+// writeBroken reports whether a write to the client's connection failed.
+func writeBroken(cl *mqtt.Client) bool {
+	switch c := cl.Net.Conn.(type) {
+	case *conn:
+		return c.broken.Load()
+	case *pwConn:
+		return c.broken.Load()
+	}
+	return false
 }
 
 // mtlsListener accepts TCP connections, performs the TLS handshake with a
@@ -96,6 +134,20 @@ func acceptLoop(ln net.Listener, closed *atomic.Bool, wg *sync.WaitGroup, log *s
 }
 
 func (l *mtlsListener) handle(raw net.Conn, establish listeners.EstablishFn) {
+	c := l.handshake(raw)
+	if c == nil {
+		return
+	}
+	// The session runs on this goroutine for its whole life: nothing of
+	// the handshake (its context and timer) stays reachable from here.
+	if err := establish(l.id, c); err != nil && !errors.Is(err, net.ErrClosed) {
+		l.b.log.Debug("mqtt session ended", "device", c.id.Device, "err", err)
+	}
+}
+
+// handshake runs the TLS handshake under the cap and verifies the client
+// chain; it returns nil (raw closed, the refusal reported) on failure.
+func (l *mtlsListener) handshake(raw net.Conn) *conn {
 	remote := raw.RemoteAddr().String()
 	// Fair queuing: connections wait their turn for a handshake slot in
 	// arrival order (Go channels are FIFO for blocked senders), bounded by
@@ -107,7 +159,7 @@ func (l *mtlsListener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	case <-ctx.Done():
 		l.b.metrics.handshakeQueueTimeouts.Add(1)
 		_ = raw.Close()
-		return
+		return nil
 	}
 	l.b.metrics.handshakesInFlight.Add(1)
 	tc := tls.Server(raw, l.tlsConf)
@@ -118,7 +170,7 @@ func (l *mtlsListener) handle(raw net.Conn, establish listeners.EstablishFn) {
 		l.b.metrics.handshakeFailures.Add(1)
 		l.b.authFailed(context.Background(), Identity{}, remote, "tls_handshake", err, nil)
 		_ = raw.Close()
-		return
+		return nil
 	}
 	st := tc.ConnectionState()
 	id, err := l.b.opts.Verifier.VerifyClient(ctx, st.PeerCertificates)
@@ -126,12 +178,10 @@ func (l *mtlsListener) handle(raw net.Conn, establish listeners.EstablishFn) {
 		l.b.metrics.handshakeFailures.Add(1)
 		l.b.authFailed(context.Background(), id, remote, reasonOf(err), err, nil)
 		_ = tc.Close()
-		return
+		return nil
 	}
 	l.b.metrics.handshakes.Add(1)
-	if err := establish(l.id, &conn{Conn: tc, id: id}); err != nil && !errors.Is(err, net.ErrClosed) {
-		l.b.log.Debug("mqtt session ended", "device", id.Device, "err", err)
-	}
+	return &conn{Conn: tc, id: id, wt: l.b.opts.WriteTimeout}
 }
 
 func (l *mtlsListener) Close(closeClients listeners.CloseFn) {

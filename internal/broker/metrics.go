@@ -28,6 +28,7 @@ var brokerMetrics = []struct {
 	{"garrison_broker_kicks_total", "Sessions closed by the platform (revocation, state change).", false, func(s Stats) int64 { return s.Kicks }},
 	{"garrison_broker_source_connects_refused_total", "Connections reset before the TLS handshake: their source address was over its connect rate.", false, func(s Stats) int64 { return s.SourceConnectsRefused }},
 	{"garrison_broker_device_connects_refused_total", "CONNECTs refused: the device was over its connect rate (also in refused_total).", false, func(s Stats) int64 { return s.DeviceConnectsRefused }},
+	{"garrison_broker_deliveries_dropped_total", "Commands or jobs to a device dropped on its full outbound queue (the session is closed; they are sent again after it reconnects).", false, func(s Stats) int64 { return s.DeliveriesDropped }},
 	{"garrison_broker_payloads_rejected_total", "Accepted publishes whose payload did not decode (device.payload_rejected).", false, func(s Stats) int64 { return s.Rejected }},
 }
 

@@ -40,17 +40,13 @@ func (b *Broker) OnDevicePublish(subtopic string, fn func(id Identity, payload [
 }
 
 // PublishDevice publishes payload at QoS 1 on devices/{id}/<subtopic>
-// (for example "ota/job") and reports whether the device has a live
-// session.
+// (for example "ota/job") and reports whether a live session of the
+// device took it (false also when it was dropped on the session's full
+// outbound queue: the session is then closed, and a job is sent again
+// when the device subscribes after reconnecting).
 func (b *Broker) PublishDevice(t event.TenantID, d event.DeviceID, subtopic string, payload []byte) (bool, error) {
 	if !validSubtopic(subtopic) || strings.ContainsAny(subtopic, "+#") {
 		return false, errors.New("broker: publish: bad subtopic")
 	}
-	b.mu.Lock()
-	live := b.sessions[key(t, d)] != nil
-	b.mu.Unlock()
-	if err := b.srv.Publish("devices/"+string(d)+"/"+subtopic, payload, false, 1); err != nil {
-		return live, fmt.Errorf("broker: publish: %w", err)
-	}
-	return live, nil
+	return b.publishTo(t, d, subtopic, payload, false)
 }

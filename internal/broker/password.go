@@ -80,8 +80,18 @@ type PasswordOptions struct {
 // was verified.
 type pwConn struct {
 	net.Conn
-	id atomic.Pointer[Identity]
-	l  *pwListener
+	id     atomic.Pointer[Identity]
+	l      *pwListener
+	broken atomic.Bool // a write failed: the connection is closed
+}
+
+// Write writes with a deadline, see [deadlineWrite].
+func (c *pwConn) Write(p []byte) (int, error) {
+	raw := c.Conn
+	if tc, ok := raw.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	return deadlineWrite(c.Conn, raw, c.l.b.opts.WriteTimeout, &c.broken, p)
 }
 
 // connIdentity returns the identity the broker authenticated for a

@@ -1,10 +1,6 @@
 package broker
 
-import (
-	"fmt"
-
-	"github.com/garrisonhq/garrison/internal/event"
-)
+import "github.com/garrisonhq/garrison/internal/event"
 
 // Live reports whether this broker holds a live session of the device. In
 // a deployment of several nodes behind a TCP load balancer, exactly the
@@ -21,12 +17,9 @@ func (b *Broker) Live(t event.TenantID, d event.DeviceID) bool {
 // a persisted offline session: a node relaying a command another node
 // received uses it, so that a command reaches the device once, through
 // the node it is connected to.
+//
+// As for [Broker.Command], a command dropped on a full outbound queue
+// reports false (the session is closed; the command stays offline).
 func (b *Broker) CommandIfLive(t event.TenantID, d event.DeviceID, payload []byte) (bool, error) {
-	if !b.Live(t, d) {
-		return false, nil
-	}
-	if err := b.srv.Publish("devices/"+string(d)+"/commands", payload, false, 1); err != nil {
-		return true, fmt.Errorf("broker: command: %w", err)
-	}
-	return true, nil
+	return b.publishTo(t, d, "commands", payload, true)
 }
