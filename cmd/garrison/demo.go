@@ -3,16 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -29,10 +23,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/garrisonhq/garrison/internal/alert"
-	"github.com/garrisonhq/garrison/internal/app"
-	"github.com/garrisonhq/garrison/internal/config"
 	"github.com/garrisonhq/garrison/internal/event"
-	"github.com/garrisonhq/garrison/internal/identity"
 	"github.com/garrisonhq/garrison/internal/platform"
 	"github.com/garrisonhq/garrison/internal/sim"
 	"github.com/garrisonhq/garrison/scenarios"
@@ -119,39 +110,21 @@ func runDemo(ctx context.Context, e *cliEnv, o demoOptions) (err error) {
 	fmt.Fprintf(out, "\nGarrison demo: the platform on its embedded defaults (SQLite + NATS JetStream in-process)\n")
 	fmt.Fprintf(out, "defending a simulated fleet of %d devices.\n\n", fleetSize(sc))
 
-	// The platform itself: store, bus, HTTPS API.
+	// The platform itself: store, bus, HTTPS API, MQTT broker.
 	var first bytes.Buffer
-	a, pass, err := startDemoApp(ctx, dir, o.addr, &first)
+	rig, err := startSimRig(ctx, dir, o.addr, sc.Start, &first, newLogger(io.Discard, "error", ""))
 	if err != nil {
 		return err
 	}
 	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		defer cancel()
-		if serr := a.Stop(sctx); serr != nil && err == nil {
+		if serr := rig.stop(); serr != nil && err == nil {
 			err = serr
 		}
 	}()
+	a := rig.app
 	token := regexp.MustCompile(`gar_[0-9a-f]+_[0-9a-f]+`).FindString(first.String())
-	fmt.Fprintf(out, "  data directory  %s\n  API             https://%s/api/v1 (certificate %s/tls/server.crt)\n\n", dir, a.APIAddr(), dir)
-
-	// The demo makes its own CA passphrase (see demoPassphrase); serve
-	// requires the operator's. The app's CA and this one share the store,
-	// so they share the passphrase.
-	sealer, err := identity.NewSealer(pass)
-	if err != nil {
-		return err
-	}
-	// Certificates are issued on the wall clock, so they are valid for
-	// exploring afterwards; their identity.cert_issued events stay off the
-	// bus, where they would sit days ahead of the simulated fleet's time.
-	ids, err := identity.New(identity.Options{Store: a.Store(), Sealer: sealer})
-	if err != nil {
-		return err
-	}
-	if err := ids.Start(ctx); err != nil {
-		return err
-	}
+	fmt.Fprintf(out, "  data directory  %s\n  API             https://%s/api/v1 (certificate %s/tls/server.crt)\n", dir, a.APIAddr(), dir)
+	fmt.Fprintf(out, "  MQTT broker     mqtts://%s (mutual TLS: every device holds a session with its own certificate)\n\n", a.MQTTAddr())
 
 	var (
 		mu       sync.Mutex
@@ -169,7 +142,7 @@ func runDemo(ctx context.Context, e *cliEnv, o demoOptions) (err error) {
 	firstAttack, lastAttack := attackWindow(sc)
 	pace := &pacer{speed: o.speed, from: firstAttack.Add(-10 * time.Minute), to: lastAttack.Add(40 * time.Minute)}
 	opts := platform.ScenarioOptions{
-		Tenant: "demo",
+		Tenant: "demo", Clock: rig.clk, MQTT: rig.fleet,
 		OnRegister: func(ctx context.Context, d sim.Device) error {
 			if bar == nil {
 				if !tty {
@@ -179,8 +152,8 @@ func runDemo(ctx context.Context, e *cliEnv, o demoOptions) (err error) {
 					progressbar.OptionSetDescription("  enrolling devices (key on device, CSR, certificate from the tenant CA)"),
 					progressbar.OptionShowCount(), progressbar.OptionSetWidth(30), progressbar.OptionClearOnFinish())
 			}
-			if err := enrolDevice(ctx, ids, "demo", d.ID); err != nil {
-				return fmt.Errorf("enrol %s: %w", d.ID, err)
+			if err := rig.enrol(ctx, "demo", d.ID); err != nil {
+				return err
 			}
 			enrolled++
 			return bar.Add(1)
@@ -190,10 +163,10 @@ func runDemo(ctx context.Context, e *cliEnv, o demoOptions) (err error) {
 				_ = bar.Finish()
 			}
 			fmt.Fprintf(out, "  %d devices enrolled with their own certificates; SIM bindings registered.\n\n", enrolled)
-			fmt.Fprintf(out, "  Streaming: the fleet's broker sessions and publishes, RADIUS accounting, flow\n")
-			fmt.Fprintf(out, "  records and device metrics enter the event bus as the ingestion components publish\n")
-			fmt.Fprintf(out, "  them. A quiet day replays at full speed so detectors learn each device's normal;\n")
-			fmt.Fprintf(out, "  then the attacks unfold at %gx.\n\n", o.speed)
+			fmt.Fprintf(out, "  Streaming: each device connects to the broker over mutual TLS with its own key and\n")
+			fmt.Fprintf(out, "  publishes its telemetry, positions, metrics and boot reports; the APN gateway's\n")
+			fmt.Fprintf(out, "  RADIUS accounting and flow records enter their collectors. A quiet day replays at\n")
+			fmt.Fprintf(out, "  full speed so detectors learn each device's normal; then the attacks unfold at %gx.\n\n", o.speed)
 			return nil
 		},
 		Progress: func(t time.Time, n int) {
@@ -263,6 +236,8 @@ func runDemo(ctx context.Context, e *cliEnv, o demoOptions) (err error) {
 		return err
 	}
 	printScoreboard(out, rep)
+	bs, fs := a.Broker().Stats(), rig.fleet.Stats()
+	fmt.Fprintf(out, "  Over MQTT the devices opened %d mutual-TLS sessions and sent %d publishes: the broker accepted\n  %d, dropped %d from quarantined devices and refused %d over its limits.\n", fs.Connects, fs.Publishes, bs.Published, bs.Dropped, bs.Violations)
 
 	if o.exit {
 		if !rep.Passed {
@@ -277,51 +252,6 @@ func runDemo(ctx context.Context, e *cliEnv, o demoOptions) (err error) {
 	<-ctx.Done()
 	fmt.Fprintln(out, "\nstopping")
 	return nil
-}
-
-func startDemoApp(ctx context.Context, dir, addr string, first io.Writer) (*app.App, []byte, error) {
-	cfg := config.Default()
-	cfg.DataDir = dir
-	cfg.API.Addr = addr
-	if l, err := net.Listen("tcp", addr); err == nil {
-		l.Close()
-	} else {
-		cfg.API.Addr = "127.0.0.1:0" // the usual port is taken: any free one
-	}
-	cfg.HTTP.Addr = "127.0.0.1:0"   // CRL/OCSP: any free port, the demo does not use them
-	cfg.Broker.Addr = "127.0.0.1:0" // MQTT: idem
-	cfg.Log.Level = "error"
-	pass, err := demoPassphrase(dir)
-	if err != nil {
-		return nil, nil, err
-	}
-	a, err := app.New(cfg, config.Source{}, app.Options{Out: first, Logger: newLogger(io.Discard, "error", ""), KeyPassphrase: pass,
-		NoDetection: true}) // the demo runs detection on simulated time itself
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := a.Start(ctx); err != nil {
-		return nil, nil, err
-	}
-	return a, pass, nil
-}
-
-// enrolDevice does what the agent does on first boot: make a key that never
-// leaves the device, send a CSR, get the certificate.
-func enrolDevice(ctx context.Context, ids *identity.Service, t event.TenantID, d event.DeviceID) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	u, _ := url.Parse(identity.DeviceURI(t, d))
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
-		Subject: pkix.Name{CommonName: string(d)}, URIs: []*url.URL{u},
-	}, key)
-	if err != nil {
-		return err
-	}
-	_, err = ids.Issue(ctx, t, d, csr, identity.IssueOptions{Actor: "enrol", Reason: "enrol"})
-	return err
 }
 
 // pacer replays the window [from, to] of simulated time at speed simulated

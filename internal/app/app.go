@@ -74,6 +74,11 @@ type Options struct {
 	// NoDetection leaves the detection and response plane out (the demo
 	// runs its own, on simulated time).
 	NoDetection bool
+	// BrokerClock, if set, is the MQTT broker's clock instead of Clock: the
+	// time it stamps its events with and meters publish rates on. The
+	// simulator's devices hold real sessions while the fleet lives on
+	// simulated time; certificates are still verified on Clock.
+	BrokerClock clock.Clock
 	// Node names this process among the nodes of one deployment: its
 	// per-node bus consumers (session kicks, command relays) and its
 	// leases. Default: the host name. Two processes of one deployment
@@ -90,6 +95,7 @@ type App struct {
 	cfg  config.Config
 	log  *slog.Logger
 	clk  clock.Clock
+	bclk clock.Clock // the broker's (Options.BrokerClock, default clk)
 	out  io.Writer
 	data string // absolute data dir
 
@@ -155,6 +161,9 @@ func New(cfg config.Config, src config.Source, opt Options) (*App, error) {
 	if opt.Clock == nil {
 		opt.Clock = clock.Real{}
 	}
+	if opt.BrokerClock == nil {
+		opt.BrokerClock = opt.Clock
+	}
 	if opt.Out == nil {
 		opt.Out = io.Discard
 	}
@@ -169,7 +178,7 @@ func New(cfg config.Config, src config.Source, opt Options) (*App, error) {
 		opt.Node = nodeName()
 	}
 	opt.Node = consumerToken(opt.Node)
-	return &App{cfg: cfg, log: opt.Logger, clk: opt.Clock, out: opt.Out, data: data, noDetect: opt.NoDetection,
+	return &App{cfg: cfg, log: opt.Logger, clk: opt.Clock, bclk: opt.BrokerClock, out: opt.Out, data: data, noDetect: opt.NoDetection,
 		node: opt.Node, busNS: opt.BusNamespace, holder: holderID(opt.Node),
 		passphrase: append([]byte(nil), opt.KeyPassphrase...), fail: make(chan error, 1)}, nil
 }

@@ -37,7 +37,7 @@ func (a *App) startBroker(ctx context.Context) error {
 		Verifier:    brokerVerifier{a.identity},
 		States:      storeStates{a.store},
 		Publisher:   asyncPublisher{a.bus},
-		Clock:       a.clk,
+		Clock:       a.bclk,
 		Logger:      a.log.With("component", "broker"),
 		// 0 in the configuration turns a limit off; negative does in Options.
 		SourceConnectRate:  offIfZero(float64(bc.SourceConnectsPerSecond)),

@@ -47,6 +47,14 @@ type ScenarioOptions struct {
 	// OnRegister, if set, is called after each device is registered (the
 	// demo enrols it with the CA here).
 	OnRegister func(ctx context.Context, d sim.Device) error
+	// Clock, if set, is the platform's clock (set to the scenario's start
+	// by Build); the demo shares it with the app's broker.
+	Clock *clock.Manual
+	// MQTT, if set, carries the devices' own MQTT traffic (connects,
+	// disconnects, telemetry, agent reports) over real sessions to a
+	// broker running on Clock, instead of the broker's payload decoder and
+	// synthesised broker events. docs/SIMULATOR.md has the table.
+	MQTT *MQTTFleet
 }
 
 // Platform is the set of subsystems a scenario runs through.
@@ -111,7 +119,11 @@ func Build(ctx context.Context, st store.Store, b *bus.Bus, start time.Time, o S
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	clk := clock.NewManual(start)
+	clk := o.Clock
+	if clk == nil {
+		clk = clock.NewManual(start)
+	}
+	clk.Set(start)
 	pub := busPublisher{b: b, onAction: o.OnAction}
 	reg, err := registry.New(registry.Options{Store: st, Clock: clk, Logger: o.Logger, Publisher: pub})
 	if err != nil {
@@ -156,7 +168,8 @@ func (p *Platform) Run(ctx context.Context, sc *sim.Scenario, o ScenarioOptions)
 		return nil, err
 	}
 	setup := &simSetup{p: p, gw: gw, onRegister: o.OnRegister}
-	sink := &simSink{p: p, gw: gw, pace: o.Pace}
+	setup.mqtt = o.MQTT
+	sink := &simSink{p: p, gw: gw, pace: o.Pace, mqtt: o.MQTT}
 	sink.beforeFirst = func() error {
 		if o.Ready != nil {
 			return o.Ready(p)
@@ -172,6 +185,15 @@ func (p *Platform) Run(ctx context.Context, sc *sim.Scenario, o ScenarioOptions)
 		Tenant: p.Tenant, Sink: sink, Setup: setup, Results: results,
 		Progress: o.Progress, PlatformRevokes: true,
 		Drain: func(ctx context.Context) error {
+			if o.MQTT != nil {
+				if _, err := o.MQTT.release(ctx, nil); err != nil {
+					return err
+				}
+				if err := o.MQTT.sync(ctx); err != nil {
+					return err
+				}
+				log.Info("mqtt fleet", "stats", fmt.Sprintf("%+v", o.MQTT.Stats()))
+			}
 			if err := gw.Flush(ctx); err != nil {
 				return err
 			}
@@ -226,6 +248,7 @@ type simSink struct {
 	p           *Platform
 	gw          *apnGateway
 	agent       agentPath
+	mqtt        *MQTTFleet // nil: the devices' MQTT traffic enters at the decoder and the bus
 	pace        func(ctx context.Context, t time.Time) error
 	beforeFirst func() error
 	started     bool
@@ -235,6 +258,18 @@ func (s *simSink) Publish(ctx context.Context, ev *event.Event) error {
 	if !s.started {
 		s.started = true
 		if err := s.beforeFirst(); err != nil {
+			return err
+		}
+	}
+	if s.mqtt != nil {
+		// A held telemetry publish goes first (with ev in it when ev is
+		// its report's position), on its own time; publishes in flight
+		// are stamped when the broker reads them.
+		consumed, err := s.mqtt.release(ctx, ev)
+		if err != nil || consumed {
+			return err
+		}
+		if err := s.mqtt.settle(ctx, ev.Time); err != nil {
 			return err
 		}
 	}
@@ -251,6 +286,9 @@ func (s *simSink) Publish(ctx context.Context, ev *event.Event) error {
 	}
 	if err := s.gw.Before(ctx, ev); err != nil {
 		return err
+	}
+	if s.mqtt != nil && s.mqtt.carries(ev) {
+		return s.mqtt.send(ctx, ev)
 	}
 	if s.agent.handles(ev) {
 		evs, err := s.agent.decode(ev)
@@ -272,6 +310,7 @@ func (s *simSink) Publish(ctx context.Context, ev *event.Event) error {
 type simSetup struct {
 	p          *Platform
 	gw         *apnGateway
+	mqtt       *MQTTFleet
 	onRegister func(ctx context.Context, d sim.Device) error
 }
 
@@ -323,7 +362,16 @@ func (s *simSetup) ImportThreatFeed(_ context.Context, name string, feed []byte)
 }
 
 func (s *simSetup) RevokeDevice(ctx context.Context, id event.DeviceID) error {
-	// The flows recorded before the revocation reach the platform before it.
+	// The flows and publishes recorded before the revocation reach the
+	// platform before it.
+	if s.mqtt != nil {
+		if _, err := s.mqtt.release(ctx, nil); err != nil {
+			return err
+		}
+		if err := s.mqtt.sync(ctx); err != nil {
+			return err
+		}
+	}
 	if err := s.gw.Flush(ctx); err != nil {
 		return err
 	}

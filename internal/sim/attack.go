@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/garrisonhq/garrison/internal/event"
@@ -129,6 +130,18 @@ func (s *dstate) flow(t int64, dst netip.Addr, port, proto int, bytes, packets f
 
 func (s *dstate) authFailed(t int64, reason, remote, username, serial string) {
 	s.emit(t, event.MQTTAuthFailed, "broker", map[string]any{"reason": reason, "remote": remote, "username": username, "cert_serial": serial})
+}
+
+// cloneSuffix ends the session id of a clone's connection.
+const cloneSuffix = "/clone"
+
+// AttackerSession reports whether ev, an mqtt.connect or mqtt.disconnect,
+// is of a session an attacker opened with the device's identity (a clone)
+// rather than of the device's own. A platform that carries the devices'
+// own sessions over real connections injects these at the broker's
+// event path instead.
+func AttackerSession(ev *event.Event) bool {
+	return strings.HasSuffix(ev.Str("session_id"), cloneSuffix)
 }
 
 // reboot emits the disconnect and reconnect of a restart that ends at t.
@@ -348,7 +361,7 @@ func (s *dstate) inject(a *Attack) {
 
 	case "clone":
 		remote := netip.AddrPortFrom(addr4(100, 64+byte(s.r.IntN(64)), byte(s.r.IntN(256)), byte(1+s.r.IntN(254))), uint16(40000+s.r.IntN(20000))).String()
-		sid := fmt.Sprintf("%s/clone", s.d.ID)
+		sid := string(s.d.ID) + cloneSuffix
 		s.schedule(at, func(now int64) {
 			s.emit(now, event.MQTTConnect, "broker", map[string]any{
 				"remote": remote, "client_id": string(s.d.ID), "cert_serial": s.d.CertSerial,
