@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -237,13 +238,16 @@ func (f *MQTTFleet) telemetry(ev, pos *event.Event) []byte {
 	}
 	b = append(b, `,"data":"`...)
 	n, _ := ev.Float("bytes")
-	if pad := int(math.Round(n)) - len(b) - 2; pad > 0 {
-		b = append(b, bytes.Repeat([]byte{'x'}, pad)...)
+	for pad := int(math.Round(n)) - len(b) - 2; pad > 0; pad -= len(filler) {
+		b = append(b, filler[:min(pad, len(filler))]...)
 	}
 	b = append(b, `"}`...)
 	f.payload = b
 	return b
 }
+
+// filler pads the application data of telemetry payloads.
+var filler = []byte(strings.Repeat("x", 4096))
 
 // mqttDevice is one device's session.
 type mqttDevice struct {
