@@ -167,8 +167,7 @@ func (p *Platform) Run(ctx context.Context, sc *sim.Scenario, o ScenarioOptions)
 	if err != nil {
 		return nil, err
 	}
-	setup := &simSetup{p: p, gw: gw, onRegister: o.OnRegister}
-	setup.mqtt = o.MQTT
+	setup := &simSetup{p: p, gw: gw, mqtt: o.MQTT, onRegister: o.OnRegister}
 	sink := &simSink{p: p, gw: gw, pace: o.Pace, mqtt: o.MQTT}
 	sink.beforeFirst = func() error {
 		if o.Ready != nil {
