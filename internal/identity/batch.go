@@ -32,14 +32,14 @@ import (
 // one bad entry never fails another caller's issuance.
 //
 // Linger. A commit costs a fixed part (transaction, audit head, token and
-// WAL pages, fsync) whatever its size, so on a busy machine committing
-// whatever is queued the moment the last commit ends (often a handful)
+// WAL pages, fsync) whatever its size, so committing whatever is queued the
+// moment the last commit ends (often a handful when the machine keeps up)
 // spends that part again and again on CPU the signatures need. Before a
-// commit the leader therefore waits while other issuances are still
-// signing, until the queue holds half of those in flight (queued plus
-// signing) or maxLinger passes: with one caller, or when everyone in flight
-// is queued, it commits at once; under load the signers keep both cores
-// busy while it waits, and the commit is shared by more of them.
+// commit the leader therefore waits while other issuances are being signed,
+// until none is (all have queued, or failed), maxBatch are queued or
+// maxLinger passes. A lone issuance commits at once; while it waits the
+// signers have the cores, so waiting costs latency (at most maxLinger), not
+// throughput.
 
 type pendingIssue struct {
 	iss Issued
@@ -66,10 +66,8 @@ type tokenUse struct {
 type groupCommit struct {
 	queue   []*pendingIssue
 	running bool
-	// waiting: the leader lingers until the queue holds want entries;
-	// wake (capacity 1) tells it so.
+	// waiting: the leader lingers (see linger); wake (capacity 1) ends it.
 	waiting bool
-	want    int
 	wake    chan struct{}
 }
 
@@ -84,12 +82,13 @@ const maxLinger = 4 * time.Millisecond
 // signed; commitEntry or abortSign uncounts it.
 func (s *Service) beginSign() { s.signing.Add(1) }
 
-// abortSign uncounts an issuance that failed before queueing, and lets a
-// lingering leader commit without waiting for it.
+// abortSign uncounts an issuance that failed before queueing; a lingering
+// leader stops waiting if it was the last being signed.
 func (s *Service) abortSign() {
-	s.signing.Add(-1)
 	s.gcMu.Lock()
-	s.wakeLeader()
+	if s.signing.Add(-1) == 0 {
+		s.wakeLeader()
+	}
 	s.gcMu.Unlock()
 }
 
@@ -104,19 +103,17 @@ func (s *Service) wakeLeader() {
 	}
 }
 
-// linger waits, while other issuances are signing, until the queue holds
-// half of the issuances in flight, or maxLinger passes. It is called by
-// the leader with gcMu held and returns with it held.
+// linger waits while other issuances are being signed, until none is,
+// maxBatch are queued or maxLinger passes. It is called by the leader with
+// gcMu held and returns with it held.
 func (s *Service) linger() {
-	q := len(s.gc.queue)
-	want := min(maxBatch, (q+int(s.signing.Load())+1)/2)
-	if q == 0 || q >= want {
+	if q := len(s.gc.queue); q == 0 || q >= maxBatch || s.signing.Load() == 0 {
 		return
 	}
 	if s.gc.wake == nil {
 		s.gc.wake = make(chan struct{}, 1)
 	}
-	s.gc.want, s.gc.waiting = want, true
+	s.gc.waiting = true
 	wake := s.gc.wake
 	s.gcMu.Unlock()
 	t := time.NewTimer(s.maxLinger)
@@ -140,9 +137,9 @@ func (s *Service) commitEntry(ctx context.Context, p *pendingIssue) (activated b
 	p.done = make(chan error, 1)
 	s.gcMu.Lock()
 	s.gc.queue = append(s.gc.queue, p)
-	s.signing.Add(-1)
+	signing := s.signing.Add(-1)
 	if s.gc.running {
-		if len(s.gc.queue) >= s.gc.want {
+		if signing == 0 || len(s.gc.queue) >= maxBatch {
 			s.wakeLeader()
 		}
 		s.gcMu.Unlock()

@@ -183,10 +183,10 @@ func TestEnrolTokenTwoServices(t *testing.T) {
 	}
 }
 
-// TestGroupCommitLingers: while other issuances are signing, the first to
-// queue waits for half of those in flight and they share one commit; an
-// issuance that fails while signing ends the wait; a lone issuance does not
-// wait at all.
+// TestGroupCommitLingers: while another issuance is being signed, the first
+// to queue waits for it (and for any that queue meanwhile) and they share
+// one commit; the wait ends when the last one being signed queues or fails;
+// a lone issuance does not wait at all.
 func TestGroupCommitLingers(t *testing.T) {
 	ctx := context.Background()
 	st := &countingStore{Store: openSQLite(t)}
@@ -213,29 +213,31 @@ func TestGroupCommitLingers(t *testing.T) {
 			return nil
 		}
 	}
-	lingering := func() {
+	queued := func(n int) {
 		t.Helper()
 		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
 			f.svc.gcMu.Lock()
-			w := f.svc.gc.waiting
+			w, q := f.svc.gc.waiting, len(f.svc.gc.queue)
 			f.svc.gcMu.Unlock()
-			if w {
+			if w && q == n {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatal("the leader does not linger")
+				t.Fatalf("the leader is not lingering with %d queued (waiting %v, %d queued)", n, w, q)
 			}
 		}
 	}
 
-	// Two issuances count as signing (held here): with the first queued,
-	// half of the three in flight is two, so it waits for the second.
-	f.svc.beginSign()
+	// One issuance counts as being signed (held here): the first to queue
+	// waits, the second queues behind it, and when the held one fails
+	// both commit together.
 	f.svc.beginSign()
 	u0 := st.updates.Load()
 	a := issue("d-1", deviceCSR(t, "d-1"))
-	lingering()
+	queued(1)
 	b := issue("d-2", deviceCSR(t, "d-2"))
+	queued(2)
+	f.svc.abortSign()
 	if err := result(a); err != nil {
 		t.Fatal(err)
 	}
@@ -246,28 +248,33 @@ func TestGroupCommitLingers(t *testing.T) {
 		t.Fatalf("two issuances took %d commits, want 1", n)
 	}
 
-	// The leader waits again; an issuance with a bad CSR fails before
-	// queueing and ends the wait: the first commits alone.
+	// Held again: the leader waits; an issuance with a bad CSR fails
+	// without ending the wait (another is still being signed); the last
+	// one being signed queueing ends it.
+	f.svc.beginSign()
 	c := issue("d-3", deviceCSR(t, "d-3"))
-	lingering()
+	queued(1)
 	if err := result(issue("d-4", []byte("not a CSR"))); !errors.Is(err, ErrBadCSR) {
 		t.Fatalf("bad CSR: %v", err)
 	}
-	if err := result(c); err != nil {
-		t.Fatal(err)
+	queued(1)
+	f.svc.signing.Add(-1) // the held one is now issue e's
+	e := issue("d-5", deviceCSR(t, "d-5"))
+	for _, ch := range []<-chan error{c, e} {
+		if err := result(ch); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if n := st.updates.Load() - u0; n != 2 {
 		t.Fatalf("%d commits, want 2", n)
 	}
 
-	// Nobody else signing: a lone issuance commits at once.
-	f.svc.abortSign()
-	f.svc.abortSign()
-	if err := result(issue("d-5", deviceCSR(t, "d-5"))); err != nil {
+	// Nobody else being signed: a lone issuance commits at once.
+	if err := result(issue("d-6", deviceCSR(t, "d-6"))); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.st.View(ctx, func(tx store.Tx) error {
-		for i := 1; i <= 5; i++ {
+		for i := 1; i <= 6; i++ {
 			certs, err := tx.Certificates().ByDevice(ctx, "acme", deviceID(fmt.Sprintf("d-%d", i)))
 			want := 1
 			if i == 4 { // the bad CSR
