@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -28,7 +29,8 @@ import (
 // the same run, "enrolments/commit" (how many share one transaction) and,
 // for PostgreSQL on this machine, "server-cpu-µs/op": the CPU the server
 // processes spent per enrolment, which competes for the same cores.
-// 64 enrolments are in flight (SetParallelism 32 per GOMAXPROCS).
+// 64 enrolments are in flight (SetParallelism 32 per GOMAXPROCS), or
+// GARRISON_BENCH_INFLIGHT (a fleet enrolling at once keeps more).
 // Run with -cpu 2 (GOMAXPROCS 2):
 //
 //	go test -run XXX -bench Enrolment -benchmem -cpu 2 -benchtime 3s ./internal/identity
@@ -63,13 +65,14 @@ func BenchmarkEnrolment(b *testing.B) {
 		bound = float64(b.N) / b.Elapsed().Seconds()
 		b.ReportMetric(bound, "certs/s")
 	})
+	par := inFlightPerProc(b)
 	b.Run("sqlite", func(b *testing.B) {
-		b.SetParallelism(32)
+		b.SetParallelism(par)
 		benchEnrol(b, openSQLite(b), bound, nil, nil)
 	})
 	if os.Getenv(pgtest.EnvURL) != "" {
 		b.Run("postgres", func(b *testing.B) {
-			b.SetParallelism(32)
+			b.SetParallelism(par)
 			db, serverCPU := openPGMeasured(b)
 			// Planner statistics of the fresh schema, as a live database
 			// has them (else plans change when autovacuum gets to it).
@@ -81,6 +84,21 @@ func BenchmarkEnrolment(b *testing.B) {
 			benchEnrol(b, db, bound, analyze, serverCPU)
 		})
 	}
+}
+
+// inFlightPerProc is the load generator's parallelism per GOMAXPROCS: 32
+// (64 enrolments in flight on two cores), or GARRISON_BENCH_INFLIGHT
+// enrolments in flight in all (a fleet enrolling at once keeps more).
+func inFlightPerProc(b *testing.B) int {
+	v := os.Getenv("GARRISON_BENCH_INFLIGHT")
+	if v == "" {
+		return 32
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		b.Fatalf("GARRISON_BENCH_INFLIGHT=%q: want a positive count", v)
+	}
+	return max(1, n/runtime.GOMAXPROCS(0))
 }
 
 // openPGMeasured opens a test store whose connections carry their own
