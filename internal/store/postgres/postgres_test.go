@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -120,6 +121,58 @@ func TestDeferredBeginAndCommit(t *testing.T) {
 		require.Equal(t, "absent", get(tx, "swallowed"))
 		require.Equal(t, "absent", get(tx, "failed"))
 		require.Equal(t, `"new"`, get(tx, "snap"))
+		return nil
+	}))
+}
+
+// TestCommandSetStatusKeepsACompletion: a device's result may complete a
+// command between SetStatus's read and its write (a node marks the command
+// sent just after publishing it, the answer comes back through another
+// transaction). At READ COMMITTED the write must not reopen the completed
+// command: here the completion holds the row while SetStatus waits on it,
+// then commits; the command stays succeeded.
+func TestCommandSetStatusKeepsACompletion(t *testing.T) {
+	db := pgtest.Open(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	now := time.Now().UTC()
+	require.NoError(t, db.Update(ctx, func(tx store.Tx) error {
+		return tx.Commands().Create(ctx, store.Command{Tenant: "acme", ID: "cmd-1", Device: "gw-1", Name: "ping",
+			Status: store.CommandOffline, CreatedBy: "op1", CreatedAt: now, Expires: now.Add(time.Hour)})
+	}))
+
+	// The completion's transaction, left open with the row locked.
+	completion, err := db.Raw.Begin(ctx)
+	require.NoError(t, err)
+	defer completion.Rollback(context.Background())
+	_, err = completion.Exec(ctx, `UPDATE commands SET status = 'succeeded', output = 'pong', completed_at = $1
+		WHERE tenant = 'acme' AND id = 'cmd-1' AND completed_at IS NULL`, now.UnixMicro())
+	require.NoError(t, err)
+	var holder int
+	require.NoError(t, completion.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&holder))
+
+	setStatus := make(chan error, 1)
+	go func() {
+		setStatus <- db.Update(ctx, func(tx store.Tx) error {
+			return tx.Commands().SetStatus(ctx, "acme", "cmd-1", store.CommandSent)
+		})
+	}()
+	// SetStatus has read the command (offline: the completion is not
+	// committed) and waits on the row for its write.
+	require.Eventually(t, func() bool {
+		var waiting int
+		require.NoError(t, db.Raw.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE $1 = ANY(pg_blocking_pids(pid))`, holder).Scan(&waiting))
+		return waiting > 0
+	}, 30*time.Second, 10*time.Millisecond, "SetStatus waits on the completion's row lock")
+	require.NoError(t, completion.Commit(ctx))
+	require.NoError(t, <-setStatus)
+
+	require.NoError(t, db.View(ctx, func(tx store.Tx) error {
+		c, err := tx.Commands().Get(ctx, "acme", "cmd-1")
+		require.NoError(t, err)
+		require.Equal(t, store.CommandSucceeded, c.Status, "the completion is kept")
+		require.Equal(t, "pong", c.Output)
 		return nil
 	}))
 }

@@ -69,7 +69,10 @@ func (s commands) SetStatus(ctx context.Context, tenant event.TenantID, id strin
 	if c.Status != store.CommandSent && c.Status != store.CommandOffline {
 		return nil
 	}
-	if _, err := s.c.Exec(ctx, `UPDATE commands SET status = ? WHERE tenant = ? AND id = ?`, string(st), string(tenant), id); err != nil {
+	// The write checks again that the command is open: at READ COMMITTED
+	// (PostgreSQL) a result may have completed it since the read above.
+	if _, err := s.c.Exec(ctx, `UPDATE commands SET status = ? WHERE tenant = ? AND id = ? AND completed_at IS NULL AND status IN (?, ?)`,
+		string(st), string(tenant), id, string(store.CommandSent), string(store.CommandOffline)); err != nil {
 		return fmt.Errorf("commands set status %s/%s: %w", tenant, id, err)
 	}
 	return nil
