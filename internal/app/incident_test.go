@@ -160,7 +160,7 @@ func doJSON(t *testing.T, c *http.Client, a *app.App, method, path, token, body 
 // OCSF Detection Finding; an incident opened through the API on that alert
 // gathers the quarantine, is contained, and its opening is exported too.
 func TestServeExportsAndIncidents(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
 	defer cancel()
 	hooks := &hookReceiver{}
 	srv := httptest.NewServer(hooks)
@@ -260,16 +260,21 @@ func TestServeExportsAndIncidents(t *testing.T) {
 	require.Equal(t, alert.FalsePositive, resolved.State)
 	require.Eventually(t, func() bool { return deviceState(t, a, tenant, device) == store.StateActive }, 30*time.Second, 50*time.Millisecond,
 		"the quarantined device is restored")
+	// The engine releases the device, then records the undone action in a
+	// transaction of its own: the record is waited for, not read once.
 	var undoBy string
-	require.NoError(t, a.Store().View(ctx, func(tx store.Tx) error {
-		recs, err := tx.Audit().Range(ctx, tenant, 0, 10000)
-		for _, r := range recs {
-			if r.Action == "action.undone" && strings.Contains(r.Target, alerts[0].ID+"/quarantine-compromised/") {
-				undoBy = r.Actor
+	require.Eventually(t, func() bool {
+		require.NoError(t, a.Store().View(ctx, func(tx store.Tx) error {
+			recs, err := tx.Audit().Range(ctx, tenant, 0, 10000)
+			for _, r := range recs {
+				if r.Action == "action.undone" && strings.Contains(r.Target, alerts[0].ID+"/quarantine-compromised/") {
+					undoBy = r.Actor
+				}
 			}
-		}
-		return err
-	}))
+			return err
+		}))
+		return undoBy != ""
+	}, 30*time.Second, 50*time.Millisecond, "the undone quarantine is audited")
 	require.True(t, strings.HasPrefix(undoBy, "operator:"), "undone as the operator, audited: %q", undoBy)
 	require.Eventually(t, func() bool { return hooks.has("io.garrison.alert.state_changed") }, 30*time.Second, 50*time.Millisecond)
 
