@@ -93,7 +93,9 @@ func startServeEnv(t *testing.T, data string, env ...string) (*server, *syncBuf)
 	s := &server{cmd: cmd, data: data, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(s.done) }()
 	t.Cleanup(func() { s.kill() })
-	deadline := time.Now().Add(30 * time.Second)
+	// Generous deadlines on conditions: on a loaded machine (the whole
+	// tree's tests under -race on two cores) a start can take long.
+	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
 		if b, err := os.ReadFile(addrFile); err == nil && strings.HasSuffix(string(b), "\n") {
 			s.addr = strings.TrimSpace(string(b))
@@ -113,7 +115,7 @@ func startServeEnv(t *testing.T, data string, env ...string) (*server, *syncBuf)
 	time.Sleep(50 * time.Millisecond)
 	// A first start prints the bootstrap token after its listeners: on a
 	// loaded machine that can take longer than the sleep above.
-	for deadline := time.Now().Add(15 * time.Second); first && !tokenRE.MatchString(out.String()) && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(90 * time.Second); first && !tokenRE.MatchString(out.String()) && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return s, out

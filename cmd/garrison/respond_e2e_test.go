@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,9 @@ import (
 	"github.com/garrisonhq/garrison/internal/store"
 	"github.com/garrisonhq/garrison/internal/store/sqlite"
 )
+
+// bigFleet is how many devices TestResponseCLI gives its second tenant.
+const bigFleet = 60
 
 // TestResponseCLI drives `garrison playbook`, `approval` and `mass` against
 // a real serve: a bad playbook is refused with its line and stores nothing,
@@ -120,6 +124,18 @@ func TestResponseCLI(t *testing.T) {
 	require.NoError(t, err)
 	now := time.Now().UTC().Truncate(time.Second)
 	require.NoError(t, st.Update(ctx, func(tx store.Tx) error {
+		// And a second tenant's fleet, large enough that a job over it at
+		// one device a second is still running when it is cancelled, on
+		// however loaded a machine.
+		if err := tx.Tenants().Create(ctx, store.Tenant{ID: "beta", Name: "Beta", CreatedAt: now}); err != nil {
+			return err
+		}
+		for i := range bigFleet {
+			if err := tx.Devices().Create(ctx, store.Device{Tenant: "beta", ID: storeDevice(fmt.Sprintf("node-%03d", i)), Model: "node",
+				State: store.StateActive, CreatedAt: now, UpdatedAt: now}); err != nil {
+				return err
+			}
+		}
 		for _, m := range []string{"meter-1", "meter-2"} {
 			al := alert.Alert{ID: "al-" + m, Tenant: "acme", Device: "cam-x", Kind: alert.TelnetScan, Severity: alert.Critical,
 				Detector: "net", FirstSeen: now, LastSeen: now, Count: 1, State: alert.Open}
@@ -247,22 +263,31 @@ func TestResponseCLI(t *testing.T) {
 	require.Equal(t, 0, code, e)
 	require.Regexp(t, `5/5 processed .* done`, o)
 
-	// Cancel: a slow job is stopped after its current page.
-	o, e, code = acme(op, "mass", "run", "--action", "kick", "--selector", "*", "--rate", "1", "--yes", "--no-follow", "-o", "json")
+	// Cancel: a slow job is stopped after its current page. It runs over
+	// beta's fleet, whose end at one device a second is far off.
+	beta := func(args ...string) (string, string, int) {
+		t.Helper()
+		return garrison(t, s, admin, append(args, "--tenant", "beta")...)
+	}
+	o, e, code = beta("mass", "run", "--action", "kick", "--selector", "*", "--rate", "1", "--yes", "--no-follow", "-o", "json")
 	require.Equal(t, 0, code, e)
 	var j store.MassJob
 	require.NoError(t, json.Unmarshal([]byte(o), &j))
-	o, e, code = acme(op, "mass", "cancel", j.ID, "-o", "json")
+	require.Equal(t, bigFleet, j.Total)
+	o, e, code = beta("mass", "cancel", j.ID, "-o", "json")
 	require.Equal(t, 0, code, e)
 	require.NoError(t, json.Unmarshal([]byte(o), &j))
 	require.Equal(t, respond.JobCanceled, j.State)
-	_, e, code = acme(op, "mass", "show", j.ID, "--follow")
+	_, e, code = beta("mass", "show", j.ID, "--follow")
 	require.Equal(t, 1, code, "following a cancelled job reports it")
 	require.Contains(t, e, "ended canceled")
+	o, e, code = beta("mass", "list")
+	require.Equal(t, 0, code, e)
+	require.Equal(t, 1, strings.Count(o, "\n")-1, o)
+	require.Contains(t, o, "canceled")
 	o, e, code = acme(op, "mass", "list")
 	require.Equal(t, 0, code, e)
-	require.Equal(t, 3, strings.Count(o, "\n")-1, o)
-	require.Contains(t, o, "canceled")
+	require.Equal(t, 2, strings.Count(o, "\n")-1, "jobs are the tenant's own: %s", o)
 
 	// On a terminal: the count is asked to be confirmed, a "no" starts
 	// nothing, a "yes" starts the job and a progress bar follows it.
@@ -280,7 +305,7 @@ func TestResponseCLI(t *testing.T) {
 	}
 	o, e, code = acme(op, "mass", "list")
 	require.Equal(t, 0, code, e)
-	require.Equal(t, 4, strings.Count(o, "\n")-1, "one job for the yes, none for the no: %s", o)
+	require.Equal(t, 3, strings.Count(o, "\n")-1, "one job for the yes, none for the no: %s", o)
 
 	// A command to a device without a live session is recorded offline
 	// (a live agent answering is TestAgentCLI's).
@@ -299,7 +324,7 @@ func TestResponseCLI(t *testing.T) {
 	require.Equal(t, 0, code, e)
 	require.NoError(t, json.Unmarshal([]byte(o), &j))
 	require.Equal(t, 5, j.Total)
-	for deadline := time.Now().Add(15 * time.Second); j.Processed == 0 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(90 * time.Second); j.Processed == 0 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		o, e, code = acme(op, "mass", "show", j.ID, "-o", "json")
 		require.Equal(t, 0, code, e)
 		require.NoError(t, json.Unmarshal([]byte(o), &j))
