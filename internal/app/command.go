@@ -45,35 +45,43 @@ func (a *App) followCommandResults(ctx context.Context) error {
 }
 
 // followCommandRelays delivers the commands other nodes stored for a
-// device whose session this node holds. Each node has its own durable
-// consumer of new relays (named after the node), as for session kicks; a
-// node ignores its own relays (its broker had no session when it stored
-// the command) and relays for devices it holds no session of, so a
-// command goes out through one node: the one holding the session.
+// device whose session this node holds (see followRelays).
 func (a *App) followCommandRelays(ctx context.Context) error {
 	log := a.log.With("component", "commands")
+	return a.followRelays(ctx, "commands-"+a.node+"-relay", event.CommandRelay, "command relays", func(ctx context.Context, e *event.Event) error {
+		ok, err := a.commands.Deliver(ctx, e.Tenant, e.Device, e.Str("command_id"), liveCommands{a})
+		if err != nil {
+			log.Warn("relayed command", "tenant", e.Tenant, "device", e.Device, "command", e.Str("command_id"), "err", err)
+			return err
+		}
+		log.Debug("relayed command", "tenant", e.Tenant, "device", e.Device, "command", e.Str("command_id"), "delivered", ok)
+		return nil
+	})
+}
+
+// followRelays delivers work another node relayed (kind) to the device
+// sessions this node holds. Each node has its own durable consumer of new
+// relays (name carries the node), as for session kicks; a node ignores its
+// own relays (its broker had no session when it relayed) and relays for
+// devices it holds no live session of, so the work goes out once, through
+// the node holding the session.
+func (a *App) followRelays(ctx context.Context, name string, kind event.Kind, what string, deliver func(context.Context, *event.Event) error) error {
 	c, err := a.bus.Consume(ctx, bus.ConsumerOptions{
-		Name:    "commands-" + a.node + "-relay",
-		Stream:  a.bus.StreamFor(event.CommandRelay),
-		Filters: []string{bus.KindFilter(event.CommandRelay)},
+		Name:    name,
+		Stream:  a.bus.StreamFor(kind),
+		Filters: []string{bus.KindFilter(kind)},
 		Deliver: bus.DeliverNew,
 		Handler: func(ctx context.Context, e *event.Event) error {
 			if e.Str("origin") == a.node || !a.broker.Live(e.Tenant, e.Device) {
 				return nil
 			}
-			ok, err := a.commands.Deliver(ctx, e.Tenant, e.Device, e.Str("command_id"), liveCommands{a})
-			if err != nil {
-				log.Warn("relayed command", "tenant", e.Tenant, "device", e.Device, "command", e.Str("command_id"), "err", err)
-				return err
-			}
-			log.Debug("relayed command", "tenant", e.Tenant, "device", e.Device, "command", e.Str("command_id"), "delivered", ok)
-			return nil
+			return deliver(ctx, e)
 		},
 	})
 	if err != nil {
 		return err
 	}
-	a.onStop("command relays", func(context.Context) error { c.Stop(); return nil })
+	a.onStop(what, func(context.Context) error { c.Stop(); return nil })
 	return nil
 }
 

@@ -216,34 +216,17 @@ func (a *App) followJobSubscriptions(context.Context) error {
 }
 
 // followJobRelays delivers the jobs the engine's node relayed for devices
-// whose session this node holds. Each node has its own durable consumer
-// (named after the node), as for command relays; a node ignores its own
-// relays and relays for devices it holds no live session of, so a job goes
-// out once, through the node holding the session.
+// whose session this node holds (see followRelays).
 func (a *App) followJobRelays(ctx context.Context) error {
 	log := a.log.With("component", "ota")
-	c, err := a.bus.Consume(ctx, bus.ConsumerOptions{
-		Name:    "ota-" + a.node + "-jobs",
-		Stream:  a.bus.StreamFor(event.OTAJobRelay),
-		Filters: []string{bus.KindFilter(event.OTAJobRelay)},
-		Deliver: bus.DeliverNew,
-		Handler: func(_ context.Context, e *event.Event) error {
-			if e.Str("origin") == a.node || !a.broker.Live(e.Tenant, e.Device) {
-				return nil
-			}
-			if _, err := a.broker.PublishDevice(e.Tenant, e.Device, "ota/job", []byte(e.Str("job"))); err != nil {
-				log.Warn("relayed firmware job not published", "tenant", e.Tenant, "device", e.Device, "err", err)
-				return nil
-			}
-			log.Debug("relayed firmware job", "tenant", e.Tenant, "device", e.Device, "origin", e.Str("origin"))
+	return a.followRelays(ctx, "ota-"+a.node+"-jobs", event.OTAJobRelay, "firmware job relays", func(_ context.Context, e *event.Event) error {
+		if _, err := a.broker.PublishDevice(e.Tenant, e.Device, "ota/job", []byte(e.Str("job"))); err != nil {
+			log.Warn("relayed firmware job not published", "tenant", e.Tenant, "device", e.Device, "err", err)
 			return nil
-		},
+		}
+		log.Debug("relayed firmware job", "tenant", e.Tenant, "device", e.Device, "origin", e.Str("origin"))
+		return nil
 	})
-	if err != nil {
-		return err
-	}
-	a.onStop("firmware job relays", func(context.Context) error { c.Stop(); return nil })
-	return nil
 }
 
 // brokerJobs publishes campaign jobs on devices/{id}/ota/job: through this
