@@ -3,10 +3,6 @@ package app_test
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,7 +13,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/garrisonhq/garrison/firmware"
 	"github.com/garrisonhq/garrison/internal/alert"
 	"github.com/garrisonhq/garrison/internal/app"
 	"github.com/garrisonhq/garrison/internal/clock"
@@ -182,26 +177,7 @@ func TestServeThreatIntelFeeds(t *testing.T) {
 // 1.2.0 of model m1; it returns the release's digest.
 func releaseM1(t *testing.T, ctx context.Context, a *app.App, tenant event.TenantID) string {
 	t.Helper()
-	now := time.Now().UTC()
-	_, root, _ := ed25519.GenerateKey(rand.Reader)
-	_, rel, _ := ed25519.GenerateKey(rand.Reader)
-	require.NoError(t, a.Firmware().SetRoot(ctx, tenant, "test", root.Public().(ed25519.PublicKey)))
-	keys, err := firmware.SignKeys(firmware.KeySet{Expires: now.Add(24 * time.Hour), Version: 1,
-		Keys: []firmware.TrustedKey{firmware.NewTrustedKey(rel.Public().(ed25519.PublicKey), now.Add(24*time.Hour))}}, root)
-	require.NoError(t, err)
-	_, err = a.Firmware().SetKeys(ctx, tenant, "test", keys)
-	require.NoError(t, err)
-	art := bytes.Repeat([]byte("garrison firmware 1.2.0 "), 100)
-	sum := sha256.Sum256(art)
-	digest := hex.EncodeToString(sum[:])
-	m := &firmware.Manifest{Signed: firmware.Release{Expires: now.Add(24 * time.Hour), MinVersion: "1.0.0", Models: []string{"m1"},
-		SHA256: digest, Size: int64(len(art)), Version: "1.2.0"}}
-	require.NoError(t, m.Sign(rel))
-	mb, err := m.Marshal()
-	require.NoError(t, err)
-	_, err = a.Firmware().AddRelease(ctx, tenant, "test", mb, bytes.NewReader(art))
-	require.NoError(t, err)
-	return digest
+	return app.TrustFirmwareKeys(t, ctx, a, tenant).AddRelease(t, ctx, a, tenant, bytes.Repeat([]byte("garrison firmware 1.2.0 "), 100), "1.2.0")
 }
 
 // TestServeFirmwareCatalog: serve's detection knows the firmware catalog:

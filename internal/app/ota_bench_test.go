@@ -1,17 +1,13 @@
 package app_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/garrisonhq/garrison/firmware"
 	"github.com/garrisonhq/garrison/internal/app"
 	"github.com/garrisonhq/garrison/internal/config"
 	"github.com/garrisonhq/garrison/internal/event"
@@ -80,31 +75,14 @@ func BenchmarkArtifactDownload(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	_, root, _ := ed25519.GenerateKey(rand.Reader)
-	_, rel, _ := ed25519.GenerateKey(rand.Reader)
-	if err := a.Firmware().SetRoot(ctx, tenant, "bench", root.Public().(ed25519.PublicKey)); err != nil {
-		b.Fatal(err)
-	}
-	kd, _ := firmware.SignKeys(firmware.KeySet{Expires: now.Add(time.Hour), Version: 1,
-		Keys: []firmware.TrustedKey{firmware.NewTrustedKey(rel.Public().(ed25519.PublicKey), now.Add(time.Hour))}}, root)
-	if _, err := a.Firmware().SetKeys(ctx, tenant, "bench", kd); err != nil {
-		b.Fatal(err)
-	}
 	art := make([]byte, 1<<20)
 	_, _ = rand.Read(art)
-	sum := sha256.Sum256(art)
-	m := &firmware.Manifest{Signed: firmware.Release{Expires: now.Add(time.Hour), MinVersion: "1.0.0", Models: []string{"m1"},
-		SHA256: hex.EncodeToString(sum[:]), Size: int64(len(art)), Version: "1.2.0"}}
-	_ = m.Sign(rel)
-	mb, _ := m.Marshal()
-	if _, err := a.Firmware().AddRelease(ctx, tenant, "bench", mb, bytes.NewReader(art)); err != nil {
-		b.Fatal(err)
-	}
+	digest := app.TrustFirmwareKeys(b, ctx, a, tenant).AddRelease(b, ctx, a, tenant, art, "1.2.0")
 	pool, err := tlsutil.Pool(filepath.Join(a.DataDir(), "tls", tlsutil.CertFile))
 	if err != nil {
 		b.Fatal(err)
 	}
-	url := "https://" + a.APIAddr().String() + "/api/v1/firmware/artifacts/" + hex.EncodeToString(sum[:])
+	url := "https://" + a.APIAddr().String() + "/api/v1/firmware/artifacts/" + digest
 	b.ResetTimer()
 	var total time.Duration
 	for range b.N {

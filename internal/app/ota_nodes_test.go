@@ -3,11 +3,8 @@ package app_test
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"io/fs"
@@ -21,7 +18,6 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/stretchr/testify/require"
 
-	"github.com/garrisonhq/garrison/firmware"
 	"github.com/garrisonhq/garrison/internal/app"
 	"github.com/garrisonhq/garrison/internal/auth"
 	"github.com/garrisonhq/garrison/internal/event"
@@ -85,25 +81,7 @@ func otaRelease(t *testing.T, ctx context.Context, node *app.App, tenant event.T
 // otaReleaseOf is otaRelease with the artifact art.
 func otaReleaseOf(t *testing.T, ctx context.Context, node *app.App, tenant event.TenantID, art []byte) string {
 	t.Helper()
-	now := time.Now().UTC()
-	_, root, _ := ed25519.GenerateKey(rand.Reader)
-	_, rel, _ := ed25519.GenerateKey(rand.Reader)
-	require.NoError(t, node.Firmware().SetRoot(ctx, tenant, "test", root.Public().(ed25519.PublicKey)))
-	keys, err := firmware.SignKeys(firmware.KeySet{Expires: now.Add(24 * time.Hour), Version: 1,
-		Keys: []firmware.TrustedKey{firmware.NewTrustedKey(rel.Public().(ed25519.PublicKey), now.Add(24*time.Hour))}}, root)
-	require.NoError(t, err)
-	_, err = node.Firmware().SetKeys(ctx, tenant, "test", keys)
-	require.NoError(t, err)
-	sum := sha256.Sum256(art)
-	digest := hex.EncodeToString(sum[:])
-	m := &firmware.Manifest{Signed: firmware.Release{Expires: now.Add(24 * time.Hour), MinVersion: "1.0.0", Models: []string{"m1"},
-		SHA256: digest, Size: int64(len(art)), Version: "1.2.0"}}
-	require.NoError(t, m.Sign(rel))
-	mb, err := m.Marshal()
-	require.NoError(t, err)
-	_, err = node.Firmware().AddRelease(ctx, tenant, "test", mb, bytes.NewReader(art))
-	require.NoError(t, err)
-	return digest
+	return app.TrustFirmwareKeys(t, ctx, node, tenant).AddRelease(t, ctx, node, tenant, art, "1.2.0")
 }
 
 // nextJob waits for the next job any of devs receives whose job id is not
@@ -387,21 +365,7 @@ func TestArtifactAcrossNodes(t *testing.T) {
 func otaReleaseUploaded(t *testing.T, ctx context.Context, node *app.App, tenant event.TenantID, art []byte) string {
 	t.Helper()
 	now := time.Now().UTC()
-	_, root, _ := ed25519.GenerateKey(rand.Reader)
-	_, rel, _ := ed25519.GenerateKey(rand.Reader)
-	require.NoError(t, node.Firmware().SetRoot(ctx, tenant, "test", root.Public().(ed25519.PublicKey)))
-	keys, err := firmware.SignKeys(firmware.KeySet{Expires: now.Add(24 * time.Hour), Version: 1,
-		Keys: []firmware.TrustedKey{firmware.NewTrustedKey(rel.Public().(ed25519.PublicKey), now.Add(24*time.Hour))}}, root)
-	require.NoError(t, err)
-	_, err = node.Firmware().SetKeys(ctx, tenant, "test", keys)
-	require.NoError(t, err)
-	sum := sha256.Sum256(art)
-	digest := hex.EncodeToString(sum[:])
-	m := &firmware.Manifest{Signed: firmware.Release{Expires: now.Add(24 * time.Hour), MinVersion: "1.0.0", Models: []string{"m1"},
-		SHA256: digest, Size: int64(len(art)), Version: "1.2.0"}}
-	require.NoError(t, m.Sign(rel))
-	mb, err := m.Marshal()
-	require.NoError(t, err)
+	mb, digest := app.TrustFirmwareKeys(t, ctx, node, tenant).Manifest(t, art, "1.2.0")
 	sec, err := auth.NewSecret(nil)
 	require.NoError(t, err)
 	require.NoError(t, node.Store().Update(ctx, func(tx store.Tx) error {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
@@ -162,25 +161,10 @@ func TestCampaignOverMQTT(t *testing.T) {
 
 	// The tenant's offline keys; the server gets the root's public half,
 	// the keys document and a signed release.
-	_, root, _ := ed25519.GenerateKey(rand.Reader)
-	_, rel, _ := ed25519.GenerateKey(rand.Reader)
-	rootPub := root.Public().(ed25519.PublicKey)
-	require.NoError(t, a.Firmware().SetRoot(ctx, tenant, "test", rootPub))
-	keys, err := firmware.SignKeys(firmware.KeySet{Expires: now.Add(24 * time.Hour), Version: 1,
-		Keys: []firmware.TrustedKey{firmware.NewTrustedKey(rel.Public().(ed25519.PublicKey), now.Add(24*time.Hour))}}, root)
-	require.NoError(t, err)
-	_, err = a.Firmware().SetKeys(ctx, tenant, "test", keys)
-	require.NoError(t, err)
+	fw := app.TrustFirmwareKeys(t, ctx, a, tenant)
+	rootPub := fw.Root()
 	art := bytes.Repeat([]byte("garrison firmware 1.2.0 "), 4000)
-	sum := sha256.Sum256(art)
-	digest := hex.EncodeToString(sum[:])
-	m := &firmware.Manifest{Signed: firmware.Release{Expires: now.Add(24 * time.Hour), MinVersion: "1.0.0", Models: []string{"m1"},
-		SHA256: digest, Size: int64(len(art)), Version: "1.2.0"}}
-	require.NoError(t, m.Sign(rel))
-	mb, err := m.Marshal()
-	require.NoError(t, err)
-	_, err = a.Firmware().AddRelease(ctx, tenant, "test", mb, bytes.NewReader(art))
-	require.NoError(t, err)
+	digest := fw.AddRelease(t, ctx, a, tenant, art, "1.2.0")
 
 	// Without a device certificate, or for an unknown digest: no artifact.
 	pool, err := tlsutil.Pool(filepath.Join(a.DataDir(), "tls", tlsutil.CertFile))
@@ -328,24 +312,7 @@ func TestJobResentOnReconnect(t *testing.T) {
 	}))
 	d.cert, d.leaf = issueDevice(t, ctx, a, tenant, d.id)
 
-	_, root, _ := ed25519.GenerateKey(rand.Reader)
-	_, rel, _ := ed25519.GenerateKey(rand.Reader)
-	require.NoError(t, a.Firmware().SetRoot(ctx, tenant, "test", root.Public().(ed25519.PublicKey)))
-	keys, err := firmware.SignKeys(firmware.KeySet{Expires: now.Add(24 * time.Hour), Version: 1,
-		Keys: []firmware.TrustedKey{firmware.NewTrustedKey(rel.Public().(ed25519.PublicKey), now.Add(24*time.Hour))}}, root)
-	require.NoError(t, err)
-	_, err = a.Firmware().SetKeys(ctx, tenant, "test", keys)
-	require.NoError(t, err)
-	art := []byte("garrison firmware 1.2.0")
-	sum := sha256.Sum256(art)
-	digest := hex.EncodeToString(sum[:])
-	m := &firmware.Manifest{Signed: firmware.Release{Expires: now.Add(24 * time.Hour), MinVersion: "1.0.0", Models: []string{"m1"},
-		SHA256: digest, Size: int64(len(art)), Version: "1.2.0"}}
-	require.NoError(t, m.Sign(rel))
-	mb, err := m.Marshal()
-	require.NoError(t, err)
-	_, err = a.Firmware().AddRelease(ctx, tenant, "test", mb, bytes.NewReader(art))
-	require.NoError(t, err)
+	digest := app.TrustFirmwareKeys(t, ctx, a, tenant).AddRelease(t, ctx, a, tenant, []byte("garrison firmware 1.2.0"), "1.2.0")
 
 	c, err := a.Campaigns().Create(ctx, tenant, "test", ota.Spec{Release: digest, Selector: ota.Selector{Model: "m1"}})
 	require.NoError(t, err)

@@ -3,17 +3,12 @@ package app
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/garrisonhq/garrison/firmware"
 	"github.com/garrisonhq/garrison/internal/alert"
 	"github.com/garrisonhq/garrison/internal/event"
 	"github.com/garrisonhq/garrison/internal/ota"
@@ -48,25 +43,9 @@ func TestPlaybookFirmwareSteps(t *testing.T) {
 	}))
 
 	// The tenant's keys and two signed releases for m1.
-	_, root, _ := ed25519.GenerateKey(rand.Reader)
-	_, rel, _ := ed25519.GenerateKey(rand.Reader)
-	require.NoError(t, a.Firmware().SetRoot(ctx, tenant, "test", root.Public().(ed25519.PublicKey)))
-	keys, err := firmware.SignKeys(firmware.KeySet{Expires: now.Add(24 * time.Hour), Version: 1,
-		Keys: []firmware.TrustedKey{firmware.NewTrustedKey(rel.Public().(ed25519.PublicKey), now.Add(24*time.Hour))}}, root)
-	require.NoError(t, err)
-	_, err = a.Firmware().SetKeys(ctx, tenant, "test", keys)
-	require.NoError(t, err)
+	fw := TrustFirmwareKeys(t, ctx, a, tenant)
 	release := func(version string) string {
-		art := bytes.Repeat([]byte("firmware "+version+" "), 100)
-		sum := sha256.Sum256(art)
-		m := &firmware.Manifest{Signed: firmware.Release{Expires: now.Add(24 * time.Hour), MinVersion: "1.0.0", Models: []string{"m1"},
-			SHA256: hex.EncodeToString(sum[:]), Size: int64(len(art)), Version: version}}
-		require.NoError(t, m.Sign(rel))
-		mb, err := m.Marshal()
-		require.NoError(t, err)
-		e, err := a.Firmware().AddRelease(ctx, tenant, "test", mb, bytes.NewReader(art))
-		require.NoError(t, err)
-		return e.Digest
+		return fw.AddRelease(t, ctx, a, tenant, bytes.Repeat([]byte("firmware "+version+" "), 100), version)
 	}
 	v12, v13 := release("1.2.0"), release("1.3.0")
 
