@@ -17,11 +17,9 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -262,44 +260,10 @@ func (bt *benchTarget) serverCPU(b *testing.B) time.Duration {
 
 // runChild runs b.N connects from the load generator child and reports.
 func (f *connFixture) runChild(b *testing.B, bt *benchTarget, resume bool) {
-	cmd := exec.Command(os.Args[0], "-test.run", "^TestConnectLoadChild$", "-test.v")
-	cmd.Env = append(os.Environ(), envConnChild+"=1", envConnAddr+"="+bt.addr, envConnDir+"="+f.dir,
+	child := startChild(b, "TestConnectLoadChild", envConnChild+"=1", envConnAddr+"="+bt.addr, envConnDir+"="+f.dir,
 		envConnN+"="+strconv.Itoa(b.N), envConnResume+"="+strconv.FormatBool(resume))
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = stdin.Close(); _ = cmd.Wait() }()
-	lines := make(chan string, 4)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if l := sc.Text(); strings.HasPrefix(l, "ready") || strings.HasPrefix(l, "done ") || strings.HasPrefix(l, "failed ") {
-				lines <- l
-			}
-		}
-		close(lines)
-	}()
-	wait := func(prefix string) string {
-		select {
-		case l, ok := <-lines:
-			if !ok || !strings.HasPrefix(l, prefix) {
-				b.Fatalf("connect load: %q", l)
-			}
-			return l
-		case <-time.After(10 * time.Minute):
-			b.Fatal("connect load: no answer in 10 minutes")
-		}
-		return ""
-	}
+	stdin := child.stdin
+	wait := func(prefix string) string { return child.wait(b, "connect load", prefix) }
 	wait("ready")
 	b.ResetTimer()
 	cpu0 := bt.serverCPU(b)

@@ -79,41 +79,9 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 
 	heap0, rss0 := memNow()
 	g0, stack0 := runtime.NumGoroutine(), stackInuse()
-	cmd := exec.Command(os.Args[0], "-test.run", "^TestIdleClientsChild$", "-test.v")
-	cmd.Env = append(os.Environ(), envIdleChild+"=1", envIdleAddr+"="+br.Addr().String(), envIdleCADir+"="+p.dir,
-		envIdleN+"="+strconv.Itoa(n), envIdleSource+"=16")
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = stdin.Close(); _ = cmd.Wait() }()
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if l := sc.Text(); strings.HasPrefix(l, "ready ") || strings.HasPrefix(l, "failed ") {
-				ready <- l
-			}
-		}
-		close(ready)
-	}()
-	select {
-	case l, ok := <-ready:
-		if !ok || !strings.HasPrefix(l, "ready ") {
-			b.Fatalf("idle clients: %q", l)
-		}
-	case <-time.After(10 * time.Minute):
-		b.Fatal("idle clients not connected in 10 minutes")
-	}
+	startChild(b, "TestIdleClientsChild", envIdleChild+"=1", envIdleAddr+"="+br.Addr().String(), envIdleCADir+"="+p.dir,
+		envIdleN+"="+strconv.Itoa(n), envIdleSource+"=16").wait(b, "idle clients", "ready ")
 	elapsed := time.Since(start)
 	if s := br.Stats().Sessions; s != n {
 		b.Fatalf("%d sessions, want %d", s, n)
@@ -281,4 +249,62 @@ func idleConnect(addr string, pool *x509.CertPool, ca *x509.Certificate, caKey, 
 	}
 	_ = c.SetDeadline(time.Time{})
 	return c, nil
+}
+
+// child is a load generator: the test binary re-run as one test in its
+// own process, so the benchmark's process holds only the broker. It talks
+// in lines: it prints "ready ...", "done ..." or "failed ..." and reads
+// its go-ahead on stdin; it is stopped (stdin closed, waited for) when
+// the benchmark ends.
+type child struct {
+	stdin io.WriteCloser
+	lines chan string
+}
+
+// startChild runs test (a Test function that skips unless env says it is
+// the child) with env added to this process's environment.
+func startChild(b *testing.B, test string, env ...string) *child {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run", "^"+test+"$", "-test.v")
+	cmd.Env = append(os.Environ(), env...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = stdin.Close(); _ = cmd.Wait() })
+	c := &child{stdin: stdin, lines: make(chan string, 4)}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if l := sc.Text(); strings.HasPrefix(l, "ready") || strings.HasPrefix(l, "done ") || strings.HasPrefix(l, "failed ") {
+				c.lines <- l
+			}
+		}
+		close(c.lines)
+	}()
+	return c
+}
+
+// wait returns the child's next line, which must start with prefix; what
+// names the child in failures.
+func (c *child) wait(b *testing.B, what, prefix string) string {
+	b.Helper()
+	select {
+	case l, ok := <-c.lines:
+		if !ok || !strings.HasPrefix(l, prefix) {
+			b.Fatalf("%s: %q", what, l)
+		}
+		return l
+	case <-time.After(10 * time.Minute):
+		b.Fatalf("%s: no answer in 10 minutes", what)
+	}
+	return ""
 }
