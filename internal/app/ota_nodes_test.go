@@ -32,9 +32,16 @@ const campaignLease = "campaigns"
 // engine and returns it first.
 func campaignHolder(t *testing.T, nodeA, nodeB *app.App) (holder, other *app.App) {
 	t.Helper()
+	return leaseHolder(t, campaignLease, nodeA, nodeB)
+}
+
+// leaseHolder waits until exactly one of two nodes holds lease and
+// returns it first.
+func leaseHolder(t *testing.T, lease string, nodeA, nodeB *app.App) (holder, other *app.App) {
+	t.Helper()
 	require.Eventually(t, func() bool {
-		a, b := nodeA.HoldsLease(campaignLease), nodeB.HoldsLease(campaignLease)
-		require.False(t, a && b, "both nodes run the campaign engine")
+		a, b := nodeA.HoldsLease(lease), nodeB.HoldsLease(lease)
+		require.False(t, a && b, "both nodes hold the lease "+lease)
 		switch {
 		case a:
 			holder, other = nodeA, nodeB
@@ -42,7 +49,7 @@ func campaignHolder(t *testing.T, nodeA, nodeB *app.App) (holder, other *app.App
 			holder, other = nodeB, nodeA
 		}
 		return a || b
-	}, 30*time.Second, 20*time.Millisecond, "one node takes the campaigns lease")
+	}, 30*time.Second, 20*time.Millisecond, "one node takes the lease "+lease)
 	return holder, other
 }
 

@@ -181,18 +181,7 @@ func TestMassRunnerFailover(t *testing.T) {
 	defer cancel()
 	nodeA, nodeB := twoNodes(t, ctx, true)
 	const lease = "mass-actions"
-	var holder, other *app.App
-	require.Eventually(t, func() bool {
-		a, b := nodeA.HoldsLease(lease), nodeB.HoldsLease(lease)
-		require.False(t, a && b, "both nodes hold the lease")
-		switch {
-		case a:
-			holder, other = nodeA, nodeB
-		case b:
-			holder, other = nodeB, nodeA
-		}
-		return a || b
-	}, 30*time.Second, 20*time.Millisecond, "one node takes the lease")
+	holder, other := leaseHolder(t, lease, nodeA, nodeB)
 
 	// Slow enough (one device a second) that the holder's stop, even on a
 	// loaded machine, comes well before the job's end.
